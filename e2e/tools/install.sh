@@ -1,0 +1,169 @@
+#!/usr/bin/env bash
+# Installs the real components the tests and the demo run (etcd, kube-apiserver,
+# kubectl, SPIRE, helm, csi-sanity and the reference Go tools) at the versions
+# pinned in versions.env, into a cache directory outside the clone.
+#
+#   install.sh           build what is missing, print progress
+#   install.sh --print-bin   print the bin directory for the current pins (builds nothing)
+#
+# Layout of the cache ($SPIRE_RS_TOOLS_DIR, default ~/.cache/spire-rs-tools):
+#   pkg/<tool>/<key>/    one directory per tool and cache key; the key hashes the
+#                        version and, for wrapper modules, their go.mod and go.sum
+#   bin/<set key>/       symlinks to the binaries of the current set of pins
+#   go/mod, go/build     Go module and build caches, so rebuilds after a pin change are quick
+# A finished tool directory holds a `.done` stamp; anything without it is rebuilt.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=versions.env
+source "$here/versions.env"
+
+root=${SPIRE_RS_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/spire-rs-tools}
+
+hash_of() { cat "$@" | sha256sum | cut -c1-12; }
+
+# tool name -> cache key. Wrapper modules are keyed by their files, the rest by version.
+declare -A key
+# Tools built from a wrapper module in tools/<name>/ (go.mod, go.sum, maybe main.go).
+wrapped=(etcd kubernetes spire spire-controller-manager spiffe-csi)
+shopt -s nullglob
+for t in "${wrapped[@]}"; do
+  key[$t]=$(hash_of "$here/$t"/go.mod "$here/$t"/go.sum "$here/$t"/*.go)
+done
+shopt -u nullglob
+# Tools installed with `go install pkg@version`.
+key[helm]=$HELM_VERSION
+key[csi-sanity]=$CSI_TEST_VERSION
+tools=("${wrapped[@]}" helm csi-sanity)
+
+set_key=$(for t in "${tools[@]}"; do echo "$t=${key[$t]}"; done | sha256sum | cut -c1-12)
+bin="$root/bin/$set_key"
+
+if [[ ${1:-} == --print-bin ]]; then
+  echo "$bin"
+  exit 0
+fi
+
+command -v go >/dev/null || { echo "install.sh: go is not on PATH (Go 1.26 is required)" >&2; exit 1; }
+
+# Pins in versions.env must agree with the wrapper modules that actually decide the version.
+check_pin() { # module file module version
+  grep -qE "^(require )?[[:space:]]*$2 $3( // indirect)?\$" "$1" || {
+    echo "install.sh: $1 does not require $2 $3 as versions.env says; update one of them" >&2
+    exit 1
+  }
+}
+check_pin "$here/etcd/go.mod" go.etcd.io/etcd/server/v3 "$ETCD_VERSION"
+check_pin "$here/kubernetes/go.mod" k8s.io/kubernetes "$KUBERNETES_VERSION"
+check_pin "$here/spire/go.mod" github.com/spiffe/spire "$SPIRE_VERSION"
+check_pin "$here/spire-controller-manager/go.mod" github.com/spiffe/spire-controller-manager "$SPIRE_CONTROLLER_MANAGER_VERSION"
+check_pin "$here/spiffe-csi/go.mod" github.com/spiffe/spiffe-csi "$SPIFFE_CSI_VERSION"
+
+export GOTOOLCHAIN=local
+export GOMODCACHE="$root/go/mod" GOCACHE="$root/go/build"
+export GOFLAGS=-buildvcs=false
+# The checksum database is not reachable from every machine; the wrapper modules carry
+# a go.sum, and the module proxy serves the pinned releases.
+export GOSUMDB=off
+export CGO_ENABLED=1
+
+started=$SECONDS
+built=0
+
+# build <tool> <command...>: runs the command with $out set to a fresh directory,
+# then publishes it under the tool's key.
+build() {
+  local tool=$1; shift
+  local dest="$root/pkg/$tool/${key[$tool]}"
+  if [[ -f $dest/.done ]]; then
+    printf '  %-26s %-12s cached\n' "$tool" "${key[$tool]}"
+    return
+  fi
+  printf '  %-26s %-12s building ...' "$tool" "${key[$tool]}"
+  local t0=$SECONDS
+  rm -rf "$dest.tmp"
+  mkdir -p "$dest.tmp"
+  local log="$dest.tmp/build.log"
+  if ! out="$dest.tmp" "$@" >"$log" 2>&1; then
+    echo " FAILED"
+    tail -n 40 "$log" >&2
+    echo "install.sh: building $tool failed; full log: $log" >&2
+    exit 1
+  fi
+  touch "$dest.tmp/.done"
+  rm -rf "$dest"
+  mv "$dest.tmp" "$dest"
+  echo " done in $((SECONDS - t0))s"
+  built=$((built + 1))
+}
+
+build_etcd() {
+  (cd "$here/etcd" && go build -trimpath -o "$out/etcd" .)
+}
+
+build_kubernetes() {
+  local v=${KUBERNETES_VERSION#v} ldflags=""
+  local major=${v%%.*} rest=${v#*.}
+  local minor=${rest%%.*}
+  # The same variables the Kubernetes release build sets, so /version reports the real release.
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ldflags+=" -X $pkg.gitVersion=$KUBERNETES_VERSION -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
+    ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+  done
+  (cd "$here/kubernetes" && go build -trimpath -ldflags "$ldflags" -o "$out/" \
+    k8s.io/kubernetes/cmd/kube-apiserver \
+    k8s.io/kubernetes/cmd/kube-controller-manager \
+    k8s.io/kubernetes/cmd/kubectl)
+}
+
+# go_install <package@version>...
+go_install() {
+  GOBIN="$out" go install -trimpath "$@"
+}
+
+build_spire() {
+  (cd "$here/spire" && go build -trimpath -o "$out/" \
+    github.com/spiffe/spire/cmd/spire-server \
+    github.com/spiffe/spire/cmd/spire-agent \
+    github.com/spiffe/spire/support/oidc-discovery-provider)
+}
+
+build_helm() { go_install "helm.sh/helm/v4/cmd/helm@$HELM_VERSION"; }
+
+build_csi_sanity() { go_install "github.com/kubernetes-csi/csi-test/v5/cmd/csi-sanity@$CSI_TEST_VERSION"; }
+
+build_scm() {
+  # The main package is cmd/, which `go install` would name `cmd`.
+  (cd "$here/spire-controller-manager" && go build -trimpath -o "$out/spire-controller-manager" \
+    github.com/spiffe/spire-controller-manager/cmd)
+}
+
+build_spiffe_csi() {
+  (cd "$here/spiffe-csi" && go build -trimpath -o "$out/" github.com/spiffe/spiffe-csi/cmd/spiffe-csi-driver)
+}
+
+echo "make tools: installing into $root"
+build etcd build_etcd
+build kubernetes build_kubernetes
+build spire build_spire
+build helm build_helm
+build csi-sanity build_csi_sanity
+build spire-controller-manager build_scm
+build spiffe-csi build_spiffe_csi
+
+# Publish the set: a fresh directory of symlinks, swapped in atomically.
+mkdir -p "$root/bin"
+tmp=$(mktemp -d "$root/bin/.tmp.XXXXXX")
+for t in "${tools[@]}"; do
+  for f in "$root/pkg/$t/${key[$t]}"/*; do
+    [[ -x $f && -f $f ]] && ln -s "$f" "$tmp/$(basename "$f")"
+  done
+done
+if [[ -d $bin ]] && diff <(ls -l "$tmp" | awk '{print $9, $11}') <(ls -l "$bin" | awk '{print $9, $11}') >/dev/null; then
+  rm -rf "$tmp"
+else
+  rm -rf "$bin"
+  mv "$tmp" "$bin"
+fi
+
+echo "make tools: $built built, $(( ${#tools[@]} - built )) cached, $((SECONDS - started))s; binaries in $bin"
