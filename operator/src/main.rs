@@ -1,0 +1,113 @@
+//! spire-operator command line: argument parsing, logging and wiring only.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use spire_operator::spire::{SpiffeId, SpireAddress, SpireClient};
+
+/// Reconciles ClusterSPIFFEID, ClusterStaticEntry and ClusterFederatedTrustDomain
+/// resources into SPIRE registration entries and federation relationships.
+#[derive(Parser, Debug)]
+#[command(version, about, propagate_version = true)]
+struct Cli {
+    /// Log line format.
+    #[arg(long, env = "SPIRE_OPERATOR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Console, global = true)]
+    log_format: LogFormat,
+    /// Log filter in RUST_LOG syntax, e.g. `info` or `spire_operator=debug`.
+    #[arg(
+        long,
+        env = "SPIRE_OPERATOR_LOG",
+        default_value = "info",
+        global = true
+    )]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Connects to the SPIRE server API and prints its trust domain, bundle and entry count:
+    /// a quick way to check that the operator can reach the server it is configured for.
+    CheckSpire {
+        /// Path of the SPIRE server's admin API Unix socket (`server.socket_path`).
+        #[arg(
+            long,
+            env = "SPIRE_SERVER_SOCKET_PATH",
+            default_value = "/spire-server/api.sock"
+        )]
+        spire_server_socket_path: PathBuf,
+        /// How long each SPIRE API call may take.
+        #[arg(long, env = "SPIRE_API_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Console,
+    /// One JSON object per line.
+    Json,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 10s, 5m or 1h"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!("{s:?} has no unit: use ms, s, m or h")),
+    }
+}
+
+fn init_logging(format: LogFormat, filter: &str) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .with_context(|| format!("invalid --log filter {filter:?}"))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Console => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    }
+    .map_err(|e| anyhow::anyhow!("installing the log subscriber: {e}"))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging(cli.log_format, &cli.log)?;
+    match cli.command {
+        Command::CheckSpire {
+            spire_server_socket_path,
+            timeout,
+        } => check_spire(SpireAddress::Unix(spire_server_socket_path), timeout).await,
+    }
+}
+
+async fn check_spire(address: SpireAddress, timeout: Duration) -> anyhow::Result<()> {
+    let client = SpireClient::connect(address.clone(), timeout).await?;
+    let bundle = client.get_bundle().await?;
+    let entries = client.list_entries().await?;
+    let agents = client.list_agents().await?;
+    println!("SPIRE server at {address}");
+    println!("  trust domain:      {}", bundle.trust_domain);
+    println!("  X.509 authorities: {}", bundle.x509_authorities.len());
+    println!("  JWT authorities:   {}", bundle.jwt_authorities.len());
+    println!("  entries:           {}", entries.len());
+    println!("  attested agents:   {}", agents.len());
+    for agent in agents.iter().filter_map(|a| a.id.as_ref()) {
+        match SpiffeId::from_api(agent) {
+            Ok(id) => println!("    {id}"),
+            Err(e) => println!("    (unparsable agent ID: {e})"),
+        }
+    }
+    Ok(())
+}

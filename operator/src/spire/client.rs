@@ -1,0 +1,390 @@
+//! A typed client for the SPIRE server API subset the operator uses.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use tokio::net::UnixStream;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+use super::api::{agent, bundle, entry, svid, trustdomain, types};
+
+/// Entries requested per ListEntries page. Large pages keep a full resync at 10k+
+/// entries to a handful of round trips; SPIRE streams each page from its datastore.
+const LIST_PAGE_SIZE: i32 = 1000;
+
+/// Where the SPIRE server API listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SpireAddress {
+    /// The server's local (admin) Unix socket, `server.socket_path` in its config.
+    Unix(PathBuf),
+}
+
+impl fmt::Display for SpireAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SpireAddress::Unix(path) => write!(f, "unix://{}", path.display()),
+        }
+    }
+}
+
+/// What went wrong talking to the SPIRE server.
+#[derive(Debug, thiserror::Error)]
+pub enum SpireError {
+    /// The transport could not be set up.
+    #[error("connecting to the SPIRE server at {address}")]
+    Connect {
+        /// The address that was dialled.
+        address: SpireAddress,
+        /// The transport error.
+        #[source]
+        source: tonic::transport::Error,
+    },
+    /// The server answered a call with a non-OK status, or the call failed in transit.
+    #[error("SPIRE server call {method} failed")]
+    Rpc {
+        /// The gRPC method, e.g. `entry.v1.Entry/ListEntries`.
+        method: &'static str,
+        /// The status, with the server's message.
+        #[source]
+        source: tonic::Status,
+    },
+    /// The server answered with something the API does not allow.
+    #[error("SPIRE server answered {method} with a malformed response: {reason}")]
+    Malformed {
+        /// The gRPC method.
+        method: &'static str,
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+impl SpireError {
+    /// Whether retrying the same call later may succeed (server restarting, overloaded,
+    /// timed out), as opposed to a request the server will always refuse.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            SpireError::Connect { .. } => true,
+            SpireError::Rpc { source, .. } => matches!(
+                source.code(),
+                tonic::Code::Unavailable
+                    | tonic::Code::DeadlineExceeded
+                    | tonic::Code::ResourceExhausted
+                    | tonic::Code::Aborted
+            ),
+            SpireError::Malformed { .. } => false,
+        }
+    }
+}
+
+/// A connection to the SPIRE server API. Cheap to clone; clones share one HTTP/2 connection.
+#[derive(Clone, Debug)]
+pub struct SpireClient {
+    channel: Channel,
+}
+
+impl SpireClient {
+    /// Connects to the server, failing if it is not reachable now. Every call made
+    /// through the client gives up after `timeout`.
+    pub async fn connect(address: SpireAddress, timeout: Duration) -> Result<Self, SpireError> {
+        let SpireAddress::Unix(path) = &address;
+        let path = path.clone();
+        // The URI is required by the HTTP/2 layer but never resolved: the connector dials the socket.
+        let channel =
+            Endpoint::from_static("http://spire-server.invalid")
+                .timeout(timeout)
+                .connect_timeout(timeout)
+                .connect_with_connector(tower::service_fn(move |_: Uri| {
+                    let path = path.clone();
+                    async move {
+                        Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?))
+                    }
+                }))
+                .await
+                .map_err(|source| SpireError::Connect { address, source })?;
+        Ok(Self { channel })
+    }
+
+    fn entry(&self) -> entry::entry_client::EntryClient<Channel> {
+        entry::entry_client::EntryClient::new(self.channel.clone())
+    }
+
+    fn trust_domain(&self) -> trustdomain::trust_domain_client::TrustDomainClient<Channel> {
+        trustdomain::trust_domain_client::TrustDomainClient::new(self.channel.clone())
+    }
+
+    fn agent(&self) -> agent::agent_client::AgentClient<Channel> {
+        agent::agent_client::AgentClient::new(self.channel.clone())
+    }
+
+    /// Lists every registration entry on the server, following pagination.
+    pub async fn list_entries(&self) -> Result<Vec<types::Entry>, SpireError> {
+        let client = self.entry();
+        paginate("entry.v1.Entry/ListEntries", |page_token| {
+            let mut client = client.clone();
+            async move {
+                let page = client
+                    .list_entries(entry::ListEntriesRequest {
+                        page_size: LIST_PAGE_SIZE,
+                        page_token,
+                        ..Default::default()
+                    })
+                    .await?
+                    .into_inner();
+                Ok((page.entries, page.next_page_token))
+            }
+        })
+        .await
+    }
+
+    /// Reads one entry by ID.
+    pub async fn get_entry(&self, id: &str) -> Result<types::Entry, SpireError> {
+        self.entry()
+            .get_entry(entry::GetEntryRequest {
+                id: id.to_owned(),
+                output_mask: None,
+            })
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(rpc("entry.v1.Entry/GetEntry"))
+    }
+
+    /// Creates entries; one result per entry, in order. A per-entry failure is a
+    /// result with a non-zero status code, not an error of the call.
+    pub async fn batch_create_entries(
+        &self,
+        entries: Vec<types::Entry>,
+    ) -> Result<Vec<entry::EntryResult>, SpireError> {
+        const METHOD: &str = "entry.v1.Entry/BatchCreateEntry";
+        let sent = entries.len();
+        let response = self
+            .entry()
+            .batch_create_entry(entry::BatchCreateEntryRequest {
+                entries,
+                output_mask: None,
+            })
+            .await
+            .map_err(rpc(METHOD))?;
+        check_count(METHOD, sent, response.into_inner().results)
+    }
+
+    /// Updates the fields of `entries` selected by `mask`; one result per entry, in order.
+    pub async fn batch_update_entries(
+        &self,
+        entries: Vec<types::Entry>,
+        mask: types::EntryMask,
+    ) -> Result<Vec<entry::EntryResult>, SpireError> {
+        const METHOD: &str = "entry.v1.Entry/BatchUpdateEntry";
+        let sent = entries.len();
+        let request = entry::BatchUpdateEntryRequest {
+            entries,
+            input_mask: Some(mask),
+            output_mask: None,
+        };
+        let response = self
+            .entry()
+            .batch_update_entry(request)
+            .await
+            .map_err(rpc(METHOD))?;
+        check_count(METHOD, sent, response.into_inner().results)
+    }
+
+    /// Deletes entries by ID; one result per ID, in order.
+    pub async fn batch_delete_entries(
+        &self,
+        ids: Vec<String>,
+    ) -> Result<Vec<entry::batch_delete_entry_response::Result>, SpireError> {
+        const METHOD: &str = "entry.v1.Entry/BatchDeleteEntry";
+        let sent = ids.len();
+        let request = entry::BatchDeleteEntryRequest { ids };
+        let response = self
+            .entry()
+            .batch_delete_entry(request)
+            .await
+            .map_err(rpc(METHOD))?;
+        check_count(METHOD, sent, response.into_inner().results)
+    }
+
+    /// The server's own trust bundle.
+    pub async fn get_bundle(&self) -> Result<types::Bundle, SpireError> {
+        bundle::bundle_client::BundleClient::new(self.channel.clone())
+            .get_bundle(bundle::GetBundleRequest { output_mask: None })
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(rpc("bundle.v1.Bundle/GetBundle"))
+    }
+
+    /// Signs a PKCS#10 request (DER) as an X.509-SVID for the SPIFFE ID in its URI SAN.
+    pub async fn mint_x509_svid(
+        &self,
+        csr_der: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<types::X509svid, SpireError> {
+        const METHOD: &str = "svid.v1.SVID/MintX509SVID";
+        let request = svid::MintX509svidRequest {
+            csr: csr_der,
+            ttl: seconds(ttl),
+        };
+        svid::svid_client::SvidClient::new(self.channel.clone())
+            .mint_x509svid(request)
+            .await
+            .map_err(rpc(METHOD))?
+            .into_inner()
+            .svid
+            .ok_or_else(|| SpireError::Malformed {
+                method: METHOD,
+                reason: "no svid".into(),
+            })
+    }
+
+    /// Lists every federation relationship, following pagination.
+    pub async fn list_federation_relationships(
+        &self,
+    ) -> Result<Vec<types::FederationRelationship>, SpireError> {
+        let client = self.trust_domain();
+        paginate(
+            "trustdomain.v1.TrustDomain/ListFederationRelationships",
+            |page_token| {
+                let mut client = client.clone();
+                async move {
+                    let page = client
+                        .list_federation_relationships(
+                            trustdomain::ListFederationRelationshipsRequest {
+                                output_mask: None,
+                                page_size: LIST_PAGE_SIZE,
+                                page_token,
+                            },
+                        )
+                        .await?
+                        .into_inner();
+                    Ok((page.federation_relationships, page.next_page_token))
+                }
+            },
+        )
+        .await
+    }
+
+    /// Creates federation relationships; one result per relationship, in order.
+    pub async fn batch_create_federation_relationships(
+        &self,
+        relationships: Vec<types::FederationRelationship>,
+    ) -> Result<Vec<trustdomain::FederationRelationshipResult>, SpireError> {
+        const METHOD: &str = "trustdomain.v1.TrustDomain/BatchCreateFederationRelationship";
+        let sent = relationships.len();
+        let request = trustdomain::BatchCreateFederationRelationshipRequest {
+            federation_relationships: relationships,
+            output_mask: None,
+        };
+        let response = self
+            .trust_domain()
+            .batch_create_federation_relationship(request)
+            .await
+            .map_err(rpc(METHOD))?;
+        check_count(METHOD, sent, response.into_inner().results)
+    }
+
+    /// Deletes federation relationships by trust domain; one result per trust domain.
+    pub async fn batch_delete_federation_relationships(
+        &self,
+        trust_domains: Vec<String>,
+    ) -> Result<Vec<trustdomain::batch_delete_federation_relationship_response::Result>, SpireError>
+    {
+        const METHOD: &str = "trustdomain.v1.TrustDomain/BatchDeleteFederationRelationship";
+        let sent = trust_domains.len();
+        let request = trustdomain::BatchDeleteFederationRelationshipRequest { trust_domains };
+        let response = self
+            .trust_domain()
+            .batch_delete_federation_relationship(request)
+            .await
+            .map_err(rpc(METHOD))?;
+        check_count(METHOD, sent, response.into_inner().results)
+    }
+
+    /// Issues a join token valid for `ttl`, for attesting an agent.
+    pub async fn create_join_token(&self, ttl: Duration) -> Result<types::JoinToken, SpireError> {
+        let request = agent::CreateJoinTokenRequest {
+            ttl: seconds(ttl),
+            token: String::new(),
+            agent_id: None,
+        };
+        self.agent()
+            .create_join_token(request)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(rpc("agent.v1.Agent/CreateJoinToken"))
+    }
+
+    /// Lists every attested agent, following pagination.
+    pub async fn list_agents(&self) -> Result<Vec<types::Agent>, SpireError> {
+        let client = self.agent();
+        paginate("agent.v1.Agent/ListAgents", |page_token| {
+            let mut client = client.clone();
+            async move {
+                let page = client
+                    .list_agents(agent::ListAgentsRequest {
+                        filter: None,
+                        page_size: LIST_PAGE_SIZE,
+                        page_token,
+                    })
+                    .await?
+                    .into_inner();
+                Ok((page.agents, page.next_page_token))
+            }
+        })
+        .await
+    }
+}
+
+fn rpc(method: &'static str) -> impl FnOnce(tonic::Status) -> SpireError {
+    move |source| SpireError::Rpc { method, source }
+}
+
+/// TTLs travel as int32 seconds; anything longer is clamped rather than wrapped negative.
+fn seconds(ttl: Duration) -> i32 {
+    i32::try_from(ttl.as_secs()).unwrap_or(i32::MAX)
+}
+
+/// Drives a paginated List call: `fetch(page_token)` returns one page and the next token.
+async fn paginate<T, F, Fut>(method: &'static str, mut fetch: F) -> Result<Vec<T>, SpireError>
+where
+    F: FnMut(String) -> Fut,
+    Fut: Future<Output = Result<(Vec<T>, String), tonic::Status>>,
+{
+    let mut all = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let (items, next) = fetch(std::mem::take(&mut page_token))
+            .await
+            .map_err(rpc(method))?;
+        let got_any = !items.is_empty();
+        all.extend(items);
+        if next.is_empty() {
+            return Ok(all);
+        }
+        // A server that keeps handing out tokens for empty pages would loop us forever.
+        if !got_any {
+            return Err(SpireError::Malformed {
+                method,
+                reason: "an empty page with a next page token".into(),
+            });
+        }
+        page_token = next;
+    }
+}
+
+/// Batch calls answer one result per item; anything else would misattribute outcomes.
+fn check_count<T>(
+    method: &'static str,
+    sent: usize,
+    results: Vec<T>,
+) -> Result<Vec<T>, SpireError> {
+    if results.len() == sent {
+        Ok(results)
+    } else {
+        Err(SpireError::Malformed {
+            method,
+            reason: format!("{} results for {sent} items", results.len()),
+        })
+    }
+}
