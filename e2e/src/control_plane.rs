@@ -1,0 +1,224 @@
+//! A real Kubernetes control plane on loopback: etcd and kube-apiserver.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::Context;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+
+use crate::pki::{self, Ca};
+use crate::ports::free_port;
+use crate::process::Process;
+use crate::tools::tool;
+use crate::wait;
+use crate::workdir::WorkDir;
+
+/// The service-account token issuer; also the audience tokens carry by default.
+pub const SERVICE_ACCOUNT_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+
+/// etcd + kube-apiserver (RBAC, service-account tokens) with an admin client.
+///
+/// Fields drop in declaration order: the apiserver stops before etcd, and the
+/// directory goes last.
+pub struct ControlPlane {
+    apiserver: Process,
+    etcd: Process,
+    client: kube::Client,
+    url: String,
+    kubeconfig: PathBuf,
+    dir: WorkDir,
+}
+
+impl ControlPlane {
+    /// Starts etcd and kube-apiserver on free loopback ports and waits until the
+    /// apiserver reports ready (`/readyz`).
+    pub async fn start() -> anyhow::Result<Self> {
+        let dir = WorkDir::new("control-plane")?;
+        let pki_dir = dir.join("pki");
+        std::fs::create_dir_all(&pki_dir)?;
+        let write = |name: &str, contents: &str| -> anyhow::Result<PathBuf> {
+            let path = pki_dir.join(name);
+            std::fs::write(&path, contents)
+                .with_context(|| format!("writing {}", path.display()))?;
+            Ok(path)
+        };
+
+        let ca = Ca::new("spire-rs e2e cluster CA")?;
+        let serving = ca.issue_server(
+            "kube-apiserver",
+            &[
+                "localhost",
+                "127.0.0.1",
+                "kubernetes",
+                "kubernetes.default",
+                "kubernetes.default.svc",
+                "kubernetes.default.svc.cluster.local",
+            ],
+        )?;
+        let admin = ca.issue_client("e2e-admin", &["system:masters"])?;
+        let (sa_key, sa_pub) = pki::key_pair()?;
+        let ca_file = write("ca.crt", ca.cert_pem())?;
+        let serving_cert = write("apiserver.crt", &serving.cert_pem)?;
+        let serving_key = write("apiserver.key", &serving.key_pem)?;
+        let admin_cert = write("admin.crt", &admin.cert_pem)?;
+        let admin_key = write("admin.key", &admin.key_pem)?;
+        let sa_key_file = write("sa.key", &sa_key)?;
+        let sa_pub_file = write("sa.pub", &sa_pub)?;
+
+        let etcd_port = free_port()?;
+        let etcd_peer_port = free_port()?;
+        let apiserver_port = free_port()?;
+        let etcd_url = format!("http://127.0.0.1:{etcd_port}");
+        let peer_url = format!("http://127.0.0.1:{etcd_peer_port}");
+
+        let mut etcd = Command::new(tool("etcd")?);
+        etcd.arg("--name=e2e")
+            .arg(format!("--data-dir={}", dir.join("etcd").display()))
+            .arg(format!("--listen-client-urls={etcd_url}"))
+            .arg(format!("--advertise-client-urls={etcd_url}"))
+            .arg(format!("--listen-peer-urls={peer_url}"))
+            .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+            .arg(format!("--initial-cluster=e2e={peer_url}"))
+            // Test data is thrown away; fsync would only slow every write down.
+            .arg("--unsafe-no-fsync")
+            .arg("--log-level=warn");
+        let mut etcd = Process::spawn("etcd", etcd, &dir.join("etcd.log"))?;
+
+        let mut apiserver = Command::new(tool("kube-apiserver")?);
+        apiserver
+            .arg(format!("--etcd-servers={etcd_url}"))
+            .arg("--bind-address=127.0.0.1")
+            .arg("--advertise-address=127.0.0.1")
+            .arg(format!("--secure-port={apiserver_port}"))
+            .arg(format!(
+                "--cert-dir={}",
+                dir.join("apiserver-certs").display()
+            ))
+            .arg(format!("--tls-cert-file={}", serving_cert.display()))
+            .arg(format!("--tls-private-key-file={}", serving_key.display()))
+            .arg(format!("--client-ca-file={}", ca_file.display()))
+            .arg("--authorization-mode=RBAC")
+            .arg(format!("--service-account-issuer={SERVICE_ACCOUNT_ISSUER}"))
+            .arg(format!(
+                "--service-account-key-file={}",
+                sa_pub_file.display()
+            ))
+            .arg(format!(
+                "--service-account-signing-key-file={}",
+                sa_key_file.display()
+            ))
+            .arg("--service-cluster-ip-range=10.96.0.0/16")
+            .arg("--allow-privileged=true")
+            .arg("--profiling=false")
+            // One client at a time; flow control only adds latency here.
+            .arg("--enable-priority-and-fairness=false");
+        let mut apiserver =
+            Process::spawn("kube-apiserver", apiserver, &dir.join("kube-apiserver.log"))?;
+
+        let url = format!("https://127.0.0.1:{apiserver_port}");
+        let kubeconfig = dir.join("kubeconfig");
+        std::fs::write(
+            &kubeconfig,
+            kubeconfig_yaml(&url, &ca_file, &admin_cert, &admin_key),
+        )?;
+        let client = client_for(&kubeconfig).await?;
+
+        wait::until(
+            "kube-apiserver /readyz",
+            Duration::from_secs(120),
+            Duration::from_millis(250),
+            || {
+                let running = etcd
+                    .ensure_running()
+                    .and_then(|()| apiserver.ensure_running());
+                let client = client.clone();
+                async move {
+                    running?;
+                    let request = http::Request::get("/readyz").body(Vec::new())?;
+                    Ok(client
+                        .request_text(request)
+                        .await
+                        .ok()
+                        .filter(|body| body == "ok")
+                        .map(|_| ()))
+                }
+            },
+        )
+        .await?;
+
+        Ok(Self {
+            apiserver,
+            etcd,
+            client,
+            url,
+            kubeconfig,
+            dir,
+        })
+    }
+
+    /// A client authenticated as a cluster admin (`system:masters`).
+    pub fn client(&self) -> kube::Client {
+        self.client.clone()
+    }
+
+    /// The apiserver URL, `https://127.0.0.1:<port>`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// An admin kubeconfig file, for kubectl, helm and the operator.
+    pub fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// The working directory (certificates, etcd data, logs).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Process IDs of etcd and kube-apiserver, for resource measurements.
+    pub fn pids(&self) -> [u32; 2] {
+        [self.etcd.id(), self.apiserver.id()]
+    }
+
+    /// Keeps the working directory after drop (the processes still stop).
+    pub fn keep_dir(&mut self) -> PathBuf {
+        self.dir.keep()
+    }
+}
+
+/// A kube client for a kubeconfig file's current context.
+pub async fn client_for(kubeconfig: &Path) -> anyhow::Result<kube::Client> {
+    let kubeconfig = Kubeconfig::read_from(kubeconfig)?;
+    let config =
+        kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+    Ok(kube::Client::try_from(config)?)
+}
+
+fn kubeconfig_yaml(url: &str, ca: &Path, cert: &Path, key: &Path) -> String {
+    format!(
+        "apiVersion: v1
+kind: Config
+clusters:
+- name: e2e
+  cluster:
+    server: {url}
+    certificate-authority: {ca}
+users:
+- name: e2e-admin
+  user:
+    client-certificate: {cert}
+    client-key: {key}
+contexts:
+- name: e2e
+  context:
+    cluster: e2e
+    user: e2e-admin
+current-context: e2e
+",
+        ca = ca.display(),
+        cert = cert.display(),
+        key = key.display(),
+    )
+}

@@ -1,0 +1,266 @@
+//! A real SPIRE deployment on loopback: one server (sqlite) and one agent attested by
+//! a join token, with the unix workload attestor.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::Context;
+use spire_operator::spire::{SpiffeId, SpireAddress, SpireClient};
+
+use crate::ports::free_port;
+use crate::process::Process;
+use crate::tools::tool;
+use crate::wait;
+use crate::workdir::WorkDir;
+
+/// How long a harness SPIRE API call may take.
+const API_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// spire-server + spire-agent. Fields drop in declaration order: the agent stops
+/// first, then the server, then the directory is removed.
+pub struct Spire {
+    agent: Process,
+    server: Process,
+    client: SpireClient,
+    trust_domain: String,
+    agent_id: SpiffeId,
+    server_socket: PathBuf,
+    workload_socket: PathBuf,
+    dir: WorkDir,
+}
+
+impl Spire {
+    /// Starts a server for `trust_domain` and an agent attested to it, and waits until
+    /// the agent is attested and serves the Workload API.
+    pub async fn start(trust_domain: &str) -> anyhow::Result<Self> {
+        let dir = WorkDir::new("spire")?;
+        // Short names: these sockets must fit in sun_path (108 bytes).
+        let server_socket = dir.join("server/api.sock");
+        let workload_socket = dir.join("agent-sockets/spire-agent.sock");
+        for d in ["server", "server-data", "agent-data", "agent-sockets"] {
+            std::fs::create_dir_all(dir.join(d))?;
+        }
+        let port = free_port()?;
+
+        let server_conf = dir.join("server.conf");
+        std::fs::write(
+            &server_conf,
+            server_config(trust_domain, port, &server_socket, &dir.join("server-data")),
+        )?;
+        let mut server = Command::new(tool("spire-server")?);
+        server.arg("run").arg("-config").arg(&server_conf);
+        let mut server = Process::spawn("spire-server", server, &dir.join("spire-server.log"))?;
+
+        let address = SpireAddress::Unix(server_socket.clone());
+        let client = wait::until(
+            "spire-server API",
+            Duration::from_secs(60),
+            Duration::from_millis(100),
+            || {
+                let running = server.ensure_running();
+                let address = address.clone();
+                let socket_exists = server_socket.exists();
+                async move {
+                    running?;
+                    if !socket_exists {
+                        return Ok(None);
+                    }
+                    let client = SpireClient::connect(address, API_TIMEOUT).await?;
+                    client.get_bundle().await?;
+                    Ok(Some(client))
+                }
+            },
+        )
+        .await?;
+
+        let bundle = client.get_bundle().await?;
+        let bundle_pem: String = bundle
+            .x509_authorities
+            .iter()
+            .map(|ca| pem::encode(&pem::Pem::new("CERTIFICATE", ca.asn1.clone())))
+            .collect();
+        let bundle_file = dir.join("bundle.pem");
+        std::fs::write(&bundle_file, bundle_pem)?;
+
+        let token = client
+            .create_join_token(Duration::from_secs(600))
+            .await?
+            .value;
+        let agent_id: SpiffeId =
+            format!("spiffe://{trust_domain}/spire/agent/join_token/{token}").parse()?;
+        let agent_conf = dir.join("agent.conf");
+        std::fs::write(
+            &agent_conf,
+            agent_config(
+                trust_domain,
+                port,
+                &token,
+                &workload_socket,
+                &bundle_file,
+                &dir.join("agent-data"),
+            ),
+        )?;
+        let mut agent = Command::new(tool("spire-agent")?);
+        agent.arg("run").arg("-config").arg(&agent_conf);
+        let mut agent = Process::spawn("spire-agent", agent, &dir.join("spire-agent.log"))?;
+
+        wait::until(
+            "spire-agent attestation",
+            Duration::from_secs(60),
+            Duration::from_millis(100),
+            || {
+                let running = server
+                    .ensure_running()
+                    .and_then(|()| agent.ensure_running());
+                let client = client.clone();
+                let agent_id = agent_id.clone();
+                let socket_exists = workload_socket.exists();
+                async move {
+                    running?;
+                    let attested = client.list_agents().await?.iter().any(|a| {
+                        a.id.as_ref()
+                            .and_then(|id| SpiffeId::from_api(id).ok())
+                            .as_ref()
+                            == Some(&agent_id)
+                    });
+                    Ok((attested && socket_exists).then_some(()))
+                }
+            },
+        )
+        .await
+        .context("waiting for the agent to attest with its join token")?;
+
+        Ok(Self {
+            agent,
+            server,
+            client,
+            trust_domain: trust_domain.to_owned(),
+            agent_id,
+            server_socket,
+            workload_socket,
+            dir,
+        })
+    }
+
+    /// A client on the server's admin socket.
+    pub fn client(&self) -> SpireClient {
+        self.client.clone()
+    }
+
+    /// The trust domain name.
+    pub fn trust_domain(&self) -> &str {
+        &self.trust_domain
+    }
+
+    /// The agent's SPIFFE ID (`spiffe://<td>/spire/agent/join_token/<token>`): the
+    /// parent ID of entries for workloads on this "node".
+    pub fn agent_id(&self) -> &SpiffeId {
+        &self.agent_id
+    }
+
+    /// The server's admin API socket.
+    pub fn server_socket(&self) -> &Path {
+        &self.server_socket
+    }
+
+    /// The agent's Workload API socket.
+    pub fn workload_socket(&self) -> &Path {
+        &self.workload_socket
+    }
+
+    /// `unix://<workload socket>`, the form `SPIFFE_ENDPOINT_SOCKET` takes.
+    pub fn workload_endpoint(&self) -> String {
+        format!("unix://{}", self.workload_socket.display())
+    }
+
+    /// The working directory (configs, data, logs).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Process IDs of the server and the agent.
+    pub fn pids(&self) -> [u32; 2] {
+        [self.server.id(), self.agent.id()]
+    }
+
+    /// Keeps the working directory after drop (the processes still stop).
+    pub fn keep_dir(&mut self) -> PathBuf {
+        self.dir.keep()
+    }
+}
+
+fn server_config(trust_domain: &str, port: u16, socket: &Path, data: &Path) -> String {
+    format!(
+        r#"server {{
+    bind_address = "127.0.0.1"
+    bind_port = "{port}"
+    socket_path = "{socket}"
+    trust_domain = "{trust_domain}"
+    data_dir = "{data}"
+    log_level = "DEBUG"
+    ca_ttl = "24h"
+    default_x509_svid_ttl = "1h"
+    default_jwt_svid_ttl = "5m"
+}}
+
+plugins {{
+    DataStore "sql" {{
+        plugin_data {{
+            database_type = "sqlite3"
+            connection_string = "{data}/datastore.sqlite3"
+        }}
+    }}
+    NodeAttestor "join_token" {{
+        plugin_data {{}}
+    }}
+    KeyManager "memory" {{
+        plugin_data {{}}
+    }}
+}}
+"#,
+        socket = socket.display(),
+        data = data.display(),
+    )
+}
+
+fn agent_config(
+    trust_domain: &str,
+    port: u16,
+    token: &str,
+    socket: &Path,
+    bundle: &Path,
+    data: &Path,
+) -> String {
+    format!(
+        r#"agent {{
+    server_address = "127.0.0.1"
+    server_port = "{port}"
+    socket_path = "{socket}"
+    trust_bundle_path = "{bundle}"
+    trust_domain = "{trust_domain}"
+    data_dir = "{data}"
+    join_token = "{token}"
+    log_level = "DEBUG"
+}}
+
+plugins {{
+    NodeAttestor "join_token" {{
+        plugin_data {{}}
+    }}
+    # On disk so that a restarted agent keeps its identity (join tokens are single-use).
+    KeyManager "disk" {{
+        plugin_data {{
+            directory = "{data}"
+        }}
+    }}
+    WorkloadAttestor "unix" {{
+        plugin_data {{}}
+    }}
+}}
+"#,
+        socket = socket.display(),
+        bundle = bundle.display(),
+        data = data.display(),
+    )
+}

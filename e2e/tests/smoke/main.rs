@@ -1,0 +1,9 @@
+//! Smoke tests: each starts real components through the harness and asserts what a
+//! user would observe. One scenario per file.
+
+mod agent_attestation;
+mod apiserver_version;
+mod crd_round_trip;
+mod demo;
+mod spire_entries;
+mod workload_svid;
