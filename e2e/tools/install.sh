@@ -10,7 +10,9 @@
 #   pkg/<tool>/<key>/    one directory per tool and cache key; the key hashes the
 #                        version and, for wrapper modules, their go.mod and go.sum
 #   bin/<set key>/       symlinks to the binaries of the current set of pins
-#   go/mod, go/build     Go module and build caches, so rebuilds after a pin change are quick
+#   go/mod               Go module cache: downloads are kept, so a pin change only recompiles
+#   go/build             Go build cache, removed after a run that built everything it had
+#                        to (it grows to ~10 GB and only speeds up retries of a failed run)
 # A finished tool directory holds a `.done` stamp; anything without it is rebuilt.
 set -euo pipefail
 
@@ -20,31 +22,16 @@ source "$here/versions.env"
 
 root=${SPIRE_RS_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/spire-rs-tools}
 
-hash_of() { cat "$@" | sha256sum | cut -c1-12; }
-
-# tool name -> cache key. Wrapper modules are keyed by their files, the rest by version.
+# tool name -> cache key. The key hashes what decides the binary: the wrapper module's
+# files (tools/<name>/), or the pinned version, and the text of the tool's build function.
 declare -A key
 # Tools built from a wrapper module in tools/<name>/ (go.mod, go.sum, maybe main.go).
 wrapped=(etcd kubernetes spire spire-controller-manager spiffe-csi)
-shopt -s nullglob
-for t in "${wrapped[@]}"; do
-  key[$t]=$(hash_of "$here/$t"/go.mod "$here/$t"/go.sum "$here/$t"/*.go)
-done
-shopt -u nullglob
-# Tools installed with `go install pkg@version`.
-key[helm]=$HELM_VERSION
-key[csi-sanity]=$CSI_TEST_VERSION
-tools=("${wrapped[@]}" helm csi-sanity)
-
-set_key=$(for t in "${tools[@]}"; do echo "$t=${key[$t]}"; done | sha256sum | cut -c1-12)
-bin="$root/bin/$set_key"
-
-if [[ ${1:-} == --print-bin ]]; then
-  echo "$bin"
-  exit 0
-fi
-
-command -v go >/dev/null || { echo "install.sh: go is not on PATH (Go 1.26 is required)" >&2; exit 1; }
+# Tools installed with `go install pkg@version` (their module proxy answers serve the
+# version list that go install reads).
+installed=(helm csi-sanity)
+tools=("${wrapped[@]}" "${installed[@]}")
+builder() { local t=${1//-/_}; echo "build_$t"; }
 
 # Pins in versions.env must agree with the wrapper modules that actually decide the version.
 check_pin() { # module file module version
@@ -122,7 +109,8 @@ go_install() {
 }
 
 build_spire() {
-  (cd "$here/spire" && go build -trimpath -o "$out/" \
+  # Without the tag SPIRE reports itself as "<version>-dev-unk".
+  (cd "$here/spire" && go build -trimpath -ldflags "-X github.com/spiffe/spire/pkg/common/version.gittag=${SPIRE_VERSION#v}" -o "$out/" \
     github.com/spiffe/spire/cmd/spire-server \
     github.com/spiffe/spire/cmd/spire-agent \
     github.com/spiffe/spire/support/oidc-discovery-provider)
@@ -132,7 +120,7 @@ build_helm() { go_install "helm.sh/helm/v4/cmd/helm@$HELM_VERSION"; }
 
 build_csi_sanity() { go_install "github.com/kubernetes-csi/csi-test/v5/cmd/csi-sanity@$CSI_TEST_VERSION"; }
 
-build_scm() {
+build_spire_controller_manager() {
   # The main package is cmd/, which `go install` would name `cmd`.
   (cd "$here/spire-controller-manager" && go build -trimpath -o "$out/spire-controller-manager" \
     github.com/spiffe/spire-controller-manager/cmd)
@@ -142,14 +130,34 @@ build_spiffe_csi() {
   (cd "$here/spiffe-csi" && go build -trimpath -o "$out/" github.com/spiffe/spiffe-csi/cmd/spiffe-csi-driver)
 }
 
+shopt -s nullglob
+for t in "${tools[@]}"; do
+  inputs=()
+  if [[ " ${wrapped[*]} " == *" $t "* ]]; then
+    inputs=("$here/$t"/go.mod "$here/$t"/go.sum "$here/$t"/*.go)
+  fi
+  recipe=$(declare -f "$(builder "$t")")
+  # The values of the pins the recipe names (e.g. $HELM_VERSION), not just their names.
+  for v in $(grep -oE '[A-Z_]+_VERSION' <<<"$recipe" | sort -u); do
+    recipe+=$'\n'"$v=${!v}"
+  done
+  key[$t]=$( { cat "${inputs[@]}" /dev/null; echo "$recipe"; } | sha256sum | cut -c1-12)
+done
+shopt -u nullglob
+set_key=$(for t in "${tools[@]}"; do echo "$t=${key[$t]}"; done | sha256sum | cut -c1-12)
+bin="$root/bin/$set_key"
+
+if [[ ${1:-} == --print-bin ]]; then
+  echo "$bin"
+  exit 0
+fi
+
+command -v go >/dev/null || { echo "install.sh: go is not on PATH (Go 1.26 is required)" >&2; exit 1; }
+
 echo "make tools: installing into $root"
-build etcd build_etcd
-build kubernetes build_kubernetes
-build spire build_spire
-build helm build_helm
-build csi-sanity build_csi_sanity
-build spire-controller-manager build_scm
-build spiffe-csi build_spiffe_csi
+for t in "${tools[@]}"; do
+  build "$t" "$(builder "$t")"
+done
 
 # Publish the set: a fresh directory of symlinks, swapped in atomically.
 mkdir -p "$root/bin"
@@ -164,6 +172,10 @@ if [[ -d $bin ]] && diff <(ls -l "$tmp" | awk '{print $9, $11}') <(ls -l "$bin" 
 else
   rm -rf "$bin"
   mv "$tmp" "$bin"
+fi
+
+if (( built > 0 )); then
+  go clean -cache
 fi
 
 echo "make tools: $built built, $(( ${#tools[@]} - built )) cached, $((SECONDS - started))s; binaries in $bin"
