@@ -4,7 +4,7 @@
 //!
 //! `demo --no-wait` runs the same story and exits instead of waiting (used by the tests).
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
@@ -148,7 +148,7 @@ fn print_next_steps(
     bin: &std::path::Path,
     control_plane: &ControlPlane,
     spire: &Spire,
-    workload: &PathBuf,
+    workload: &Path,
 ) {
     println!("\nThe stack keeps running until you press Ctrl-C. In another terminal, try:");
     println!("  export PATH={}:$PATH", bin.display());

@@ -108,7 +108,8 @@ mod tests {
 
     #[test]
     fn invalid_ids_name_the_part_that_is_wrong() {
-        let cases: &[(&str, fn(String) -> SpiffeIdError)] = &[
+        type Expected = fn(String) -> SpiffeIdError;
+        let cases: &[(&str, Expected)] = &[
             ("http://example.org/a", SpiffeIdError::Scheme),
             ("spiffe://", SpiffeIdError::TrustDomain),
             ("spiffe://Example.org/a", SpiffeIdError::TrustDomain),
