@@ -43,4 +43,7 @@ lint: ## cargo fmt --check and clippy with warnings as errors.
 
 .PHONY: test
 test: tools lint ## Everything CI runs: tools, lint, unit and e2e tests.
-	cargo test --workspace -- --test-threads=$(TEST_THREADS)
+	mkdir -p target
+	cargo test --workspace -- --test-threads=$(TEST_THREADS) 2>&1 | tee target/test.log
+	@# cargo prints one result line per test binary; the total is what a reader wants.
+	@awk '/^test result:/ { p += $$4; f += $$6; s += $$8 } END { printf "total: %d passed, %d failed, %d skipped\n", p, f, s }' target/test.log
