@@ -17,11 +17,24 @@ use crate::workdir::WorkDir;
 /// The service-account token issuer; also the audience tokens carry by default.
 pub const SERVICE_ACCOUNT_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
 
-/// etcd + kube-apiserver (RBAC, service-account tokens) with an admin client.
+/// What to run besides etcd and kube-apiserver.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Options {
+    /// Also run kube-controller-manager: namespaces then get their `default`
+    /// ServiceAccount (which the ServiceAccount admission plugin requires before a pod
+    /// can be created there), deleted namespaces are emptied and removed, and owner
+    /// references are garbage-collected. The node lifecycle controller stays off: no
+    /// kubelet runs here, so it would mark every node unreachable and evict its pods.
+    pub controller_manager: bool,
+}
+
+/// etcd + kube-apiserver (RBAC, service-account tokens) with an admin client, and
+/// optionally kube-controller-manager.
 ///
-/// Fields drop in declaration order: the apiserver stops before etcd, and the
-/// directory goes last.
+/// Fields drop in declaration order: the controller manager and the apiserver stop
+/// before etcd, and the directory goes last.
 pub struct ControlPlane {
+    controller_manager: Option<Process>,
     apiserver: Process,
     etcd: Process,
     client: kube::Client,
@@ -34,6 +47,11 @@ impl ControlPlane {
     /// Starts etcd and kube-apiserver on free loopback ports and waits until the
     /// apiserver reports ready (`/readyz`).
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(Options::default()).await
+    }
+
+    /// Like [`ControlPlane::start`], with the components `options` asks for.
+    pub async fn start_with(options: Options) -> anyhow::Result<Self> {
         let dir = WorkDir::new("control-plane")?;
         let pki_dir = dir.join("pki");
         std::fs::create_dir_all(&pki_dir)?;
@@ -147,7 +165,22 @@ impl ControlPlane {
         )
         .await?;
 
+        let controller_manager = if options.controller_manager {
+            let mut kcm = Command::new(tool("kube-controller-manager")?);
+            kcm.arg(format!("--kubeconfig={}", kubeconfig.display()))
+                .arg(format!("--root-ca-file={}", ca_file.display()))
+                .arg("--controllers=*,-node-lifecycle-controller")
+                .arg("--leader-elect=false")
+                // Nothing scrapes it; not serving avoids another port.
+                .arg("--secure-port=0");
+            let log = dir.join("kube-controller-manager.log");
+            Some(Process::spawn("kube-controller-manager", kcm, &log)?)
+        } else {
+            None
+        };
+
         Ok(Self {
+            controller_manager,
             apiserver,
             etcd,
             client,
@@ -180,6 +213,16 @@ impl ControlPlane {
     /// Process IDs of etcd and kube-apiserver, for resource measurements.
     pub fn pids(&self) -> [u32; 2] {
         [self.etcd.id(), self.apiserver.id()]
+    }
+
+    /// Fails, with the end of its log, if a component has exited.
+    pub fn ensure_running(&mut self) -> anyhow::Result<()> {
+        self.etcd.ensure_running()?;
+        self.apiserver.ensure_running()?;
+        if let Some(kcm) = &mut self.controller_manager {
+            kcm.ensure_running()?;
+        }
+        Ok(())
     }
 
     /// Keeps the working directory after drop (the processes still stop).

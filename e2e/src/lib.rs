@@ -19,6 +19,6 @@ pub mod tools;
 pub mod wait;
 pub mod workdir;
 
-pub use control_plane::ControlPlane;
+pub use control_plane::{ControlPlane, Options as ControlPlaneOptions};
 pub use spire::Spire;
 pub use workdir::WorkDir;

@@ -3,6 +3,7 @@
 
 mod agent_attestation;
 mod apiserver_version;
+mod controller_manager;
 mod crd_round_trip;
 mod demo;
 mod spire_entries;
