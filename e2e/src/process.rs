@@ -118,3 +118,71 @@ pub fn tail(path: &Path, lines: usize) -> String {
         Err(e) => format!("(cannot read {}: {e})", path.display()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alive(pid: i32) -> bool {
+        // Signal 0 checks existence; a zombie would still count, so only use this for
+        // processes whose parent (the shell) reaps them or that we reaped.
+        std::path::Path::new(&format!("/proc/{pid}")).exists()
+            && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|s| s.contains(") Z "))
+    }
+
+    #[test]
+    fn drop_stops_the_whole_process_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("grandchild.pid");
+        let mut command = Command::new("sh");
+        // The parent-death signal is not inherited across fork, so only the group kill
+        // reaches the backgrounded grandchild.
+        command.arg("-c").arg(format!(
+            "sleep 300 & echo $! > {}; wait",
+            pid_file.display()
+        ));
+        let process = Process::spawn("sh", command, &dir.path().join("sh.log")).unwrap();
+        let child = process.id() as i32;
+        let grandchild = loop {
+            if let Ok(pid) = std::fs::read_to_string(&pid_file).map(|s| s.trim().parse::<i32>())
+                && let Ok(pid) = pid
+            {
+                break pid;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert!(alive(grandchild));
+        drop(process);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while alive(grandchild) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(!alive(child), "the child is stopped");
+        assert!(
+            !alive(grandchild),
+            "the grandchild in the same group is stopped too"
+        );
+    }
+
+    #[test]
+    fn a_crashed_process_is_reported_with_its_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut command = Command::new("sh");
+        command.arg("-c").arg("echo 'fatal: bad flag'; exit 3");
+        let mut process =
+            Process::spawn("crasher", command, &dir.path().join("crasher.log")).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let err = loop {
+            match process.ensure_running() {
+                Err(e) => break e.to_string(),
+                Ok(()) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                Ok(()) => panic!("the process never exited"),
+            }
+        };
+        assert!(err.contains("crasher exited"), "{err}");
+        assert!(err.contains("fatal: bad flag"), "{err}");
+    }
+}

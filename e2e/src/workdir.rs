@@ -58,3 +58,34 @@ impl Drop for WorkDir {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn removed_after_success() {
+        let dir = WorkDir::new("unit-ok").unwrap();
+        let path = dir.path().to_path_buf();
+        std::fs::write(dir.join("component.log"), "fine").unwrap();
+        drop(dir);
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn kept_when_the_test_panics() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let result = std::thread::spawn(move || {
+            let dir = WorkDir::new("unit-panic").unwrap();
+            std::fs::write(dir.join("component.log"), "what went wrong").unwrap();
+            tx.send(dir.path().to_path_buf()).unwrap();
+            panic!("simulated test failure");
+        })
+        .join();
+        assert!(result.is_err());
+        let path = rx.recv().unwrap();
+        let log = std::fs::read_to_string(path.join("component.log"));
+        std::fs::remove_dir_all(&path).unwrap();
+        assert_eq!(log.unwrap(), "what went wrong");
+    }
+}
