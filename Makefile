@@ -29,7 +29,7 @@ build: ## Build all crates and binaries.
 
 .PHONY: demo
 demo: tools ## Start the local stack and show a workload receiving its SPIFFE identity (Ctrl-C stops it).
-	cargo build -p e2e --bins
+	cargo build --workspace --bins
 	./target/debug/demo
 
 .PHONY: fmt

@@ -166,6 +166,10 @@ fn print_next_steps(
         spire.server_socket().display()
     );
     println!(
+        "  target/debug/spire-operator check-spire --spire-server-socket-path {}",
+        spire.server_socket().display()
+    );
+    println!(
         "  SPIFFE_ENDPOINT_SOCKET={} {}",
         spire.workload_endpoint(),
         workload.display()
