@@ -11,9 +11,12 @@
 #![warn(missing_docs)]
 
 pub mod control_plane;
+pub mod http;
+pub mod kube_util;
 pub mod pki;
 pub mod ports;
 pub mod process;
+pub mod reference;
 pub mod spire;
 pub mod tools;
 pub mod wait;

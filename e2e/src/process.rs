@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use rustix::process::{Pid, Signal};
 
 /// How long a process gets to exit after SIGTERM before the group is killed.
@@ -65,15 +65,16 @@ impl Process {
         &self.log
     }
 
-    /// Fails, with the end of the log, if the process has exited: readiness loops call
-    /// this so a crash is reported at once rather than as a time-out.
+    /// Fails with [`Exited`], carrying the end of the log, if the process has exited:
+    /// readiness loops call this so a crash is reported at once rather than as a time-out.
     pub fn ensure_running(&mut self) -> anyhow::Result<()> {
         if let Some(status) = self.child.try_wait()? {
-            bail!(
-                "{} exited ({status}); last log lines:\n{}",
-                self.name,
-                tail(&self.log, 30)
-            );
+            return Err(Exited {
+                name: self.name.clone(),
+                status: status.to_string(),
+                log_tail: tail(&self.log, 30),
+            }
+            .into());
         }
         Ok(())
     }
@@ -106,6 +107,16 @@ impl Drop for Process {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A component exited while it was expected to run. [`crate::wait::until`] stops
+/// waiting at once when a probe fails with this error.
+#[derive(Debug, thiserror::Error)]
+#[error("{name} exited ({status}); last log lines:\n{log_tail}")]
+pub struct Exited {
+    name: String,
+    status: String,
+    log_tail: String,
 }
 
 /// The last `lines` lines of a log file, for error messages.
@@ -184,5 +195,34 @@ mod tests {
         };
         assert!(err.contains("crasher exited"), "{err}");
         assert!(err.contains("fatal: bad flag"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn waiting_on_a_crashed_process_fails_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut command = Command::new("sh");
+        command.arg("-c").arg("exit 1");
+        let mut process =
+            Process::spawn("crasher", command, &dir.path().join("crasher.log")).unwrap();
+        let started = Instant::now();
+        let result: anyhow::Result<()> = crate::wait::until(
+            "never",
+            Duration::from_secs(60),
+            Duration::from_millis(10),
+            || {
+                let running = process.ensure_running();
+                async move {
+                    running?;
+                    Ok(None)
+                }
+            },
+        )
+        .await;
+        assert!(result.is_err());
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "gave up after {:?}",
+            started.elapsed()
+        );
     }
 }

@@ -6,8 +6,9 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 
 /// Calls `probe` every `interval` until it returns `Ok(Some(value))` or `timeout`
-/// passes. The error of the last attempt is reported on timeout, so a failing test
-/// says why the condition never held, not only that it did not.
+/// passes. Errors count as "not yet", and the last one is reported on timeout, so a
+/// failing test says why the condition never held; an error caused by
+/// [`crate::process::Exited`] ends the wait at once.
 pub async fn until<T, F, Fut>(
     what: &str,
     timeout: Duration,
@@ -23,6 +24,9 @@ where
         let last = match probe().await {
             Ok(Some(value)) => return Ok(value),
             Ok(None) => None,
+            Err(e) if e.chain().any(|c| c.is::<crate::process::Exited>()) => {
+                return Err(e.context(format!("{what}: a component exited")));
+            }
             Err(e) => Some(e),
         };
         if tokio::time::Instant::now() >= deadline {

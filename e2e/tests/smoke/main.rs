@@ -6,5 +6,6 @@ mod apiserver_version;
 mod controller_manager;
 mod crd_round_trip;
 mod demo;
+mod reference_scm;
 mod spire_entries;
 mod workload_svid;

@@ -1,0 +1,110 @@
+//! Applying manifests and building the objects scenarios need, through kube-rs.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use k8s_openapi::api::core::v1::{Container, Node, Pod, PodSpec};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::ResourceExt;
+use kube::api::{Api, ObjectMeta, Patch, PatchParams};
+use serde::Deserialize;
+
+use crate::wait;
+
+/// Server-side applies every CRD in the YAML files and waits until each is Established.
+pub async fn apply_crds(
+    client: &kube::Client,
+    files: &[impl AsRef<Path>],
+) -> anyhow::Result<Vec<String>> {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let mut names = Vec::new();
+    for file in files {
+        let file = file.as_ref();
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        for document in serde_norway::Deserializer::from_str(&text) {
+            let value = serde_norway::Value::deserialize(document)?;
+            if value.is_null() {
+                continue;
+            }
+            let crd: CustomResourceDefinition = serde_norway::from_value(value)
+                .with_context(|| format!("parsing a CRD in {}", file.display()))?;
+            let name = crd.name_any();
+            crds.patch(
+                &name,
+                &PatchParams::apply("e2e").force(),
+                &Patch::Apply(&crd),
+            )
+            .await
+            .with_context(|| format!("applying CRD {name} from {}", file.display()))?;
+            names.push(name);
+        }
+    }
+    for name in &names {
+        wait::until(
+            &format!("CRD {name} established"),
+            Duration::from_secs(30),
+            Duration::from_millis(100),
+            || {
+                let crds = crds.clone();
+                let name = name.clone();
+                async move {
+                    let crd = crds.get(&name).await?;
+                    let conditions = crd.status.and_then(|s| s.conditions).unwrap_or_default();
+                    Ok(conditions
+                        .iter()
+                        .any(|c| c.type_ == "Established" && c.status == "True")
+                        .then_some(()))
+                }
+            },
+        )
+        .await?;
+    }
+    Ok(names)
+}
+
+/// A Node object named `name` (no kubelet backs it; the operator only reads its metadata).
+pub fn node(name: &str) -> Node {
+    Node {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+/// A Pod already bound to `node`, as the scheduler would leave it, with one container.
+pub fn scheduled_pod(
+    namespace: &str,
+    name: &str,
+    service_account: &str,
+    node: &str,
+    labels: &[(&str, &str)],
+) -> Pod {
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(namespace.into()),
+            labels: Some(
+                labels
+                    .iter()
+                    .map(|(k, v)| ((*k).into(), (*v).into()))
+                    .collect(),
+            ),
+            ..Default::default()
+        },
+        spec: Some(PodSpec {
+            node_name: Some(node.into()),
+            service_account_name: Some(service_account.into()),
+            containers: vec![Container {
+                name: "app".into(),
+                image: Some("registry.invalid/app:1".into()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
