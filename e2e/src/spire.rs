@@ -174,6 +174,27 @@ impl Spire {
         format!("unix://{}", self.workload_socket.display())
     }
 
+    /// Runs `spire-server <subcommand> <args> -socketPath <server socket>`, as an operator
+    /// at the server would (e.g. `["entry", "create", "-spiffeID", ...]`), and returns
+    /// its standard output; a non-zero exit is an error carrying its output.
+    pub fn server_cli(&self, args: &[&str]) -> anyhow::Result<String> {
+        let output = Command::new(tool("spire-server")?)
+            .args(args)
+            .arg("-socketPath")
+            .arg(&self.server_socket)
+            .output()?;
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        if !output.status.success() {
+            anyhow::bail!(
+                "spire-server {} failed ({}):\n{stdout}{}",
+                args.join(" "),
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(stdout)
+    }
+
     /// The working directory (configs, data, logs).
     pub fn dir(&self) -> &Path {
         self.dir.path()
