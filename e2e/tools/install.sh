@@ -124,6 +124,11 @@ build_spire_controller_manager() {
   # The main package is cmd/, which `go install` would name `cmd`.
   (cd "$here/spire-controller-manager" && go build -trimpath -o "$out/spire-controller-manager" \
     github.com/spiffe/spire-controller-manager/cmd)
+  # Its CRDs, which the reference tests apply exactly as released.
+  local src
+  src=$(cd "$here/spire-controller-manager" && go list -m -f '{{.Dir}}' github.com/spiffe/spire-controller-manager)
+  mkdir -p "$out/crds"
+  install -m 0644 "$src"/config/crd/bases/*.yaml "$out/crds/"
 }
 
 build_spiffe_csi() {
