@@ -33,6 +33,18 @@ demo: tools ## Start the local stack and show a workload receiving its SPIFFE id
 	cargo build --workspace --bins
 	./target/debug/demo
 
+GO_FIELDS := operator/src/template/go_fields.json
+GO_ENV := GOTOOLCHAIN=local GOSUMDB=off GOFLAGS=-mod=readonly
+
+.PHONY: generate
+generate: ## Regenerate checked-in generated files (the Go field table templates use).
+	cd e2e/tools/gofields && $(GO_ENV) go run . > $(CURDIR)/$(GO_FIELDS)
+
+.PHONY: check-generated
+check-generated: ## Fail when a checked-in generated file is stale.
+	cd e2e/tools/gofields && $(GO_ENV) go run . | diff -u $(CURDIR)/$(GO_FIELDS) - \
+		|| { echo "$(GO_FIELDS) is stale: run make generate" >&2; exit 1; }
+
 .PHONY: fmt
 fmt: ## Format the code.
 	cargo fmt --all
@@ -43,7 +55,7 @@ lint: ## cargo fmt --check and clippy with warnings as errors.
 	cargo clippy --workspace --all-targets -- -D warnings
 
 .PHONY: test
-test: tools lint ## Everything CI runs: tools, lint, unit and e2e tests.
+test: tools lint check-generated ## Everything CI runs: tools, lint, generated files, unit and e2e tests.
 	mkdir -p target
 	cargo test --workspace -- --test-threads=$(TEST_THREADS) 2>&1 | tee target/test.log
 	@# cargo prints one result line per test binary; the total is what a reader wants.
