@@ -4,5 +4,6 @@
 //! The binary in `main.rs` only parses arguments and wires these modules together.
 #![warn(missing_docs)]
 
+pub mod reconcile;
 pub mod spire;
 pub mod template;

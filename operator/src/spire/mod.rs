@@ -2,7 +2,9 @@
 
 pub mod api;
 mod client;
+mod entry;
 mod spiffe_id;
 
 pub use client::{SpireAddress, SpireClient, SpireError};
+pub use entry::{EntryKey, EntrySpec, managed_fields};
 pub use spiffe_id::{SpiffeId, SpiffeIdError};

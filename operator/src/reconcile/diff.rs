@@ -1,0 +1,267 @@
+//! The plan that brings the server's entries to the desired set: pure, no I/O.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use crate::spire::api::types::EntryMask;
+use crate::spire::{EntryKey, EntrySpec};
+
+/// An entry on the server, as the mirror holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ActualEntry {
+    /// The server's entry ID.
+    pub id: String,
+    /// Its fields.
+    pub spec: EntrySpec,
+    /// Whether the operator created or adopted it. Only owned entries are ever updated
+    /// or deleted without first being adopted by matching a desired entry's key.
+    pub owned: bool,
+}
+
+/// What to write to bring the server to the desired state.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Entries to create.
+    pub create: Vec<EntrySpec>,
+    /// Existing entries (by ID) whose non-key fields change in place.
+    pub update: Vec<(String, EntrySpec)>,
+    /// Owned entries no longer desired.
+    pub delete: Vec<String>,
+    /// Entries the operator did not own that match a desired key: taken over in place,
+    /// so their SVIDs are not re-issued (migration from spire-controller-manager).
+    pub adopt: Vec<String>,
+    /// Entries neither desired nor owned: left alone.
+    pub foreign: usize,
+}
+
+impl Plan {
+    /// Whether nothing needs writing.
+    pub fn is_empty(&self) -> bool {
+        self.create.is_empty() && self.update.is_empty() && self.delete.is_empty()
+    }
+}
+
+/// Compares `desired` with `actual`. `mask` selects the non-key fields compared (see
+/// [`crate::spire::managed_fields`]). Output lists are sorted, so plans are stable.
+pub fn plan(
+    desired: &HashMap<EntryKey, EntrySpec>,
+    actual: &[ActualEntry],
+    mask: &EntryMask,
+) -> Plan {
+    let mut plan = Plan::default();
+    // SPIRE refuses two entries with one key, but a mirror may briefly hold both (an
+    // entry created by someone else between two listings): the owned one serves, any
+    // other owned duplicate goes.
+    let mut by_key: BTreeMap<&EntryKey, &ActualEntry> = BTreeMap::new();
+    let mut duplicates = Vec::new();
+    for entry in actual {
+        match by_key.get(&entry.spec.key) {
+            Some(kept) if kept.owned || !entry.owned => duplicates.push(entry),
+            Some(kept) => {
+                duplicates.push(*kept);
+                by_key.insert(&entry.spec.key, entry);
+            }
+            None => {
+                by_key.insert(&entry.spec.key, entry);
+            }
+        }
+    }
+
+    let mut matched = HashSet::new();
+    for (key, want) in desired {
+        match by_key.get(key) {
+            Some(have) => {
+                matched.insert(have.id.as_str());
+                if !have.owned {
+                    plan.adopt.push(have.id.clone());
+                }
+                if want.differs(&have.spec, mask) {
+                    plan.update.push((have.id.clone(), want.clone()));
+                }
+            }
+            None => plan.create.push(want.clone()),
+        }
+    }
+    for entry in by_key.values().copied().chain(duplicates) {
+        if matched.contains(entry.id.as_str()) {
+            continue;
+        }
+        if entry.owned {
+            plan.delete.push(entry.id.clone());
+        } else {
+            plan.foreign += 1;
+        }
+    }
+    plan.create.sort_by(|a, b| a.key.cmp(&b.key));
+    plan.update.sort_by(|a, b| a.0.cmp(&b.0));
+    plan.delete.sort();
+    plan.adopt.sort();
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spire::managed_fields;
+
+    fn spec(path: &str, selectors: &[&str]) -> EntrySpec {
+        EntrySpec {
+            key: EntryKey {
+                spiffe_id: format!("spiffe://td{path}").parse().unwrap(),
+                parent_id: "spiffe://td/spire/agent/k8s_psat/c/node-1".parse().unwrap(),
+                selectors: selectors.iter().map(|s| (*s).to_owned()).collect(),
+            },
+            x509_svid_ttl: 0,
+            jwt_svid_ttl: 0,
+            federates_with: Default::default(),
+            admin: false,
+            downstream: false,
+            dns_names: vec![],
+            hint: String::new(),
+            store_svid: false,
+        }
+    }
+
+    fn actual(id: &str, spec: EntrySpec, owned: bool) -> ActualEntry {
+        ActualEntry {
+            id: id.into(),
+            spec,
+            owned,
+        }
+    }
+
+    fn desired(specs: &[EntrySpec]) -> HashMap<EntryKey, EntrySpec> {
+        specs.iter().map(|s| (s.key.clone(), s.clone())).collect()
+    }
+
+    #[test]
+    fn plans() {
+        let web = spec("/ns/a/sa/web", &["k8s:pod-uid:1"]);
+        let mut web_hinted = web.clone();
+        web_hinted.hint = "web".into();
+        let web_moved = spec("/ns/a/sa/web2", &["k8s:pod-uid:1"]);
+        let db = spec("/ns/a/sa/db", &["k8s:pod-uid:2"]);
+        let cli = spec("/legacy", &["unix:uid:0"]);
+
+        struct Case {
+            name: &'static str,
+            desired: Vec<EntrySpec>,
+            actual: Vec<ActualEntry>,
+            want: Plan,
+        }
+        let cases = vec![
+            Case {
+                name: "missing entry is created",
+                desired: vec![web.clone()],
+                actual: vec![],
+                want: Plan {
+                    create: vec![web.clone()],
+                    ..Default::default()
+                },
+            },
+            Case {
+                name: "equal owned entry needs nothing",
+                desired: vec![web.clone()],
+                actual: vec![actual("e1", web.clone(), true)],
+                want: Plan::default(),
+            },
+            Case {
+                name: "changed hint is updated in place",
+                desired: vec![web_hinted.clone()],
+                actual: vec![actual("e1", web.clone(), true)],
+                want: Plan {
+                    update: vec![("e1".into(), web_hinted.clone())],
+                    ..Default::default()
+                },
+            },
+            Case {
+                name: "changed SPIFFE ID is delete plus create",
+                desired: vec![web_moved.clone()],
+                actual: vec![actual("e1", web.clone(), true)],
+                want: Plan {
+                    create: vec![web_moved.clone()],
+                    delete: vec!["e1".into()],
+                    ..Default::default()
+                },
+            },
+            Case {
+                name: "owned entry no longer desired is deleted, foreign one is left",
+                desired: vec![],
+                actual: vec![
+                    actual("e1", web.clone(), true),
+                    actual("e2", cli.clone(), false),
+                ],
+                want: Plan {
+                    delete: vec!["e1".into()],
+                    foreign: 1,
+                    ..Default::default()
+                },
+            },
+            Case {
+                name: "foreign entry with a desired key is adopted, not re-created",
+                desired: vec![web_hinted.clone(), db.clone()],
+                actual: vec![
+                    actual("scm-1", web.clone(), false),
+                    actual("scm-2", db.clone(), false),
+                ],
+                want: Plan {
+                    update: vec![("scm-1".into(), web_hinted.clone())],
+                    adopt: vec!["scm-1".into(), "scm-2".into()],
+                    ..Default::default()
+                },
+            },
+            Case {
+                name: "an owned duplicate of a key is removed",
+                desired: vec![web.clone()],
+                actual: vec![
+                    actual("e1", web.clone(), true),
+                    actual("e2", web.clone(), true),
+                ],
+                want: Plan {
+                    delete: vec!["e2".into()],
+                    ..Default::default()
+                },
+            },
+            Case {
+                name: "with a foreign duplicate, the owned entry serves and the foreign one stays",
+                desired: vec![web.clone()],
+                actual: vec![
+                    actual("f1", web.clone(), false),
+                    actual("e1", web.clone(), true),
+                ],
+                want: Plan {
+                    foreign: 1,
+                    ..Default::default()
+                },
+            },
+        ];
+        for case in cases {
+            let got = plan(&desired(&case.desired), &case.actual, &managed_fields());
+            assert_eq!(got, case.want, "{}", case.name);
+        }
+    }
+
+    #[test]
+    fn fields_outside_the_mask_are_not_compared() {
+        let web = spec("/ns/a/sa/web", &["k8s:pod-uid:1"]);
+        let mut web_hinted = web.clone();
+        web_hinted.hint = "web".into();
+        let mut mask = managed_fields();
+        mask.hint = false; // an older server that drops hints
+        let got = plan(&desired(&[web_hinted]), &[actual("e1", web, true)], &mask);
+        assert!(got.is_empty(), "{got:?}");
+    }
+
+    #[test]
+    fn api_round_trip_keeps_selector_values_with_colons() {
+        let web = spec("/ns/a/sa/web", &["k8s:pod-uid:1", "k8s:ns:a"]);
+        let entry = web.to_api("e1".into());
+        assert!(
+            entry
+                .selectors
+                .iter()
+                .any(|s| s.r#type == "k8s" && s.value == "pod-uid:1")
+        );
+        let (id, back) = EntrySpec::from_api(&entry).unwrap();
+        assert_eq!((id.as_str(), back), ("e1", web));
+    }
+}

@@ -1,0 +1,3 @@
+//! Turning desired entries into SPIRE writes.
+
+pub mod diff;

@@ -1,0 +1,128 @@
+//! Registration entries as the operator compares them.
+
+use std::collections::BTreeSet;
+
+use super::api::types;
+use super::{SpiffeId, SpiffeIdError};
+
+/// What identifies an entry to SPIRE: two entries with the same key cannot coexist,
+/// and changing any part of it means a different entry (delete + create).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EntryKey {
+    /// The SPIFFE ID issued.
+    pub spiffe_id: SpiffeId,
+    /// The agent (or other parent) the entry is scoped to.
+    pub parent_id: SpiffeId,
+    /// `type:value` selectors, as a set.
+    pub selectors: BTreeSet<String>,
+}
+
+/// Everything about an entry the operator decides, in comparable form.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EntrySpec {
+    /// SPIFFE ID, parent and selectors.
+    pub key: EntryKey,
+    /// X.509-SVID TTL in seconds; 0 is the server default.
+    pub x509_svid_ttl: i32,
+    /// JWT-SVID TTL in seconds; 0 is the server default.
+    pub jwt_svid_ttl: i32,
+    /// Trust domains whose bundles the workload also gets, as a set.
+    pub federates_with: BTreeSet<String>,
+    /// Whether the workload may use the server's admin API.
+    pub admin: bool,
+    /// Whether the workload is a downstream SPIRE server.
+    pub downstream: bool,
+    /// DNS SANs, in order (the first becomes the certificate's common name).
+    pub dns_names: Vec<String>,
+    /// Hint for workloads holding several SVIDs.
+    pub hint: String,
+    /// Whether the agent stores the SVID via its SVIDStore plugins.
+    pub store_svid: bool,
+}
+
+impl EntrySpec {
+    /// Reads an entry from the SPIRE API, returning its ID too.
+    pub fn from_api(entry: &types::Entry) -> Result<(String, Self), SpiffeIdError> {
+        let id_of =
+            |id: &Option<types::Spiffeid>| SpiffeId::from_api(&id.clone().unwrap_or_default());
+        let spec = Self {
+            key: EntryKey {
+                spiffe_id: id_of(&entry.spiffe_id)?,
+                parent_id: id_of(&entry.parent_id)?,
+                selectors: entry
+                    .selectors
+                    .iter()
+                    .map(|s| format!("{}:{}", s.r#type, s.value))
+                    .collect(),
+            },
+            x509_svid_ttl: entry.x509_svid_ttl,
+            jwt_svid_ttl: entry.jwt_svid_ttl,
+            federates_with: entry.federates_with.iter().cloned().collect(),
+            admin: entry.admin,
+            downstream: entry.downstream,
+            dns_names: entry.dns_names.clone(),
+            hint: entry.hint.clone(),
+            store_svid: entry.store_svid,
+        };
+        Ok((entry.id.clone(), spec))
+    }
+
+    /// The SPIRE API form; `id` is empty for a create.
+    pub fn to_api(&self, id: String) -> types::Entry {
+        types::Entry {
+            id,
+            spiffe_id: Some(self.key.spiffe_id.to_api()),
+            parent_id: Some(self.key.parent_id.to_api()),
+            selectors: self
+                .key
+                .selectors
+                .iter()
+                .map(|s| {
+                    // Split on the first ':' only: values may contain ':' (k8s:pod-uid:...).
+                    let (t, v) = s.split_once(':').unwrap_or((s, ""));
+                    types::Selector {
+                        r#type: t.to_owned(),
+                        value: v.to_owned(),
+                    }
+                })
+                .collect(),
+            x509_svid_ttl: self.x509_svid_ttl,
+            jwt_svid_ttl: self.jwt_svid_ttl,
+            federates_with: self.federates_with.iter().cloned().collect(),
+            admin: self.admin,
+            downstream: self.downstream,
+            dns_names: self.dns_names.clone(),
+            hint: self.hint.clone(),
+            store_svid: self.store_svid,
+            ..Default::default()
+        }
+    }
+
+    /// Whether the fields selected by `mask` (other than the key) differ.
+    pub fn differs(&self, other: &Self, mask: &types::EntryMask) -> bool {
+        (mask.x509_svid_ttl && self.x509_svid_ttl != other.x509_svid_ttl)
+            || (mask.jwt_svid_ttl && self.jwt_svid_ttl != other.jwt_svid_ttl)
+            || (mask.federates_with && self.federates_with != other.federates_with)
+            || (mask.admin && self.admin != other.admin)
+            || (mask.downstream && self.downstream != other.downstream)
+            || (mask.dns_names && self.dns_names != other.dns_names)
+            || (mask.hint && self.hint != other.hint)
+            || (mask.store_svid && self.store_svid != other.store_svid)
+    }
+}
+
+/// The mask of every non-key field the operator manages: what it compares and updates
+/// in place. Fields an older server turns out not to support are cleared from it.
+pub fn managed_fields() -> types::EntryMask {
+    types::EntryMask {
+        x509_svid_ttl: true,
+        jwt_svid_ttl: true,
+        federates_with: true,
+        admin: true,
+        downstream: true,
+        dns_names: true,
+        hint: true,
+        store_svid: true,
+        ..Default::default()
+    }
+}
