@@ -1,3 +1,4 @@
 //! Turning desired entries into SPIRE writes.
 
 pub mod diff;
+pub mod dirty;
