@@ -205,6 +205,40 @@ impl Spire {
         [self.server.id(), self.agent.id()]
     }
 
+    /// Stops the agent and starts it again with the same configuration, as a node agent
+    /// restart would; it keeps its identity (SVID and key are on disk, the join token is
+    /// not needed again). Returns once the Workload API socket is back.
+    pub async fn restart_agent(&mut self) -> anyhow::Result<()> {
+        self.agent.stop();
+        // A socket left by the old process would make the wait below pass too early.
+        match std::fs::remove_file(&self.workload_socket) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+            _ => {}
+        }
+        let mut agent = Command::new(tool("spire-agent")?);
+        agent
+            .arg("run")
+            .arg("-config")
+            .arg(self.dir.join("agent.conf"));
+        self.agent = Process::spawn("spire-agent", agent, &self.dir.join("spire-agent.log"))?;
+        let socket = self.workload_socket.clone();
+        let agent = &mut self.agent;
+        wait::until(
+            "restarted spire-agent Workload API socket",
+            Duration::from_secs(60),
+            Duration::from_millis(100),
+            || {
+                let running = agent.ensure_running();
+                let exists = socket.exists();
+                async move {
+                    running?;
+                    Ok(exists.then_some(()))
+                }
+            },
+        )
+        .await
+    }
+
     /// Keeps the working directory after drop (the processes still stop).
     pub fn keep_dir(&mut self) -> PathBuf {
         self.dir.keep()

@@ -1,0 +1,493 @@
+//! The CSI Node service: publish the agent socket directory into pods, read-only.
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tonic::{Request, Response, Status};
+use tracing::{Instrument, info, warn};
+
+use crate::csi::v1::{
+    self as csi, node_service_capability, volume_capability::AccessType,
+    volume_capability::access_mode::Mode,
+};
+use crate::error::{PublishError, StatsError, UnpublishError, io_err};
+use crate::mount::Mounter;
+use crate::target_path::KubeletRoot;
+use crate::volume_context::VolumeContext;
+
+/// Settings of the Node service.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Returned by NodeGetInfo.
+    pub node_id: String,
+    /// The directory holding the agent's Workload API socket; this is what gets mounted.
+    pub agent_socket_dir: PathBuf,
+    /// The socket's file name inside that directory.
+    pub agent_socket_name: String,
+    /// Targets must live under this directory.
+    pub kubelet_root: KubeletRoot,
+    /// How long NodePublishVolume waits for the agent socket; zero means not at all.
+    pub agent_socket_wait: Duration,
+}
+
+/// The Node service.
+pub struct NodeService<M> {
+    config: NodeConfig,
+    mounter: Arc<M>,
+    in_flight: Arc<Mutex<HashSet<String>>>,
+    /// target -> volume_id for targets this process published, to tell a repeated call
+    /// from a different volume on the same target.
+    published: Mutex<HashMap<PathBuf, String>>,
+}
+
+/// Proof that we hold a volume; dropping it lets the next call for the volume in.
+struct VolumeGuard {
+    set: Arc<Mutex<HashSet<String>>>,
+    volume_id: String,
+}
+
+impl Drop for VolumeGuard {
+    fn drop(&mut self) {
+        lock(&self.set).remove(&self.volume_id);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic elsewhere must not wedge every later call.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A NodePublishVolume request that passed validation.
+#[derive(Debug)]
+struct Publish {
+    volume_id: String,
+    target_path: String,
+    context: VolumeContext,
+}
+
+impl Publish {
+    /// Checks, in order: volume_id, target_path, capability (mount only), access mode,
+    /// readonly, ephemeral context. The first failure is reported.
+    fn parse(req: csi::NodePublishVolumeRequest) -> Result<Self, PublishError> {
+        let unsupported = |field, reason: &str| PublishError::Unsupported {
+            field,
+            reason: reason.to_owned(),
+        };
+        if req.volume_id.is_empty() {
+            return Err(PublishError::Missing("volume_id"));
+        }
+        if req.target_path.is_empty() {
+            return Err(PublishError::Missing("target_path"));
+        }
+        let capability = req
+            .volume_capability
+            .ok_or(PublishError::Missing("volume_capability"))?;
+        match capability.access_type {
+            None => return Err(PublishError::Missing("volume_capability.access_type")),
+            Some(AccessType::Block(_)) => {
+                return Err(unsupported(
+                    "volume_capability.block",
+                    "block volumes are not supported, use a mount volume",
+                ));
+            }
+            Some(AccessType::Mount(mount)) => {
+                if !mount.fs_type.is_empty() {
+                    return Err(unsupported(
+                        "volume_capability.mount.fs_type",
+                        &format!("must be empty, got {:?}", mount.fs_type),
+                    ));
+                }
+                if !mount.mount_flags.is_empty() {
+                    return Err(unsupported(
+                        "volume_capability.mount.mount_flags",
+                        "mount flags are not supported",
+                    ));
+                }
+            }
+        }
+        let access_mode = capability
+            .access_mode
+            .ok_or(PublishError::Missing("volume_capability.access_mode"))?;
+        match Mode::try_from(access_mode.mode) {
+            Ok(Mode::Unknown) | Err(_) => {
+                return Err(unsupported(
+                    "volume_capability.access_mode.mode",
+                    &format!("unknown access mode {}", access_mode.mode),
+                ));
+            }
+            Ok(_) => {}
+        }
+        if !req.readonly {
+            return Err(unsupported(
+                "readonly",
+                "must be true: set pod.spec.volumes[].csi.readOnly to true",
+            ));
+        }
+        let context = VolumeContext::parse(&req.volume_context)?;
+        if !context.is_ephemeral() {
+            return Err(unsupported(
+                "volume_context[\"csi.storage.k8s.io/ephemeral\"]",
+                "must be \"true\": only ephemeral inline volumes are supported (CSIDriver podInfoOnMount: true)",
+            ));
+        }
+        Ok(Self {
+            volume_id: req.volume_id,
+            target_path: req.target_path,
+            context,
+        })
+    }
+}
+
+impl<M: Mounter> NodeService<M> {
+    /// A Node service mounting with `mounter`.
+    pub fn new(config: NodeConfig, mounter: M) -> Self {
+        Self {
+            config,
+            mounter: Arc::new(mounter),
+            in_flight: Arc::default(),
+            published: Mutex::default(),
+        }
+    }
+
+    fn claim(&self, volume_id: &str) -> Option<VolumeGuard> {
+        lock(&self.in_flight)
+            .insert(volume_id.to_owned())
+            .then(|| VolumeGuard {
+                set: self.in_flight.clone(),
+                volume_id: volume_id.to_owned(),
+            })
+    }
+
+    /// Validates, waits for the agent if configured, then mounts (idempotently).
+    pub async fn publish(&self, req: csi::NodePublishVolumeRequest) -> Result<(), PublishError> {
+        let req = Publish::parse(req)?;
+        let target = self
+            .config
+            .kubelet_root
+            .confine(&req.target_path)
+            .map_err(PublishError::TargetPath)?;
+        let _guard = self
+            .claim(&req.volume_id)
+            .ok_or_else(|| PublishError::Busy(req.volume_id.clone()))?;
+        self.wait_for_agent().await?;
+        // Mount syscalls are fast and must run on this thread: the integration tests
+        // give only the calling thread a private mount namespace.
+        self.mount(&req.volume_id, &target)?;
+        info!(volume_id = %req.volume_id, pod = %req.context.pod(), target = %target.display(), "published");
+        Ok(())
+    }
+
+    async fn wait_for_agent(&self) -> Result<(), PublishError> {
+        let wait = self.config.agent_socket_wait;
+        if wait.is_zero() {
+            return Ok(());
+        }
+        let socket = self
+            .config
+            .agent_socket_dir
+            .join(&self.config.agent_socket_name);
+        let deadline = tokio::time::Instant::now() + wait;
+        while !socket.exists() {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(PublishError::AgentNotReady {
+                    path: socket,
+                    waited: wait,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
+    }
+
+    fn mount(&self, volume_id: &str, target: &Path) -> Result<(), PublishError> {
+        let source = &self.config.agent_socket_dir;
+        match std::fs::create_dir(target) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && target.is_dir() => {}
+            Err(e) => return Err(io_err("creating target directory", target)(e).into()),
+        }
+        let stacked = self
+            .mounter
+            .mounts_at(target)
+            .map_err(io_err("reading mountinfo for", target))?;
+        if let Some(top) = stacked.last() {
+            if let Some(existing) = lock(&self.published).get(target)
+                && existing != volume_id
+            {
+                return Err(PublishError::AlreadyPublished {
+                    target: target.to_owned(),
+                    existing: existing.clone(),
+                });
+            }
+            let live = !top.is_deleted()
+                && top.read_only
+                && self.mounter.same_directory(target, source).unwrap_or(false);
+            if live && stacked.len() == 1 {
+                lock(&self.published).insert(target.to_owned(), volume_id.to_owned());
+                return Ok(());
+            }
+            warn!(volume_id, target = %target.display(), mounts = stacked.len(), "replacing stale or foreign mount");
+            self.unmount_all(target)
+                .map_err(io_err("unmounting stale mount", target))?;
+        }
+        self.mounter.bind_read_only(source, target).map_err(io_err(
+            "bind-mounting the agent socket directory onto",
+            target,
+        ))?;
+        lock(&self.published).insert(target.to_owned(), volume_id.to_owned());
+        Ok(())
+    }
+
+    /// Unmounts every mount stacked on `target`; a mount that vanished meanwhile is fine.
+    fn unmount_all(&self, target: &Path) -> io::Result<()> {
+        let stacked = self.mounter.mounts_at(target)?;
+        for _ in 0..stacked.len() {
+            match self.mounter.unmount(target) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if self.mounter.mounts_at(target)?.is_empty() {
+            Ok(())
+        } else {
+            Err(io::Error::other("mounts remain after unmounting"))
+        }
+    }
+
+    /// Unmounts and removes the target; OK when there is nothing to undo.
+    pub fn unpublish(&self, req: csi::NodeUnpublishVolumeRequest) -> Result<(), UnpublishError> {
+        if req.volume_id.is_empty() {
+            return Err(UnpublishError::Missing("volume_id"));
+        }
+        if req.target_path.is_empty() {
+            return Err(UnpublishError::Missing("target_path"));
+        }
+        let target = match self.config.kubelet_root.confine(&req.target_path) {
+            Ok(target) => target,
+            // After a reboot or a finished teardown the pod dir may be gone: nothing to do.
+            Err(e) if e.is_missing() => return Ok(()),
+            Err(e) => return Err(UnpublishError::TargetPath(e)),
+        };
+        let _guard = self
+            .claim(&req.volume_id)
+            .ok_or_else(|| UnpublishError::Busy(req.volume_id.clone()))?;
+        self.unmount_all(&target)
+            .map_err(io_err("unmounting", &target))?;
+        match std::fs::remove_dir(&target) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("removing target directory", &target)(e).into()),
+        }
+        lock(&self.published).remove(&target);
+        // kubelet sends no pod info here; the pod UID is the first component under the root.
+        let pod_uid = target
+            .strip_prefix(self.config.kubelet_root.path())
+            .ok()
+            .and_then(|p| p.components().next())
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .unwrap_or_default();
+        info!(volume_id = %req.volume_id, %pod_uid, target = %target.display(), "unpublished");
+        Ok(())
+    }
+
+    /// Reports usage of the mounted directory and whether the mount is still live.
+    pub fn stats(
+        &self,
+        req: csi::NodeGetVolumeStatsRequest,
+    ) -> Result<csi::NodeGetVolumeStatsResponse, StatsError> {
+        if req.volume_id.is_empty() {
+            return Err(StatsError::Missing("volume_id"));
+        }
+        if req.volume_path.is_empty() {
+            return Err(StatsError::Missing("volume_path"));
+        }
+        let not_found = || StatsError::NotFound {
+            volume_id: req.volume_id.clone(),
+            path: req.volume_path.clone(),
+        };
+        if std::fs::symlink_metadata(&req.volume_path).is_err() {
+            return Err(not_found());
+        }
+        let target = self
+            .config
+            .kubelet_root
+            .confine(&req.volume_path)
+            .map_err(StatsError::VolumePath)?;
+        let stacked = self
+            .mounter
+            .mounts_at(&target)
+            .map_err(io_err("reading mountinfo for", &target))?;
+        let source = &self.config.agent_socket_dir;
+        let socket = target.join(&self.config.agent_socket_name);
+        let problem = match stacked.last() {
+            None => Some("target is not a mount point".to_owned()),
+            Some(top) if top.is_deleted() => Some(format!(
+                "mount shows a deleted agent socket directory ({})",
+                top.root
+            )),
+            Some(_)
+                if !self
+                    .mounter
+                    .same_directory(&target, source)
+                    .unwrap_or(false) =>
+            {
+                Some(format!("mount no longer shows {}", source.display()))
+            }
+            Some(_) if !socket.exists() => Some(format!(
+                "agent socket {} not present",
+                self.config.agent_socket_name
+            )),
+            Some(_) => None,
+        };
+        let usage = usage(&target).map_err(io_err("statvfs", &target))?;
+        Ok(csi::NodeGetVolumeStatsResponse {
+            usage,
+            volume_condition: Some(csi::VolumeCondition {
+                abnormal: problem.is_some(),
+                message: problem.unwrap_or_else(|| "agent socket directory mounted".to_owned()),
+            }),
+        })
+    }
+}
+
+fn usage(path: &Path) -> io::Result<Vec<csi::VolumeUsage>> {
+    let st = rustix::fs::statvfs(path)?;
+    let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    let bytes = |blocks: u64| clamp(blocks.saturating_mul(st.f_frsize));
+    Ok(vec![
+        csi::VolumeUsage {
+            available: bytes(st.f_bavail),
+            total: bytes(st.f_blocks),
+            used: bytes(st.f_blocks.saturating_sub(st.f_bfree)),
+            unit: csi::volume_usage::Unit::Bytes.into(),
+        },
+        csi::VolumeUsage {
+            available: clamp(st.f_favail),
+            total: clamp(st.f_files),
+            used: clamp(st.f_files.saturating_sub(st.f_ffree)),
+            unit: csi::volume_usage::Unit::Inodes.into(),
+        },
+    ])
+}
+
+fn rpc_capability(kind: node_service_capability::rpc::Type) -> csi::NodeServiceCapability {
+    csi::NodeServiceCapability {
+        r#type: Some(node_service_capability::Type::Rpc(
+            node_service_capability::Rpc {
+                r#type: kind.into(),
+            },
+        )),
+    }
+}
+
+#[tonic::async_trait]
+impl<M: Mounter> csi::node_server::Node for NodeService<M> {
+    async fn node_stage_volume(
+        &self,
+        _: Request<csi::NodeStageVolumeRequest>,
+    ) -> Result<Response<csi::NodeStageVolumeResponse>, Status> {
+        Err(Status::unimplemented(
+            "STAGE_UNSTAGE_VOLUME is not supported",
+        ))
+    }
+
+    async fn node_unstage_volume(
+        &self,
+        _: Request<csi::NodeUnstageVolumeRequest>,
+    ) -> Result<Response<csi::NodeUnstageVolumeResponse>, Status> {
+        Err(Status::unimplemented(
+            "STAGE_UNSTAGE_VOLUME is not supported",
+        ))
+    }
+
+    async fn node_publish_volume(
+        &self,
+        request: Request<csi::NodePublishVolumeRequest>,
+    ) -> Result<Response<csi::NodePublishVolumeResponse>, Status> {
+        let req = request.into_inner();
+        let (volume_id, target) = (req.volume_id.clone(), req.target_path.clone());
+        let pod = VolumeContext::parse(&req.volume_context)
+            .map(|c| c.pod())
+            .unwrap_or_default();
+        let span = tracing::info_span!("NodePublishVolume", %volume_id, %pod, %target);
+        match self.publish(req).instrument(span).await {
+            Ok(()) => Ok(Response::new(csi::NodePublishVolumeResponse {})),
+            Err(e) => {
+                let status = Status::from(e);
+                warn!(code = ?status.code(), message = status.message(), "NodePublishVolume failed");
+                Err(status)
+            }
+        }
+    }
+
+    async fn node_unpublish_volume(
+        &self,
+        request: Request<csi::NodeUnpublishVolumeRequest>,
+    ) -> Result<Response<csi::NodeUnpublishVolumeResponse>, Status> {
+        let req = request.into_inner();
+        let span = tracing::info_span!("NodeUnpublishVolume", volume_id = %req.volume_id, target = %req.target_path);
+        let _enter = span.enter();
+        self.unpublish(req)
+            .map(|()| Response::new(csi::NodeUnpublishVolumeResponse {}))
+            .map_err(|e| {
+                let status = Status::from(e);
+                warn!(code = ?status.code(), message = status.message(), "NodeUnpublishVolume failed");
+                status
+            })
+    }
+
+    async fn node_get_volume_stats(
+        &self,
+        request: Request<csi::NodeGetVolumeStatsRequest>,
+    ) -> Result<Response<csi::NodeGetVolumeStatsResponse>, Status> {
+        let req = request.into_inner();
+        let span = tracing::info_span!("NodeGetVolumeStats", volume_id = %req.volume_id, path = %req.volume_path);
+        let _enter = span.enter();
+        self.stats(req).map(Response::new).map_err(|e| {
+            let status = Status::from(e);
+            warn!(code = ?status.code(), message = status.message(), "NodeGetVolumeStats failed");
+            status
+        })
+    }
+
+    async fn node_expand_volume(
+        &self,
+        _: Request<csi::NodeExpandVolumeRequest>,
+    ) -> Result<Response<csi::NodeExpandVolumeResponse>, Status> {
+        Err(Status::unimplemented("EXPAND_VOLUME is not supported"))
+    }
+
+    async fn node_get_capabilities(
+        &self,
+        _: Request<csi::NodeGetCapabilitiesRequest>,
+    ) -> Result<Response<csi::NodeGetCapabilitiesResponse>, Status> {
+        use node_service_capability::rpc::Type;
+        Ok(Response::new(csi::NodeGetCapabilitiesResponse {
+            capabilities: vec![
+                rpc_capability(Type::GetVolumeStats),
+                rpc_capability(Type::VolumeCondition),
+            ],
+        }))
+    }
+
+    async fn node_get_info(
+        &self,
+        _: Request<csi::NodeGetInfoRequest>,
+    ) -> Result<Response<csi::NodeGetInfoResponse>, Status> {
+        Ok(Response::new(csi::NodeGetInfoResponse {
+            node_id: self.config.node_id.clone(),
+            max_volumes_per_node: 0,
+            accessible_topology: None,
+        }))
+    }
+}
+
+#[cfg(test)]
+#[path = "node_tests.rs"]
+mod tests;

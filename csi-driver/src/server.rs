@@ -1,0 +1,104 @@
+//! Serving the CSI services on a private Unix socket.
+
+use std::future::Future;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+use std::path::Path;
+
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+
+use crate::csi::v1::{identity_server::IdentityServer, node_server::NodeServer};
+use crate::identity::IdentityService;
+use crate::mount::Mounter;
+use crate::node::NodeService;
+
+/// Why the server could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Something other than a socket sits at the socket path; we do not delete it.
+    #[error("{0:?} exists and is not a socket")]
+    NotASocket(std::path::PathBuf),
+    /// Preparing or binding the socket failed.
+    #[error("binding CSI socket {path:?}")]
+    Bind {
+        /// The socket path.
+        path: std::path::PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The gRPC server failed.
+    #[error("serving gRPC")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Creates the socket: parent made 0700 if we create it, a stale socket replaced, the
+/// socket itself 0600 from the start (umask), so no other user can ever connect.
+pub fn bind_private(path: &Path) -> Result<UnixListener, ServeError> {
+    let bind_err = |source| ServeError::Bind {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(parent) = path.parent()
+        && !parent.as_os_str().is_empty()
+        && !parent.exists()
+    {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)
+            .map_err(bind_err)?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path).map_err(bind_err)?,
+        Ok(_) => return Err(ServeError::NotASocket(path.to_owned())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(bind_err(e)),
+    }
+    let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o177));
+    let listener = UnixListener::bind(path);
+    rustix::process::umask(old);
+    let listener = listener.map_err(bind_err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(bind_err)?;
+    Ok(listener)
+}
+
+/// Serves Identity and Node on `listener` until `shutdown` completes, then drains.
+pub async fn serve<M: Mounter>(
+    listener: UnixListener,
+    identity: IdentityService,
+    node: NodeService<M>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    tonic::transport::Server::builder()
+        .add_service(IdentityServer::new(identity))
+        .add_service(NodeServer::new(node))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn socket_is_private_replaces_a_stale_socket_and_spares_other_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("new/csi.sock");
+        drop(bind_private(&path).unwrap());
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(path.parent().unwrap()), 0o700);
+        // The listener is gone, the socket file stays: a restart must replace it.
+        bind_private(&path).unwrap();
+        let file = dir.path().join("file.sock");
+        std::fs::write(&file, "keep me").unwrap();
+        assert!(matches!(
+            bind_private(&file),
+            Err(ServeError::NotASocket(_))
+        ));
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
+    }
+}

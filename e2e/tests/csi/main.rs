@@ -1,0 +1,7 @@
+//! CSI driver scenarios: csi-sanity against our driver and the Go reference, and the
+//! driver serving a real spire-agent's Workload API into a "pod" volume. Needs root
+//! (mount namespaces, real bind mounts).
+
+mod driver;
+mod sanity;
+mod spire_agent;

@@ -1,0 +1,184 @@
+//! csi-sanity v5.4.0 against our driver (must pass) and against the Go reference
+//! spiffe-csi-driver (result printed side by side, not asserted).
+
+use std::path::Path;
+use std::process::Command;
+
+use e2e::WorkDir;
+use e2e::tools::tool;
+
+use crate::driver::{Driver, our_driver, spawn_controller_stand_in};
+
+/// Specs csi-sanity cannot run against a node-only plugin, and why:
+/// - `Controller Server`: every spec tagged so exercises the Controller service
+///   (CreateVolume, ListVolumes, snapshots, expansion, ...), which we do not offer.
+/// - `should remove target path`, `does not exist on the specified path`: these Node
+///   specs first create a volume with the Controller's CreateVolume.
+const SKIP: &str =
+    "Controller Server|should remove target path|does not exist on the specified path";
+
+/// One csi-sanity run: the ginkgo summary counts and the names of failed specs.
+#[derive(Debug, Default)]
+struct Summary {
+    passed: u32,
+    failed: u32,
+    skipped: u32,
+    pending: u32,
+    failures: Vec<String>,
+}
+
+impl Summary {
+    fn parse(output: &str) -> anyhow::Result<Self> {
+        // "FAIL! -- 3 Passed | 82 Failed | 1 Pending | 6 Skipped" (or "SUCCESS! -- ...")
+        let line = output
+            .lines()
+            .find(|l| l.contains(" Passed | ") && l.contains(" Skipped"))
+            .ok_or_else(|| anyhow::anyhow!("no ginkgo summary in csi-sanity output:\n{output}"))?;
+        let mut summary = Summary::default();
+        for part in line.split(['|', '-']) {
+            let mut words = part.split_whitespace();
+            let (Some(n), Some(kind)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(n) = n.parse() else { continue };
+            match kind {
+                "Passed" => summary.passed = n,
+                "Failed" => summary.failed = n,
+                "Skipped" => summary.skipped = n,
+                "Pending" => summary.pending = n,
+                _ => {}
+            }
+        }
+        summary.failures = output
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("[FAIL] "))
+            .map(str::to_owned)
+            .collect();
+        Ok(summary)
+    }
+}
+
+/// Runs csi-sanity on `socket`, with mount and staging dirs under `pods`.
+async fn csi_sanity(
+    socket: &Path,
+    controller: &Path,
+    pods: &Path,
+) -> anyhow::Result<(Summary, String)> {
+    let mut cmd = Command::new(tool("csi-sanity")?);
+    cmd.arg(format!("--csi.endpoint=unix://{}", socket.display()))
+        .arg(format!(
+            "--csi.controllerendpoint=unix://{}",
+            controller.display()
+        ))
+        .arg(format!(
+            "--csi.mountdir={}",
+            pods.join("sanity-mount").display()
+        ))
+        .arg(format!(
+            "--csi.stagingdir={}",
+            pods.join("sanity-staging").display()
+        ))
+        .arg("--csi.testvolumeaccesstype=mount")
+        .arg(format!("--ginkgo.skip={SKIP}"))
+        .arg("--ginkgo.no-color");
+    let output = tokio::task::spawn_blocking(move || cmd.output()).await??;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok((Summary::parse(&text)?, text))
+}
+
+struct Run {
+    summary: Summary,
+    output: String,
+    rss_kib: Option<u64>,
+}
+
+async fn run_against(
+    name: &str,
+    binary: &Path,
+    args: impl Fn(&Path, &Path, &Path) -> Vec<String>,
+) -> anyhow::Result<Run> {
+    let work = WorkDir::new(name)?;
+    let pods = work.join("pods");
+    let agent = work.join("agent");
+    std::fs::create_dir_all(&pods)?;
+    std::fs::create_dir_all(&agent)?;
+    // The Go driver does not create the socket's directory.
+    std::fs::create_dir_all(work.join("csi"))?;
+    std::fs::write(agent.join("spire-agent.sock"), "")?;
+    let socket = work.join("csi/csi.sock");
+    let driver = Driver::start(
+        name,
+        binary,
+        &args(&socket, &agent, &pods),
+        &socket,
+        &work.join("driver.log"),
+    )
+    .await?;
+    let controller_socket = work.join("controller.sock");
+    let controller = spawn_controller_stand_in(&controller_socket, &driver).await?;
+    let (summary, output) = csi_sanity(&driver.socket, &controller_socket, &pods).await?;
+    controller.abort();
+    let rss_kib = driver.rss_kib();
+    Ok(Run {
+        summary,
+        output,
+        rss_kib,
+    })
+}
+
+fn print_row(name: &str, run: &Run) {
+    let s = &run.summary;
+    println!(
+        "| {name:<28} | {:>6} | {:>6} | {:>7} | {:>7} | {:>9} |",
+        s.passed,
+        s.failed,
+        s.skipped,
+        s.pending,
+        run.rss_kib.map_or("-".into(), |k| format!("{k} KiB"))
+    );
+    for f in &s.failures {
+        println!("|   failed: {f}");
+    }
+}
+
+#[tokio::test]
+async fn csi_sanity_passes_against_our_driver_and_is_compared_with_the_go_driver()
+-> anyhow::Result<()> {
+    let ours = run_against("csi-sanity-ours", &our_driver()?, |socket, agent, pods| {
+        vec![
+            format!("--csi-socket-path={}", socket.display()),
+            format!("--workload-api-socket-dir={}", agent.display()),
+            format!("--kubelet-pods-dir={}", pods.display()),
+        ]
+    })
+    .await?;
+    let go = run_against(
+        "csi-sanity-go",
+        &tool("spiffe-csi-driver")?,
+        |socket, agent, _| {
+            vec![
+                format!("-csi-socket-path={}", socket.display()),
+                format!("-workload-api-socket-dir={}", agent.display()),
+            ]
+        },
+    )
+    .await;
+
+    println!("csi-sanity v5.4.0, --ginkgo.skip='{SKIP}'");
+    println!("| driver                       | passed | failed | skipped | pending | RSS after |");
+    print_row("spiffe-csi-driver (Rust)", &ours);
+    match &go {
+        Ok(go) => print_row("spiffe-csi v0.2.6 (Go)", go),
+        Err(e) => println!("| spiffe-csi (Go): could not run: {e:#}"),
+    }
+    assert!(
+        ours.summary.failed == 0 && ours.summary.passed > 0,
+        "csi-sanity failed against our driver:\n{}",
+        ours.output
+    );
+    Ok(())
+}
