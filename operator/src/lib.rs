@@ -4,6 +4,8 @@
 //! The binary in `main.rs` only parses arguments and wires these modules together.
 #![warn(missing_docs)]
 
+pub mod config;
+pub mod crd;
 pub mod reconcile;
 pub mod spire;
 pub mod template;

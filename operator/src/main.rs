@@ -43,6 +43,26 @@ enum Command {
         #[arg(long, env = "SPIRE_API_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
         timeout: Duration,
     },
+    /// Prints the CustomResourceDefinitions of ClusterSPIFFEID, ClusterStaticEntry and
+    /// ClusterFederatedTrustDomain as one multi-document YAML stream, or writes one file
+    /// per kind with --out-dir.
+    Crds {
+        /// Directory to write `spire.spiffe.io_<plural>.yaml` files into instead of
+        /// printing to stdout (default: print).
+        #[arg(long, env = "SPIRE_OPERATOR_CRDS_OUT_DIR")]
+        out_dir: Option<PathBuf>,
+    },
+    /// Parses a spire-controller-manager `ControllerManagerConfig` file and prints the
+    /// effective configuration (defaults applied), or the first problem found.
+    CheckConfig {
+        /// The config file.
+        #[arg(long, env = "SPIRE_OPERATOR_CONFIG")]
+        config: PathBuf,
+        /// Replace $VAR and ${VAR} in the file from the environment first (unset
+        /// variables become empty), like spire-controller-manager's --expand-env.
+        #[arg(long, env = "SPIRE_OPERATOR_EXPAND_ENV")]
+        expand_env: bool,
+    },
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -89,6 +109,21 @@ async fn main() -> anyhow::Result<()> {
             spire_server_socket_path,
             timeout,
         } => check_spire(SpireAddress::Unix(spire_server_socket_path), timeout).await,
+        Command::Crds { out_dir: None } => {
+            print!("{}", spire_operator::crd::all_yaml()?);
+            Ok(())
+        }
+        Command::CheckConfig { config, expand_env } => {
+            let config = spire_operator::config::Config::load(&config, expand_env)?;
+            print!("{}", serde_norway::to_string(&config)?);
+            Ok(())
+        }
+        Command::Crds { out_dir: Some(dir) } => {
+            for path in spire_operator::crd::write_dir(&dir)? {
+                println!("wrote {}", path.display());
+            }
+            Ok(())
+        }
     }
 }
 
