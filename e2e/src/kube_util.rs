@@ -17,8 +17,7 @@ pub async fn apply_crds(
     client: &kube::Client,
     files: &[impl AsRef<Path>],
 ) -> anyhow::Result<Vec<String>> {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let mut names = Vec::new();
+    let mut parsed = Vec::new();
     for file in files {
         let file = file.as_ref();
         let text =
@@ -30,16 +29,29 @@ pub async fn apply_crds(
             }
             let crd: CustomResourceDefinition = serde_norway::from_value(value)
                 .with_context(|| format!("parsing a CRD in {}", file.display()))?;
-            let name = crd.name_any();
-            crds.patch(
-                &name,
-                &PatchParams::apply("e2e").force(),
-                &Patch::Apply(&crd),
-            )
-            .await
-            .with_context(|| format!("applying CRD {name} from {}", file.display()))?;
-            names.push(name);
+            parsed.push(crd);
         }
+    }
+    apply_crd_objects(client, &parsed).await
+}
+
+/// Server-side applies CRDs and waits until each is Established; returns their names.
+pub async fn apply_crd_objects(
+    client: &kube::Client,
+    definitions: &[CustomResourceDefinition],
+) -> anyhow::Result<Vec<String>> {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let mut names = Vec::new();
+    for crd in definitions {
+        let name = crd.name_any();
+        crds.patch(
+            &name,
+            &PatchParams::apply("e2e").force(),
+            &Patch::Apply(crd),
+        )
+        .await
+        .with_context(|| format!("applying CRD {name}"))?;
+        names.push(name);
     }
     for name in &names {
         wait::until(

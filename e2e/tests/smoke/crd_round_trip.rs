@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
+use e2e::kube_util::apply_crd_objects;
 use e2e::{ControlPlane, wait};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{CustomResource, CustomResourceExt, ResourceExt};
 use schemars::JsonSchema;
@@ -35,34 +35,7 @@ async fn custom_object_round_trips() -> anyhow::Result<()> {
     let cp = ControlPlane::start().await?;
     let client = cp.client();
 
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let crd = Probe::crd();
-    crds.patch(
-        &crd.name_any(),
-        &PatchParams::apply("e2e").force(),
-        &Patch::Apply(&crd),
-    )
-    .await?;
-    wait::until(
-        "CRD established",
-        Duration::from_secs(30),
-        Duration::from_millis(100),
-        || {
-            let crds = crds.clone();
-            let name = crd.name_any();
-            async move {
-                let crd = crds.get(&name).await?;
-                let established = crd
-                    .status
-                    .and_then(|s| s.conditions)
-                    .unwrap_or_default()
-                    .iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True");
-                Ok(established.then_some(()))
-            }
-        },
-    )
-    .await?;
+    apply_crd_objects(&client, &[Probe::crd()]).await?;
 
     let probes: Api<Probe> = Api::all(client);
     let spec = ProbeSpec {
