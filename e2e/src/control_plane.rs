@@ -210,11 +210,6 @@ impl ControlPlane {
         self.dir.path()
     }
 
-    /// Process IDs of etcd and kube-apiserver, for resource measurements.
-    pub fn pids(&self) -> [u32; 2] {
-        [self.etcd.id(), self.apiserver.id()]
-    }
-
     /// Fails, with the end of its log, if a component has exited.
     pub fn ensure_running(&mut self) -> anyhow::Result<()> {
         self.etcd.ensure_running()?;
@@ -223,11 +218,6 @@ impl ControlPlane {
             kcm.ensure_running()?;
         }
         Ok(())
-    }
-
-    /// Keeps the working directory after drop (the processes still stop).
-    pub fn keep_dir(&mut self) -> PathBuf {
-        self.dir.keep()
     }
 }
 

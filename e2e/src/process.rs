@@ -60,11 +60,6 @@ impl Process {
         self.child.id()
     }
 
-    /// The log file.
-    pub fn log(&self) -> &Path {
-        &self.log
-    }
-
     /// Fails with [`Exited`], carrying the end of the log, if the process has exited:
     /// readiness loops call this so a crash is reported at once rather than as a time-out.
     pub fn ensure_running(&mut self) -> anyhow::Result<()> {

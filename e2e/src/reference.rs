@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 
 use crate::control_plane::ControlPlane;
 use crate::ports::free_port;
@@ -18,9 +18,9 @@ use crate::{http, wait};
 /// spire-controller-manager (the pinned reference release) reconciling into a [`Spire`]
 /// server from a [`ControlPlane`], with its webhook off and leader election off.
 pub struct ReferenceControllerManager {
-    process: Process,
-    metrics_addr: String,
-    dir: WorkDir,
+    // Held for their Drop: the process stops, then its directory goes.
+    _process: Process,
+    _dir: WorkDir,
 }
 
 impl ReferenceControllerManager {
@@ -97,33 +97,8 @@ spireServerSocketPath: {socket}
         )
         .await?;
         Ok(Self {
-            process,
-            metrics_addr,
-            dir,
+            _process: process,
+            _dir: dir,
         })
-    }
-
-    /// Its Prometheus metrics, as text.
-    pub async fn metrics(&self) -> anyhow::Result<String> {
-        let (status, body) = http::get(&self.metrics_addr, "/metrics").await?;
-        if status != 200 {
-            bail!("spire-controller-manager /metrics answered {status}");
-        }
-        Ok(body)
-    }
-
-    /// Its process ID, for resource measurements.
-    pub fn pid(&self) -> u32 {
-        self.process.id()
-    }
-
-    /// Its working directory (config, log).
-    pub fn dir(&self) -> &std::path::Path {
-        self.dir.path()
-    }
-
-    /// Stops it (SIGTERM, as a rollout would), keeping what it wrote to SPIRE.
-    pub fn stop(mut self) {
-        self.process.stop();
     }
 }

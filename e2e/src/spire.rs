@@ -21,7 +21,8 @@ const API_TIMEOUT: Duration = Duration::from_secs(10);
 /// first, then the server, then the directory is removed.
 pub struct Spire {
     agent: Process,
-    server: Process,
+    // Held for its Drop; stops after the agent.
+    _server: Process,
     client: SpireClient,
     trust_domain: String,
     agent_id: SpiffeId,
@@ -133,7 +134,7 @@ impl Spire {
 
         Ok(Self {
             agent,
-            server,
+            _server: server,
             client,
             trust_domain: trust_domain.to_owned(),
             agent_id,
@@ -200,11 +201,6 @@ impl Spire {
         self.dir.path()
     }
 
-    /// Process IDs of the server and the agent.
-    pub fn pids(&self) -> [u32; 2] {
-        [self.server.id(), self.agent.id()]
-    }
-
     /// Stops the agent and starts it again with the same configuration, as a node agent
     /// restart would; it keeps its identity (SVID and key are on disk, the join token is
     /// not needed again). Returns once the Workload API socket is back.
@@ -237,11 +233,6 @@ impl Spire {
             },
         )
         .await
-    }
-
-    /// Keeps the working directory after drop (the processes still stop).
-    pub fn keep_dir(&mut self) -> PathBuf {
-        self.dir.keep()
     }
 }
 

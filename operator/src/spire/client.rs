@@ -60,24 +60,6 @@ pub enum SpireError {
     },
 }
 
-impl SpireError {
-    /// Whether retrying the same call later may succeed (server restarting, overloaded,
-    /// timed out), as opposed to a request the server will always refuse.
-    pub fn is_retryable(&self) -> bool {
-        match self {
-            SpireError::Connect { .. } => true,
-            SpireError::Rpc { source, .. } => matches!(
-                source.code(),
-                tonic::Code::Unavailable
-                    | tonic::Code::DeadlineExceeded
-                    | tonic::Code::ResourceExhausted
-                    | tonic::Code::Aborted
-            ),
-            SpireError::Malformed { .. } => false,
-        }
-    }
-}
-
 /// A connection to the SPIRE server API. Cheap to clone; clones share one HTTP/2 connection.
 #[derive(Clone, Debug)]
 pub struct SpireClient {
