@@ -376,6 +376,19 @@ fn usage(path: &Path) -> io::Result<Vec<csi::VolumeUsage>> {
     ])
 }
 
+/// Turns a Node RPC's outcome into the gRPC reply, logging a failure with its code in
+/// the RPC's span.
+fn reply<T, E: Into<Status>>(
+    span: &tracing::Span,
+    result: Result<T, E>,
+) -> Result<Response<T>, Status> {
+    result.map(Response::new).map_err(|e| {
+        let status = e.into();
+        span.in_scope(|| warn!(code = ?status.code(), message = status.message(), "failed"));
+        status
+    })
+}
+
 fn rpc_capability(kind: node_service_capability::rpc::Type) -> csi::NodeServiceCapability {
     csi::NodeServiceCapability {
         r#type: Some(node_service_capability::Type::Rpc(
@@ -416,14 +429,8 @@ impl<M: Mounter> csi::node_server::Node for NodeService<M> {
             .map(|c| c.pod())
             .unwrap_or_default();
         let span = tracing::info_span!("NodePublishVolume", %volume_id, %pod, %target);
-        match self.publish(req).instrument(span).await {
-            Ok(()) => Ok(Response::new(csi::NodePublishVolumeResponse {})),
-            Err(e) => {
-                let status = Status::from(e);
-                warn!(code = ?status.code(), message = status.message(), "NodePublishVolume failed");
-                Err(status)
-            }
-        }
+        let result = self.publish(req).instrument(span.clone()).await;
+        reply(&span, result.map(|()| csi::NodePublishVolumeResponse {}))
     }
 
     async fn node_unpublish_volume(
@@ -432,14 +439,11 @@ impl<M: Mounter> csi::node_server::Node for NodeService<M> {
     ) -> Result<Response<csi::NodeUnpublishVolumeResponse>, Status> {
         let req = request.into_inner();
         let span = tracing::info_span!("NodeUnpublishVolume", volume_id = %req.volume_id, target = %req.target_path);
-        let _enter = span.enter();
-        self.unpublish(req)
-            .map(|()| Response::new(csi::NodeUnpublishVolumeResponse {}))
-            .map_err(|e| {
-                let status = Status::from(e);
-                warn!(code = ?status.code(), message = status.message(), "NodeUnpublishVolume failed");
-                status
-            })
+        reply(
+            &span,
+            span.in_scope(|| self.unpublish(req))
+                .map(|()| csi::NodeUnpublishVolumeResponse {}),
+        )
     }
 
     async fn node_get_volume_stats(
@@ -448,12 +452,7 @@ impl<M: Mounter> csi::node_server::Node for NodeService<M> {
     ) -> Result<Response<csi::NodeGetVolumeStatsResponse>, Status> {
         let req = request.into_inner();
         let span = tracing::info_span!("NodeGetVolumeStats", volume_id = %req.volume_id, path = %req.volume_path);
-        let _enter = span.enter();
-        self.stats(req).map(Response::new).map_err(|e| {
-            let status = Status::from(e);
-            warn!(code = ?status.code(), message = status.message(), "NodeGetVolumeStats failed");
-            status
-        })
+        reply(&span, span.in_scope(|| self.stats(req)))
     }
 
     async fn node_expand_volume(
