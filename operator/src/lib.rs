@@ -6,6 +6,12 @@
 
 pub mod config;
 pub mod crd;
+pub mod http;
+pub mod label_selector;
+pub mod leader;
+pub mod metrics;
 pub mod reconcile;
+pub mod render;
 pub mod spire;
+pub mod status;
 pub mod template;

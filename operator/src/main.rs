@@ -5,30 +5,32 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use spire_operator::config::{LogEncoding, LogLevel};
 use spire_operator::spire::{SpiffeId, SpireAddress, SpireClient};
+
+mod run;
 
 /// Reconciles ClusterSPIFFEID, ClusterStaticEntry and ClusterFederatedTrustDomain
 /// resources into SPIRE registration entries and federation relationships.
 #[derive(Parser, Debug)]
 #[command(version, about, propagate_version = true)]
 struct Cli {
-    /// Log line format.
-    #[arg(long, env = "SPIRE_OPERATOR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Console, global = true)]
-    log_format: LogFormat,
-    /// Log filter in RUST_LOG syntax, e.g. `info` or `spire_operator=debug`.
-    #[arg(
-        long,
-        env = "SPIRE_OPERATOR_LOG",
-        default_value = "info",
-        global = true
-    )]
-    log: String,
+    /// Log line format. Default: the config file's logEncoding for `run`, else console.
+    #[arg(long, env = "SPIRE_OPERATOR_LOG_FORMAT", value_enum, global = true)]
+    log_format: Option<LogFormat>,
+    /// Log filter in RUST_LOG syntax, e.g. `info` or `spire_operator=debug`. Default: the
+    /// config file's logLevel for `run`, else info.
+    #[arg(long, env = "SPIRE_OPERATOR_LOG", global = true)]
+    log: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Runs the operator: watches the cluster and keeps the SPIRE server's entries in line
+    /// with the ClusterSPIFFEIDs and ClusterStaticEntries.
+    Run(run::RunArgs),
     /// Connects to the SPIRE server API and prints its trust domain, bundle and entry count:
     /// a quick way to check that the operator can reach the server it is configured for.
     CheckSpire {
@@ -73,7 +75,7 @@ enum LogFormat {
     Json,
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
     let n: u64 = number
         .parse()
@@ -103,8 +105,27 @@ fn init_logging(format: LogFormat, filter: &str) -> anyhow::Result<()> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_logging(cli.log_format, &cli.log)?;
+    if let Command::Run(args) = cli.command {
+        let config = spire_operator::config::Config::load(&args.config, args.expand_env)?;
+        let format = cli.log_format.unwrap_or(match config.log_encoding {
+            LogEncoding::Console => LogFormat::Console,
+            LogEncoding::Json => LogFormat::Json,
+        });
+        let level = match config.log_level {
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
+        };
+        init_logging(format, cli.log.as_deref().unwrap_or(level))?;
+        return run::run(args, config).await;
+    }
+    init_logging(
+        cli.log_format.unwrap_or(LogFormat::Console),
+        cli.log.as_deref().unwrap_or("info"),
+    )?;
     match cli.command {
+        Command::Run(_) => unreachable!("handled above"),
         Command::CheckSpire {
             spire_server_socket_path,
             timeout,

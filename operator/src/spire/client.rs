@@ -50,6 +50,9 @@ pub enum SpireError {
         #[source]
         source: tonic::Status,
     },
+    /// A call did not complete in time.
+    #[error("SPIRE server call timed out after {0:?}")]
+    Timeout(Duration),
     /// The server answered with something the API does not allow.
     #[error("SPIRE server answered {method} with a malformed response: {reason}")]
     Malformed {
@@ -64,6 +67,21 @@ pub enum SpireError {
 #[derive(Clone, Debug)]
 pub struct SpireClient {
     channel: Channel,
+}
+
+impl SpireError {
+    /// Whether the server could not be reached or did not answer (as opposed to refusing
+    /// a request): what `/readyz` reports.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Self::Connect { .. } | Self::Timeout(_) => true,
+            Self::Rpc { source, .. } => matches!(
+                source.code(),
+                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+            ),
+            Self::Malformed { .. } => false,
+        }
+    }
 }
 
 impl SpireClient {

@@ -1,0 +1,248 @@
+//! The operator's Prometheus metrics, all prefixed `spire_operator_`.
+//!
+//! What they answer: how much the operator writes to SPIRE and whether it succeeds
+//! (`entry_writes_total`), how often it re-lists the server (`entry_lists_total`), how long
+//! passes and SPIRE calls take, and the sizes it works with (desired, owned and foreign
+//! entries, pods that cannot get an entry yet).
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// A kind of entry write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    /// BatchCreateEntry.
+    Create,
+    /// BatchUpdateEntry.
+    Update,
+    /// BatchDeleteEntry.
+    Delete,
+}
+
+impl Operation {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Create => "create",
+            Self::Update => "update",
+            Self::Delete => "delete",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WriteLabels {
+    operation: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodLabels {
+    method: String,
+}
+
+type HistogramFamily = Family<MethodLabels, Histogram, fn() -> Histogram>;
+
+/// Every metric the operator exports.
+pub struct Metrics {
+    registry: Registry,
+    entry_writes: Family<WriteLabels, Counter>,
+    spire_rpc_duration: HistogramFamily,
+    /// Existing entries taken over in place.
+    pub entries_adopted: Counter,
+    /// Full ListEntries runs.
+    pub entry_lists: Counter,
+    /// Reconcile passes completed.
+    pub passes: Counter,
+    /// Duration of reconcile passes.
+    pub pass_duration: Histogram,
+    /// Distinct entries the cluster declares.
+    pub entries_desired: Gauge,
+    /// Entries on the server this operator owns.
+    pub entries_owned: Gauge,
+    /// Entries on the server this operator leaves alone.
+    pub entries_foreign: Gauge,
+    /// Pods with at least one entry that failed to render.
+    pub pods_render_failed: Gauge,
+    /// Selected pods without a node yet: no entry, no error.
+    pub pods_unscheduled: Gauge,
+    /// Objects waiting for recomputation.
+    pub dirty_objects: Gauge,
+    /// 1 while this replica holds the leader lease.
+    pub leader: Gauge,
+    /// 1 once the first full reconcile after start finished.
+    pub initial_sync_complete: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("spire_operator");
+        let entry_writes = Family::<WriteLabels, Counter>::default();
+        registry.register(
+            "entry_writes",
+            "SPIRE entries written, by operation and result",
+            entry_writes.clone(),
+        );
+        let spire_rpc_duration: HistogramFamily =
+            Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.001, 2.0, 16)));
+        registry.register(
+            "spire_rpc_duration_seconds",
+            "SPIRE server API call latency, by method",
+            spire_rpc_duration.clone(),
+        );
+        let counter = |registry: &mut Registry, name: &str, help: &str| {
+            let c = Counter::default();
+            registry.register(name, help, c.clone());
+            c
+        };
+        let gauge = |registry: &mut Registry, name: &str, help: &str| {
+            let g = Gauge::default();
+            registry.register(name, help, g.clone());
+            g
+        };
+        let entries_adopted = counter(
+            &mut registry,
+            "entries_adopted",
+            "Existing entries taken over in place",
+        );
+        let entry_lists = counter(&mut registry, "entry_lists", "Full ListEntries runs");
+        let passes = counter(&mut registry, "passes", "Reconcile passes completed");
+        let pass_duration = Histogram::new(exponential_buckets(0.001, 2.0, 17));
+        registry.register(
+            "pass_duration_seconds",
+            "Reconcile pass duration",
+            pass_duration.clone(),
+        );
+        Self {
+            entries_desired: gauge(
+                &mut registry,
+                "entries_desired",
+                "Distinct entries the cluster declares",
+            ),
+            entries_owned: gauge(
+                &mut registry,
+                "entries_owned",
+                "Entries on the server owned by this operator",
+            ),
+            entries_foreign: gauge(
+                &mut registry,
+                "entries_foreign",
+                "Entries on the server this operator leaves alone",
+            ),
+            pods_render_failed: gauge(
+                &mut registry,
+                "pods_render_failed",
+                "Pods with an entry that failed to render",
+            ),
+            pods_unscheduled: gauge(
+                &mut registry,
+                "pods_unscheduled",
+                "Selected pods without a node yet",
+            ),
+            dirty_objects: gauge(
+                &mut registry,
+                "dirty_objects",
+                "Objects waiting for recomputation",
+            ),
+            leader: gauge(
+                &mut registry,
+                "leader",
+                "1 while this replica holds the leader lease",
+            ),
+            initial_sync_complete: gauge(
+                &mut registry,
+                "initial_sync_complete",
+                "1 once the first full reconcile after start finished",
+            ),
+            registry,
+            entry_writes,
+            spire_rpc_duration,
+            entries_adopted,
+            entry_lists,
+            passes,
+            pass_duration,
+        }
+    }
+
+    /// Counts entries written with `op`.
+    pub fn record_writes(&self, op: Operation, succeeded: u64, failed: u64) {
+        for (result, n) in [("success", succeeded), ("failure", failed)] {
+            if n > 0 {
+                self.entry_writes
+                    .get_or_create(&WriteLabels {
+                        operation: op.label(),
+                        result,
+                    })
+                    .inc_by(n);
+            }
+        }
+    }
+
+    /// Records one SPIRE API call's latency.
+    pub fn observe_rpc(&self, method: &str, elapsed: Duration) {
+        self.spire_rpc_duration
+            .get_or_create(&MethodLabels {
+                method: method.to_owned(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// The OpenMetrics text served at `/metrics`.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exports_every_metric_with_its_name() {
+        let metrics = Metrics::new();
+        metrics.record_writes(Operation::Create, 3, 1);
+        metrics.observe_rpc("entry.v1.Entry/ListEntries", Duration::from_millis(5));
+        let text = metrics.encode();
+        assert!(
+            text.contains(
+                "spire_operator_entry_writes_total{operation=\"create\",result=\"success\"} 3"
+            ),
+            "{text}"
+        );
+        assert!(text.contains(
+            "spire_operator_entry_writes_total{operation=\"create\",result=\"failure\"} 1"
+        ));
+        for name in [
+            "spire_operator_entries_adopted_total",
+            "spire_operator_entry_lists_total",
+            "spire_operator_passes_total",
+            "spire_operator_pass_duration_seconds_bucket",
+            "spire_operator_spire_rpc_duration_seconds_bucket{",
+            "spire_operator_entries_desired",
+            "spire_operator_entries_owned",
+            "spire_operator_entries_foreign",
+            "spire_operator_pods_render_failed",
+            "spire_operator_pods_unscheduled",
+            "spire_operator_dirty_objects",
+            "spire_operator_leader",
+            "spire_operator_initial_sync_complete",
+        ] {
+            assert!(text.contains(name), "{name} missing from\n{text}");
+        }
+    }
+}

@@ -1,0 +1,310 @@
+//! The desired entries, indexed by the object that declares them, and the mirror of the
+//! entries on the server. Both change incrementally; a pass plans only the keys that
+//! changed since the last one.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use super::diff::{ActualEntry, Plan, plan};
+use super::ownership::{Class, Ownership};
+use crate::render::Age;
+use crate::spire::api::types::EntryMask;
+use crate::spire::{EntryKey, EntrySpec};
+
+/// The object an entry is declared by. Statics order before pods and by age among
+/// themselves, so the first declarer of a key is the one that wins it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Source {
+    /// A ClusterStaticEntry.
+    Static {
+        /// Its age.
+        age: Age,
+        /// Its name.
+        name: String,
+    },
+    /// A pod, by namespace and name.
+    Pod {
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+    },
+}
+
+/// Desired entries by key and by declaring object.
+#[derive(Debug, Default)]
+pub struct Desired {
+    by_key: HashMap<EntryKey, BTreeMap<Source, EntrySpec>>,
+    by_source: HashMap<Source, Vec<EntryKey>>,
+}
+
+impl Desired {
+    /// Replaces what `source` declares; keys whose desired state may change are added
+    /// to `touched`.
+    pub fn set(
+        &mut self,
+        source: Source,
+        entries: Vec<EntrySpec>,
+        touched: &mut HashSet<EntryKey>,
+    ) {
+        let new_keys: Vec<EntryKey> = entries.iter().map(|e| e.key.clone()).collect();
+        if let Some(old_keys) = self.by_source.remove(&source) {
+            for key in old_keys {
+                if let Some(claims) = self.by_key.get_mut(&key) {
+                    claims.remove(&source);
+                    if claims.is_empty() {
+                        self.by_key.remove(&key);
+                    }
+                }
+                touched.insert(key);
+            }
+        }
+        for entry in entries {
+            touched.insert(entry.key.clone());
+            self.by_key
+                .entry(entry.key.clone())
+                .or_default()
+                .insert(source.clone(), entry);
+        }
+        if !new_keys.is_empty() {
+            self.by_source.insert(source, new_keys);
+        }
+    }
+
+    /// The winning declaration of `key`.
+    pub fn get(&self, key: &EntryKey) -> Option<&EntrySpec> {
+        self.by_key.get(key).and_then(|c| c.values().next())
+    }
+
+    /// Whether `source` wins `key` (false when another declares it first).
+    pub fn wins(&self, source: &Source, key: &EntryKey) -> bool {
+        self.by_key
+            .get(key)
+            .and_then(|c| c.keys().next())
+            .is_some_and(|s| s == source)
+    }
+
+    /// Every declaring object.
+    pub fn sources(&self) -> impl Iterator<Item = &Source> {
+        self.by_source.keys()
+    }
+
+    /// The keys `source` declares.
+    pub fn keys_of(&self, source: &Source) -> &[EntryKey] {
+        self.by_source
+            .get(source)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+    }
+
+    /// The declarers of `key`.
+    pub fn sources_of(&self, key: &EntryKey) -> impl Iterator<Item = &Source> {
+        self.by_key.get(key).into_iter().flat_map(|c| c.keys())
+    }
+
+    /// How many distinct entries are desired.
+    pub fn len(&self) -> usize {
+        self.by_key.len()
+    }
+
+    /// Whether nothing is desired.
+    pub fn is_empty(&self) -> bool {
+        self.by_key.is_empty()
+    }
+
+    fn subset(&self, keys: &HashSet<EntryKey>) -> HashMap<EntryKey, EntrySpec> {
+        keys.iter()
+            .filter_map(|k| self.get(k).map(|e| (k.clone(), e.clone())))
+            .collect()
+    }
+
+    fn all(&self) -> HashMap<EntryKey, EntrySpec> {
+        self.by_key
+            .iter()
+            .filter_map(|(k, c)| c.values().next().map(|e| (k.clone(), e.clone())))
+            .collect()
+    }
+}
+
+/// The server's entries as last listed and then updated from our own writes. Join-token
+/// entries are left out: they are never touched.
+#[derive(Debug, Default)]
+pub struct Mirror {
+    by_key: HashMap<EntryKey, Vec<ActualEntry>>,
+    by_id: HashMap<String, EntryKey>,
+}
+
+impl Mirror {
+    /// Builds the mirror from a full listing.
+    pub fn from_listing(entries: Vec<(String, EntrySpec)>, ownership: &Ownership) -> Self {
+        let mut mirror = Self::default();
+        for (id, spec) in entries {
+            match ownership.classify(&id, &spec) {
+                Class::JoinToken => {}
+                class => mirror.insert(ActualEntry {
+                    id,
+                    spec,
+                    owned: class == Class::Owned,
+                }),
+            }
+        }
+        mirror
+    }
+
+    /// Adds or replaces an entry (by ID).
+    pub fn insert(&mut self, entry: ActualEntry) {
+        self.remove(&entry.id);
+        self.by_id.insert(entry.id.clone(), entry.spec.key.clone());
+        self.by_key
+            .entry(entry.spec.key.clone())
+            .or_default()
+            .push(entry);
+    }
+
+    /// Removes an entry by ID, returning it.
+    pub fn remove(&mut self, id: &str) -> Option<ActualEntry> {
+        let key = self.by_id.remove(id)?;
+        let list = self.by_key.get_mut(&key)?;
+        let position = list.iter().position(|e| e.id == id)?;
+        let entry = list.swap_remove(position);
+        if list.is_empty() {
+            self.by_key.remove(&key);
+        }
+        Some(entry)
+    }
+
+    /// Marks an entry owned (after adoption).
+    pub fn set_owned(&mut self, id: &str) {
+        if let Some(key) = self.by_id.get(id)
+            && let Some(entry) = self
+                .by_key
+                .get_mut(key)
+                .and_then(|l| l.iter_mut().find(|e| e.id == id))
+        {
+            entry.owned = true;
+        }
+    }
+
+    /// Replaces the fields of an entry after an update.
+    pub fn update(&mut self, id: &str, spec: EntrySpec) {
+        if let Some(mut entry) = self.remove(id) {
+            entry.spec = spec;
+            self.insert(entry);
+        }
+    }
+
+    /// The entry with `id`.
+    pub fn get(&self, id: &str) -> Option<&ActualEntry> {
+        let key = self.by_id.get(id)?;
+        self.by_key.get(key)?.iter().find(|e| e.id == id)
+    }
+
+    /// (owned, foreign) entry counts.
+    pub fn counts(&self) -> (usize, usize) {
+        let owned = self.by_key.values().flatten().filter(|e| e.owned).count();
+        (owned, self.by_id.len() - owned)
+    }
+
+    /// Whether the server holds an entry with `key` that serves it as desired.
+    pub fn has(&self, key: &EntryKey) -> bool {
+        self.by_key.contains_key(key)
+    }
+
+    fn subset(&self, keys: &HashSet<EntryKey>) -> Vec<ActualEntry> {
+        keys.iter()
+            .filter_map(|k| self.by_key.get(k))
+            .flatten()
+            .cloned()
+            .collect()
+    }
+
+    fn all(&self) -> Vec<ActualEntry> {
+        self.by_key.values().flatten().cloned().collect()
+    }
+}
+
+/// Plans the writes for `touched` keys only.
+pub fn plan_keys(
+    desired: &Desired,
+    mirror: &Mirror,
+    touched: &HashSet<EntryKey>,
+    mask: &EntryMask,
+) -> Plan {
+    plan(&desired.subset(touched), &mirror.subset(touched), mask)
+}
+
+/// Plans the writes for every key (after a full listing).
+pub fn plan_all(desired: &Desired, mirror: &Mirror, mask: &EntryMask) -> Plan {
+    plan(&desired.all(), &mirror.all(), mask)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spire::managed_fields;
+
+    fn spec(path: &str, uid: &str) -> EntrySpec {
+        EntrySpec {
+            key: EntryKey {
+                spiffe_id: format!("spiffe://td{path}").parse().unwrap(),
+                parent_id: "spiffe://td/spire/agent/k8s_psat/c/n".parse().unwrap(),
+                selectors: [format!("k8s:pod-uid:{uid}")].into(),
+            },
+            x509_svid_ttl: 0,
+            jwt_svid_ttl: 0,
+            federates_with: Default::default(),
+            admin: false,
+            downstream: false,
+            dns_names: vec![],
+            hint: String::new(),
+            store_svid: false,
+        }
+    }
+
+    fn pod(name: &str) -> Source {
+        Source::Pod {
+            namespace: "ns".into(),
+            name: name.into(),
+        }
+    }
+
+    #[test]
+    fn replacing_a_pods_entries_touches_old_and_new_keys() {
+        let mut desired = Desired::default();
+        let mut touched = HashSet::new();
+        desired.set(pod("a"), vec![spec("/old", "1")], &mut touched);
+        touched.clear();
+        desired.set(pod("a"), vec![spec("/new", "1")], &mut touched);
+        assert_eq!(touched.len(), 2);
+        assert_eq!(desired.len(), 1);
+        assert!(desired.get(&spec("/new", "1").key).is_some());
+        desired.set(pod("a"), vec![], &mut touched);
+        assert!(desired.is_empty());
+        assert_eq!(desired.sources().count(), 0);
+    }
+
+    #[test]
+    fn incremental_plan_only_sees_touched_keys() {
+        let ownership = Ownership::new(None, "c", None);
+        let own_id = ownership.new_id();
+        let mirror = Mirror::from_listing(
+            vec![
+                (own_id.clone(), spec("/gone", "1")),
+                ("foreign".into(), spec("/cli", "9")),
+            ],
+            &ownership,
+        );
+        let mut desired = Desired::default();
+        let mut touched = HashSet::new();
+        desired.set(pod("b"), vec![spec("/b", "2")], &mut touched);
+        let p = plan_keys(&desired, &mirror, &touched, &managed_fields());
+        assert_eq!(p.create.len(), 1);
+        assert!(
+            p.delete.is_empty(),
+            "untouched owned entry waits for a full plan"
+        );
+        let full = plan_all(&desired, &mirror, &managed_fields());
+        assert_eq!(full.delete, vec![own_id]);
+        assert_eq!(full.foreign, 1);
+        assert_eq!(mirror.counts(), (1, 1));
+    }
+}

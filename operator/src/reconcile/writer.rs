@@ -1,0 +1,249 @@
+//! Sends a [`Plan`] to the SPIRE server: batched, a few batches in flight at once, each
+//! call with a timeout sized to its batch. Reports per-entry outcomes; retrying is the
+//! caller's business (failed keys stay dirty).
+
+use std::time::{Duration, Instant};
+
+use futures::stream::{self, StreamExt};
+
+use super::diff::Plan;
+use super::ownership::Ownership;
+use crate::metrics::{Metrics, Operation};
+use crate::spire::api::types::{self, EntryMask};
+use crate::spire::{EntryKey, EntrySpec, SpireClient, SpireError};
+
+/// Entries per BatchCreateEntry / BatchUpdateEntry call.
+const WRITE_BATCH: usize = 100;
+/// IDs per BatchDeleteEntry call.
+const DELETE_BATCH: usize = 500;
+/// Batches in flight at once. SPIRE serialises datastore writes, so more mostly adds
+/// contention; two keeps the server busy while a response travels back.
+const CONCURRENCY: usize = 2;
+
+/// gRPC code SPIRE answers for an entry whose key already exists.
+const ALREADY_EXISTS: i32 = 6;
+/// gRPC code for an ID that is not there (a delete that already happened).
+const NOT_FOUND: i32 = 5;
+
+/// What happened to a plan.
+#[derive(Debug, Default)]
+pub struct WriteReport {
+    /// Entries created, with their new IDs.
+    pub created: Vec<(String, EntrySpec)>,
+    /// Entries updated in place.
+    pub updated: Vec<(String, EntrySpec)>,
+    /// IDs deleted (or already gone).
+    pub deleted: Vec<String>,
+    /// Keys whose write failed; they are retried.
+    pub failed: Vec<Failure>,
+    /// A create found its key already on the server: the mirror is stale.
+    pub stale_mirror: bool,
+    /// Fields the server dropped from what we sent: it does not support them.
+    pub unsupported: Vec<&'static str>,
+    /// Whether a whole call failed for lack of a server (reachability for /readyz).
+    pub unreachable: bool,
+}
+
+/// One entry that could not be written.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    /// The entry's key (for deletes, the key of the entry in the mirror).
+    pub key: Option<EntryKey>,
+    /// What the server or the transport said.
+    pub message: String,
+}
+
+/// How long one batch call may take: a base for the round trip plus time per entry
+/// (SPIRE writes each entry in its own datastore transaction).
+pub fn batch_timeout(entries: usize) -> Duration {
+    Duration::from_secs(10) + Duration::from_millis(50) * entries as u32
+}
+
+/// Executes `plan`. `key_of` maps a deleted ID to its key for failure reports.
+pub async fn execute(
+    client: &SpireClient,
+    plan: Plan,
+    ownership: &Ownership,
+    mask: &EntryMask,
+    metrics: &Metrics,
+    key_of: impl Fn(&str) -> Option<EntryKey>,
+) -> WriteReport {
+    let mut report = WriteReport::default();
+
+    let deletes: Vec<Vec<String>> = plan
+        .delete
+        .chunks(DELETE_BATCH)
+        .map(<[_]>::to_vec)
+        .collect();
+    let mut results = stream::iter(deletes)
+        .map(|ids| async move {
+            let timeout = batch_timeout(ids.len());
+            let started = Instant::now();
+            let result = timed(timeout, client.batch_delete_entries(ids.clone())).await;
+            metrics.observe_rpc("entry.v1.Entry/BatchDeleteEntry", started.elapsed());
+            (ids, result)
+        })
+        .buffer_unordered(CONCURRENCY);
+    while let Some((ids, result)) = results.next().await {
+        match result {
+            Ok(results) => {
+                let (mut ok, mut failed) = (0, 0);
+                for (id, r) in ids.into_iter().zip(results) {
+                    let code = r.status.as_ref().map_or(0, |s| s.code);
+                    if code == 0 || code == NOT_FOUND {
+                        ok += 1;
+                        report.deleted.push(id);
+                    } else {
+                        failed += 1;
+                        report.failed.push(Failure {
+                            key: key_of(&id),
+                            message: status_message("deleting", &id, r.status.as_ref()),
+                        });
+                    }
+                }
+                metrics.record_writes(Operation::Delete, ok, failed);
+            }
+            Err(e) => {
+                report.unreachable |= e.is_unavailable();
+                metrics.record_writes(Operation::Delete, 0, ids.len() as u64);
+                for id in ids {
+                    report.failed.push(Failure {
+                        key: key_of(&id),
+                        message: e.to_string(),
+                    });
+                }
+            }
+        }
+    }
+    drop(results);
+
+    let creates: Vec<Vec<(String, EntrySpec)>> = plan
+        .create
+        .into_iter()
+        .map(|spec| (ownership.new_id(), spec))
+        .collect::<Vec<_>>()
+        .chunks(WRITE_BATCH)
+        .map(<[_]>::to_vec)
+        .collect();
+    let updates: Vec<Vec<(String, EntrySpec)>> =
+        plan.update.chunks(WRITE_BATCH).map(<[_]>::to_vec).collect();
+    let calls = creates
+        .into_iter()
+        .map(|b| (Operation::Create, b))
+        .chain(updates.into_iter().map(|b| (Operation::Update, b)));
+    let mut results = stream::iter(calls)
+        .map(|(op, batch)| async move {
+            let entries: Vec<types::Entry> = batch
+                .iter()
+                .map(|(id, spec)| spec.to_api(id.clone()))
+                .collect();
+            let timeout = batch_timeout(batch.len());
+            let started = Instant::now();
+            let result = match op {
+                Operation::Create => {
+                    let r = timed(timeout, client.batch_create_entries(entries)).await;
+                    metrics.observe_rpc("entry.v1.Entry/BatchCreateEntry", started.elapsed());
+                    r
+                }
+                _ => {
+                    let r = timed(timeout, client.batch_update_entries(entries, *mask)).await;
+                    metrics.observe_rpc("entry.v1.Entry/BatchUpdateEntry", started.elapsed());
+                    r
+                }
+            };
+            (op, batch, result)
+        })
+        .buffer_unordered(CONCURRENCY);
+    while let Some((op, batch, result)) = results.next().await {
+        let verb = if op == Operation::Create {
+            "creating"
+        } else {
+            "updating"
+        };
+        match result {
+            Ok(results) => {
+                let (mut ok, mut failed) = (0, 0);
+                for ((id, spec), r) in batch.into_iter().zip(results) {
+                    let code = r.status.as_ref().map_or(0, |s| s.code);
+                    if code == 0 {
+                        ok += 1;
+                        if let Some(returned) = &r.entry {
+                            note_unsupported(&spec, returned, &mut report.unsupported);
+                        }
+                        // The server keeps the ID we asked for; an older one may assign its own.
+                        let id = r
+                            .entry
+                            .as_ref()
+                            .map(|e| e.id.clone())
+                            .filter(|i| !i.is_empty())
+                            .unwrap_or(id);
+                        if op == Operation::Create {
+                            report.created.push((id, spec));
+                        } else {
+                            report.updated.push((id, spec));
+                        }
+                    } else {
+                        failed += 1;
+                        report.stale_mirror |= code == ALREADY_EXISTS || code == NOT_FOUND;
+                        report.failed.push(Failure {
+                            message: status_message(
+                                verb,
+                                &spec.key.spiffe_id.to_string(),
+                                r.status.as_ref(),
+                            ),
+                            key: Some(spec.key),
+                        });
+                    }
+                }
+                metrics.record_writes(op, ok, failed);
+            }
+            Err(e) => {
+                report.unreachable |= e.is_unavailable();
+                metrics.record_writes(op, 0, batch.len() as u64);
+                for (_, spec) in batch {
+                    report.failed.push(Failure {
+                        key: Some(spec.key),
+                        message: e.to_string(),
+                    });
+                }
+            }
+        }
+    }
+    report
+}
+
+async fn timed<T>(
+    timeout: Duration,
+    call: impl Future<Output = Result<T, SpireError>>,
+) -> Result<T, SpireError> {
+    tokio::time::timeout(timeout, call)
+        .await
+        .unwrap_or_else(|_| Err(SpireError::Timeout(timeout)))
+}
+
+fn status_message(verb: &str, what: &str, status: Option<&types::Status>) -> String {
+    match status {
+        Some(s) => format!("{verb} entry {what}: code {}: {}", s.code, s.message),
+        None => format!("{verb} entry {what}: no status"),
+    }
+}
+
+/// An older SPIRE server silently drops fields it does not know; comparing them would
+/// update the entry on every pass. Spot them in what the server echoes back.
+fn note_unsupported(
+    sent: &EntrySpec,
+    returned: &types::Entry,
+    unsupported: &mut Vec<&'static str>,
+) {
+    let mut note = |field: &'static str, dropped: bool| {
+        if dropped && !unsupported.contains(&field) {
+            unsupported.push(field);
+        }
+    };
+    note(
+        "jwt_svid_ttl",
+        sent.jwt_svid_ttl != 0 && returned.jwt_svid_ttl == 0,
+    );
+    note("hint", !sent.hint.is_empty() && returned.hint.is_empty());
+    note("store_svid", sent.store_svid && !returned.store_svid);
+}

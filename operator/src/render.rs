@@ -1,0 +1,327 @@
+//! From resources to entries: parsing ClusterSPIFFEID / ClusterStaticEntry specs and
+//! rendering the entries they declare. Pure: values in, values out.
+
+use std::collections::BTreeSet;
+use std::sync::LazyLock;
+
+use regex::Regex;
+
+use crate::crd::{ClusterSPIFFEID, ClusterStaticEntry, GoDuration};
+use crate::label_selector::Selector;
+use crate::spire::{EntryKey, EntrySpec, SpiffeId};
+use crate::template::{Template, TemplateData};
+
+/// The parent ID template spire-controller-manager uses when `parentIDTemplate` is unset:
+/// the k8s_psat agent on the pod's node.
+pub const DEFAULT_PARENT_ID_TEMPLATE: &str =
+    "spiffe://{{ .TrustDomain }}/spire/agent/k8s_psat/{{ .ClusterName }}/{{ .NodeMeta.UID }}";
+
+static TRUST_DOMAIN_NAME: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^[a-z0-9._-]{1,255}$").unwrap_or_else(|e| panic!("constant regex: {e}"))
+});
+
+/// A field of a resource's spec that cannot be used, named by its path.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct SpecError {
+    /// The field, e.g. `spec.dnsNameTemplates[1]`.
+    pub field: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl SpecError {
+    fn new(field: impl Into<String>, message: impl ToString) -> Self {
+        Self {
+            field: field.into(),
+            message: message.to_string(),
+        }
+    }
+}
+
+/// Who wins when two resources declare the same entry: the older (creation time, then
+/// UID), as in spire-controller-manager.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Age {
+    created: Option<k8s_openapi::jiff::Timestamp>,
+    uid: String,
+}
+
+impl Age {
+    fn of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Self {
+        Self {
+            created: meta.creation_timestamp.as_ref().map(|t| t.0),
+            uid: meta.uid.clone().unwrap_or_default(),
+        }
+    }
+}
+
+/// A ClusterSPIFFEID whose spec parsed: templates compiled, selectors and durations checked.
+#[derive(Debug, Clone)]
+pub struct PodIdentity {
+    /// The resource name.
+    pub name: String,
+    /// Age, for masking.
+    pub age: Age,
+    /// `spec.fallback`.
+    pub fallback: bool,
+    /// `spec.autoPopulateDNSNames`.
+    pub auto_populate_dns_names: bool,
+    /// `spec.podSelector`.
+    pub pod_selector: Selector,
+    /// `spec.namespaceSelector`.
+    pub namespace_selector: Selector,
+    spiffe_id: Template,
+    dns_names: Vec<Template>,
+    selectors: Vec<Template>,
+    federates_with: BTreeSet<String>,
+    x509_svid_ttl: i32,
+    jwt_svid_ttl: i32,
+    admin: bool,
+    downstream: bool,
+    hint: String,
+}
+
+/// What a pod entry is rendered from besides the ClusterSPIFFEID.
+#[derive(Debug, Clone)]
+pub struct PodInput<'a> {
+    /// Template data with the node, pod, namespace and service account added.
+    pub data: &'a TemplateData,
+    /// The pod's UID (its `k8s:pod-uid` selector).
+    pub pod_uid: &'a str,
+    /// The rendered parent ID of the pod's node.
+    pub parent_id: &'a SpiffeId,
+    /// DNS names from the Services whose endpoints include the pod, already expanded
+    /// and sorted (used when `autoPopulateDNSNames` is set).
+    pub service_dns_names: &'a [String],
+}
+
+impl PodIdentity {
+    /// Parses a ClusterSPIFFEID; the error names the first unusable field.
+    pub fn parse(resource: &ClusterSPIFFEID) -> Result<Self, SpecError> {
+        let spec = &resource.spec;
+        let template = |field: String, source: &str| {
+            Template::parse(&field, source).map_err(|e| SpecError::new(field, e))
+        };
+        Ok(Self {
+            name: resource.metadata.name.clone().unwrap_or_default(),
+            age: Age::of(&resource.metadata),
+            fallback: spec.fallback,
+            auto_populate_dns_names: spec.auto_populate_dns_names,
+            pod_selector: Selector::parse(spec.pod_selector.as_ref())
+                .map_err(|e| SpecError::new("spec.podSelector", e))?,
+            namespace_selector: Selector::parse(spec.namespace_selector.as_ref())
+                .map_err(|e| SpecError::new("spec.namespaceSelector", e))?,
+            spiffe_id: template("spec.spiffeIDTemplate".into(), &spec.spiffe_id_template)?,
+            dns_names: (spec.dns_name_templates.iter().enumerate())
+                .map(|(i, s)| template(format!("spec.dnsNameTemplates[{i}]"), s))
+                .collect::<Result<_, _>>()?,
+            selectors: (spec.workload_selector_templates.iter().enumerate())
+                .map(|(i, s)| template(format!("spec.workloadSelectorTemplates[{i}]"), s))
+                .collect::<Result<_, _>>()?,
+            federates_with: federates_with(&spec.federates_with)?,
+            x509_svid_ttl: ttl_seconds("spec.ttl", spec.ttl.as_ref())?,
+            jwt_svid_ttl: ttl_seconds("spec.jwtTtl", spec.jwt_ttl.as_ref())?,
+            admin: spec.admin,
+            downstream: spec.downstream,
+            hint: spec.hint.clone().unwrap_or_default(),
+        })
+    }
+
+    /// Renders this identity's entry for one pod.
+    pub fn render(&self, pod: &PodInput<'_>, trust_domain: &str) -> Result<EntrySpec, SpecError> {
+        let render = |field: &str, template: &Template| {
+            template
+                .render(pod.data)
+                .map_err(|e| SpecError::new(field, e))
+        };
+        let rendered = render("spec.spiffeIDTemplate", &self.spiffe_id)?;
+        let spiffe_id = in_trust_domain("spec.spiffeIDTemplate", &rendered, trust_domain)?;
+
+        let mut selectors = BTreeSet::from([format!("k8s:pod-uid:{}", pod.pod_uid)]);
+        for (i, template) in self.selectors.iter().enumerate() {
+            let field = format!("spec.workloadSelectorTemplates[{i}]");
+            let selector = render(&field, template)?;
+            check_selector(&field, &selector)?;
+            selectors.insert(selector);
+        }
+
+        let mut dns_names = Vec::new();
+        for (i, template) in self.dns_names.iter().enumerate() {
+            dns_names.push(render(&format!("spec.dnsNameTemplates[{i}]"), template)?);
+        }
+        if self.auto_populate_dns_names {
+            dns_names.extend(pod.service_dns_names.iter().cloned());
+        }
+        dedup_in_order(&mut dns_names);
+
+        Ok(EntrySpec {
+            key: EntryKey {
+                spiffe_id,
+                parent_id: pod.parent_id.clone(),
+                selectors,
+            },
+            x509_svid_ttl: self.x509_svid_ttl,
+            jwt_svid_ttl: self.jwt_svid_ttl,
+            federates_with: self.federates_with.clone(),
+            admin: self.admin,
+            downstream: self.downstream,
+            dns_names,
+            hint: self.hint.clone(),
+            store_svid: false,
+        })
+    }
+}
+
+/// A ClusterStaticEntry turned into the entry it declares.
+#[derive(Debug, Clone)]
+pub struct StaticEntry {
+    /// The resource name.
+    pub name: String,
+    /// Age, for masking.
+    pub age: Age,
+    /// The entry.
+    pub entry: EntrySpec,
+}
+
+impl StaticEntry {
+    /// Parses a ClusterStaticEntry; the error names the first unusable field.
+    pub fn parse(resource: &ClusterStaticEntry) -> Result<Self, SpecError> {
+        let spec = &resource.spec;
+        let id = |field: &str, value: &str| {
+            value
+                .parse::<SpiffeId>()
+                .map_err(|e| SpecError::new(field, e))
+        };
+        if spec.selectors.is_empty() {
+            return Err(SpecError::new(
+                "spec.selectors",
+                "at least one selector is required",
+            ));
+        }
+        let mut selectors = BTreeSet::new();
+        for (i, selector) in spec.selectors.iter().enumerate() {
+            check_selector(&format!("spec.selectors[{i}]"), selector)?;
+            selectors.insert(selector.clone());
+        }
+        let mut dns_names = spec.dns_names.clone();
+        dedup_in_order(&mut dns_names);
+        Ok(Self {
+            name: resource.metadata.name.clone().unwrap_or_default(),
+            age: Age::of(&resource.metadata),
+            entry: EntrySpec {
+                key: EntryKey {
+                    spiffe_id: id("spec.spiffeID", &spec.spiffe_id)?,
+                    parent_id: id("spec.parentID", &spec.parent_id)?,
+                    selectors,
+                },
+                x509_svid_ttl: ttl_seconds("spec.x509SVIDTTL", spec.x509_svid_ttl.as_ref())?,
+                jwt_svid_ttl: ttl_seconds("spec.jwtSVIDTTL", spec.jwt_svid_ttl.as_ref())?,
+                federates_with: federates_with(&spec.federates_with)?,
+                admin: spec.admin,
+                downstream: spec.downstream,
+                dns_names,
+                hint: spec.hint.clone().unwrap_or_default(),
+                store_svid: spec.store_svid,
+            },
+        })
+    }
+}
+
+/// The parent ID of pod entries on one node.
+#[derive(Debug, Clone)]
+pub struct ParentTemplate {
+    template: Template,
+}
+
+impl ParentTemplate {
+    /// Parses `parentIDTemplate` (or the default when `None`).
+    pub fn parse(source: Option<&str>) -> Result<Self, SpecError> {
+        let source = source.unwrap_or(DEFAULT_PARENT_ID_TEMPLATE);
+        Template::parse("parentIDTemplate", source)
+            .map(|template| Self { template })
+            .map_err(|e| SpecError::new("parentIDTemplate", e))
+    }
+
+    /// Renders it with cluster and node data (no pod data, as in spire-controller-manager).
+    pub fn render(
+        &self,
+        node_data: &TemplateData,
+        trust_domain: &str,
+    ) -> Result<SpiffeId, SpecError> {
+        let rendered = self
+            .template
+            .render(node_data)
+            .map_err(|e| SpecError::new("parentIDTemplate", e))?;
+        in_trust_domain("parentIDTemplate", &rendered, trust_domain)
+    }
+}
+
+/// The DNS names autoPopulateDNSNames adds for a Service `name` in `namespace`.
+pub fn service_dns_names(name: &str, namespace: &str, cluster_domain: &str) -> Vec<String> {
+    let mut names = vec![
+        name.to_owned(),
+        format!("{name}.{namespace}"),
+        format!("{name}.{namespace}.svc"),
+    ];
+    if !cluster_domain.is_empty() {
+        names.push(format!("{name}.{namespace}.svc.{cluster_domain}"));
+    }
+    names
+}
+
+fn in_trust_domain(field: &str, rendered: &str, trust_domain: &str) -> Result<SpiffeId, SpecError> {
+    let id: SpiffeId = rendered.parse().map_err(|e| SpecError::new(field, e))?;
+    if id.trust_domain() != trust_domain {
+        return Err(SpecError::new(
+            field,
+            format!("{rendered:?} is not in trust domain {trust_domain:?}"),
+        ));
+    }
+    Ok(id)
+}
+
+fn check_selector(field: &str, selector: &str) -> Result<(), SpecError> {
+    match selector.split_once(':') {
+        Some((kind, value)) if !kind.is_empty() && !value.is_empty() => Ok(()),
+        _ => Err(SpecError::new(
+            field,
+            format!("{selector:?} is not a selector of the form type:value"),
+        )),
+    }
+}
+
+fn federates_with(names: &[String]) -> Result<BTreeSet<String>, SpecError> {
+    let mut set = BTreeSet::new();
+    for (i, name) in names.iter().enumerate() {
+        if !TRUST_DOMAIN_NAME.is_match(name) {
+            return Err(SpecError::new(
+                format!("spec.federatesWith[{i}]"),
+                format!(
+                    "{name:?} is not a trust domain name (lowercase letters, digits, '.', '-', '_')"
+                ),
+            ));
+        }
+        set.insert(name.clone());
+    }
+    Ok(set)
+}
+
+/// SVID TTLs are whole seconds in SPIRE; like spire-controller-manager, fractions are dropped.
+fn ttl_seconds(field: &str, ttl: Option<&GoDuration>) -> Result<i32, SpecError> {
+    let Some(ttl) = ttl else { return Ok(0) };
+    let seconds = ttl
+        .to_std()
+        .map_err(|e| SpecError::new(field, e))?
+        .as_secs();
+    i32::try_from(seconds)
+        .map_err(|_| SpecError::new(field, format!("{ttl} is longer than SPIRE accepts")))
+}
+
+fn dedup_in_order(names: &mut Vec<String>) {
+    let mut seen = BTreeSet::new();
+    names.retain(|n| seen.insert(n.clone()));
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,250 @@
+use k8s_openapi::api::core::v1::{Node, Pod, PodSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use super::*;
+use crate::crd::{ClusterSPIFFEIDSpec, ClusterStaticEntrySpec};
+
+const TD: &str = "example.org";
+
+fn pod() -> Pod {
+    Pod {
+        metadata: ObjectMeta {
+            name: Some("web-0".into()),
+            namespace: Some("shop".into()),
+            uid: Some("pod-uid-1".into()),
+            labels: Some([("app".to_string(), "web".to_string())].into()),
+            ..Default::default()
+        },
+        spec: Some(PodSpec {
+            service_account_name: Some("frontend".into()),
+            node_name: Some("n1".into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn node() -> Node {
+    Node {
+        metadata: ObjectMeta {
+            name: Some("n1".into()),
+            uid: Some("node-uid".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+fn identity(spec: ClusterSPIFFEIDSpec) -> Result<PodIdentity, SpecError> {
+    PodIdentity::parse(&ClusterSPIFFEID {
+        metadata: ObjectMeta {
+            name: Some("test".into()),
+            ..Default::default()
+        },
+        spec,
+        status: None,
+    })
+}
+
+fn ns_sa() -> ClusterSPIFFEIDSpec {
+    ClusterSPIFFEIDSpec {
+        spiffe_id_template: "spiffe://{{ .TrustDomain }}/ns/{{ .PodMeta.Namespace }}/sa/{{ .PodSpec.ServiceAccountName }}".into(),
+        ..Default::default()
+    }
+}
+
+fn render(spec: ClusterSPIFFEIDSpec, services: &[String]) -> Result<EntrySpec, SpecError> {
+    let node_data = TemplateData::new(TD, "prod", "cluster.local").with_node(&node());
+    let parent = ParentTemplate::parse(None)
+        .unwrap()
+        .render(&node_data, TD)
+        .unwrap();
+    let data = node_data.with_pod(&pod());
+    let input = PodInput {
+        data: &data,
+        pod_uid: "pod-uid-1",
+        parent_id: &parent,
+        service_dns_names: services,
+    };
+    identity(spec)?.render(&input, TD)
+}
+
+#[test]
+fn renders_a_pod_entry_like_spire_controller_manager() {
+    let entry = render(
+        ClusterSPIFFEIDSpec {
+            dns_name_templates: vec![
+                "{{ .PodMeta.Name }}.{{ .PodMeta.Namespace }}".into(),
+                "{{ .PodMeta.Name }}.{{ .PodMeta.Namespace }}".into(),
+            ],
+            workload_selector_templates: vec!["k8s:sa:{{ .PodSpec.ServiceAccountName }}".into()],
+            federates_with: vec!["partner.org".into()],
+            ttl: Some("1h30m".parse().unwrap()),
+            jwt_ttl: Some("5m".parse().unwrap()),
+            admin: true,
+            hint: Some("web".into()),
+            ..ns_sa()
+        },
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        entry.key.spiffe_id.to_string(),
+        "spiffe://example.org/ns/shop/sa/frontend"
+    );
+    assert_eq!(
+        entry.key.parent_id.to_string(),
+        "spiffe://example.org/spire/agent/k8s_psat/prod/node-uid"
+    );
+    assert_eq!(
+        entry.key.selectors.iter().collect::<Vec<_>>(),
+        ["k8s:pod-uid:pod-uid-1", "k8s:sa:frontend"]
+    );
+    assert_eq!(entry.dns_names, ["web-0.shop"]);
+    assert_eq!((entry.x509_svid_ttl, entry.jwt_svid_ttl), (5400, 300));
+    assert!(entry.admin && !entry.downstream);
+    assert_eq!(entry.hint, "web");
+    assert_eq!(
+        entry.federates_with.iter().collect::<Vec<_>>(),
+        ["partner.org"]
+    );
+}
+
+#[test]
+fn service_names_follow_template_names_without_duplicates() {
+    let services = service_dns_names("web", "shop", "cluster.local");
+    let entry = render(
+        ClusterSPIFFEIDSpec {
+            dns_name_templates: vec!["web".into(), "a.example".into()],
+            auto_populate_dns_names: true,
+            ..ns_sa()
+        },
+        &services,
+    )
+    .unwrap();
+    assert_eq!(
+        entry.dns_names,
+        [
+            "web",
+            "a.example",
+            "web.shop",
+            "web.shop.svc",
+            "web.shop.svc.cluster.local"
+        ]
+    );
+    assert_eq!(
+        service_dns_names("web", "shop", ""),
+        ["web", "web.shop", "web.shop.svc"]
+    );
+}
+
+#[test]
+fn errors_name_the_field() {
+    let cases: Vec<(&str, ClusterSPIFFEIDSpec)> = vec![
+        (
+            "spec.spiffeIDTemplate",
+            ClusterSPIFFEIDSpec {
+                spiffe_id_template: "spiffe://other.org/x".into(),
+                ..Default::default()
+            },
+        ),
+        (
+            "spec.spiffeIDTemplate",
+            ClusterSPIFFEIDSpec {
+                spiffe_id_template: "spiffe://{{ .TrustDomain }}/{{ .PodMeta.Nme }}".into(),
+                ..Default::default()
+            },
+        ),
+        (
+            "spec.workloadSelectorTemplates[0]",
+            ClusterSPIFFEIDSpec {
+                workload_selector_templates: vec!["k8s".into()],
+                ..ns_sa()
+            },
+        ),
+        (
+            "spec.workloadSelectorTemplates[0]",
+            ClusterSPIFFEIDSpec {
+                workload_selector_templates: vec!["{{ .PodMeta.Name ".into()],
+                ..ns_sa()
+            },
+        ),
+        (
+            "spec.dnsNameTemplates[1]",
+            ClusterSPIFFEIDSpec {
+                dns_name_templates: vec!["ok".into(), "{{ .Nope }}".into()],
+                ..ns_sa()
+            },
+        ),
+        (
+            "spec.federatesWith[0]",
+            ClusterSPIFFEIDSpec {
+                federates_with: vec!["spiffe://partner.org".into()],
+                ..ns_sa()
+            },
+        ),
+        (
+            "spec.ttl",
+            ClusterSPIFFEIDSpec {
+                ttl: Some("-5m".parse().unwrap()),
+                ..ns_sa()
+            },
+        ),
+    ];
+    for (field, spec) in cases {
+        let err = render(spec, &[]).unwrap_err();
+        assert_eq!(err.field, field, "{err}");
+    }
+}
+
+#[test]
+fn parent_template_sees_node_but_not_pod_and_stays_in_the_trust_domain() {
+    let node_data = TemplateData::new(TD, "prod", "cluster.local").with_node(&node());
+    let by_name = ParentTemplate::parse(Some(
+        "spiffe://{{ .TrustDomain }}/agent/{{ .NodeMeta.Name }}",
+    ))
+    .unwrap();
+    assert_eq!(
+        by_name.render(&node_data, TD).unwrap().to_string(),
+        "spiffe://example.org/agent/n1"
+    );
+    let by_pod =
+        ParentTemplate::parse(Some("spiffe://{{ .TrustDomain }}/{{ .PodMeta.Name }}")).unwrap();
+    assert!(by_pod.render(&node_data, TD).is_err());
+    let elsewhere = ParentTemplate::parse(Some("spiffe://other.org/agent")).unwrap();
+    assert_eq!(
+        elsewhere.render(&node_data, TD).unwrap_err().field,
+        "parentIDTemplate"
+    );
+}
+
+#[test]
+fn static_entries_parse_and_name_bad_fields() {
+    let good = ClusterStaticEntry {
+        metadata: ObjectMeta {
+            name: Some("db".into()),
+            ..Default::default()
+        },
+        spec: ClusterStaticEntrySpec {
+            spiffe_id: "spiffe://example.org/db".into(),
+            parent_id: "spiffe://example.org/spire/agent/x509pop/host".into(),
+            selectors: vec!["unix:uid:1000".into()],
+            store_svid: true,
+            ..Default::default()
+        },
+        status: None,
+    };
+    let parsed = StaticEntry::parse(&good).unwrap();
+    assert!(parsed.entry.store_svid);
+    assert_eq!(parsed.entry.key.selectors.len(), 1);
+
+    let mut bad = good.clone();
+    bad.spec.selectors = vec!["unix:uid:1000".into(), "nocolon".into()];
+    assert_eq!(
+        StaticEntry::parse(&bad).unwrap_err().field,
+        "spec.selectors[1]"
+    );
+    let mut bad = good;
+    bad.spec.parent_id = "example.org/agent".into();
+    assert_eq!(StaticEntry::parse(&bad).unwrap_err().field, "spec.parentID");
+}

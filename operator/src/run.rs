@@ -1,0 +1,263 @@
+//! `spire-operator run`: wiring of the watches, the reconcile loop, leader election and
+//! the metrics / health servers.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Args;
+use kube::runtime::events::{Recorder, Reporter};
+use spire_operator::config::Config;
+use spire_operator::http::{self, Health};
+use spire_operator::leader::{self, LeaderConfig};
+use spire_operator::metrics::Metrics;
+use spire_operator::reconcile::dirty::DirtySet;
+use spire_operator::reconcile::runner::{Context, Reconciler};
+use spire_operator::reconcile::watch;
+use spire_operator::spire::{SpireAddress, SpireClient};
+use tokio::sync::Notify;
+
+/// Kinds whose first listing must be complete before the first pass: deciding on a
+/// partial view would delete entries of pods not listed yet.
+const WATCHED_KINDS: usize = 7;
+
+/// Arguments of `run`.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// spire-controller-manager `ControllerManagerConfig` file.
+    #[arg(long, env = "SPIRE_OPERATOR_CONFIG")]
+    pub config: PathBuf,
+    /// Replace $VAR and ${VAR} in the config file from the environment first.
+    #[arg(long, env = "SPIRE_OPERATOR_EXPAND_ENV")]
+    pub expand_env: bool,
+    /// The operator's own namespace: the adopted-entries ConfigMap and, by default, the
+    /// leader election Lease live there.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "spire-system")]
+    pub namespace: String,
+    /// This replica's identity for leader election and events. Default: the host name.
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// Upper bound on any single SPIRE API call (batch calls get less, sized per batch).
+    #[arg(long, env = "SPIRE_API_TIMEOUT", default_value = "60s", value_parser = crate::parse_duration)]
+    pub spire_timeout: Duration,
+}
+
+pub async fn run(args: RunArgs, config: Config) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    let kube = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API (in-cluster or KUBECONFIG)")?;
+    let identity = args
+        .identity
+        .clone()
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+        })
+        .unwrap_or_else(|| "spire-operator".into());
+    let cluster_domain = match &config.cluster_domain {
+        Some(domain) => domain.clone(),
+        None => detect_cluster_domain().unwrap_or_default(),
+    };
+    tracing::info!(
+        trust_domain = %config.trust_domain,
+        cluster_name = %config.cluster_name,
+        cluster_domain = %cluster_domain,
+        namespace = %args.namespace,
+        "starting"
+    );
+
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Health::new());
+    let shutdown = Arc::new(Notify::new());
+    let stopped = {
+        let shutdown = shutdown.clone();
+        move || {
+            let shutdown = shutdown.clone();
+            async move { shutdown.notified().await }
+        }
+    };
+    let metrics_address = config
+        .metrics
+        .bind_address
+        .clone()
+        .unwrap_or_else(|| ":8082".into());
+    let health_address = config
+        .health
+        .health_probe_bind_address
+        .clone()
+        .unwrap_or_else(|| ":8083".into());
+    let liveness = config
+        .health
+        .liveness_endpoint_name
+        .clone()
+        .unwrap_or_else(|| "/healthz".into());
+    let readiness = config
+        .health
+        .readiness_endpoint_name
+        .clone()
+        .unwrap_or_else(|| "/readyz".into());
+    let metrics_server = {
+        let (metrics, stopped) = (metrics.clone(), stopped());
+        tokio::spawn(async move {
+            if let Err(e) = http::serve_metrics(&metrics_address, metrics, stopped).await {
+                tracing::error!(error = %e, "metrics server failed");
+            }
+        })
+    };
+    let health_server = {
+        let (health, stopped) = (health.clone(), stopped());
+        tokio::spawn(async move {
+            if let Err(e) =
+                http::serve_health(&health_address, health, &liveness, &readiness, stopped).await
+            {
+                tracing::error!(error = %e, "health server failed");
+            }
+        })
+    };
+
+    let spire = connect_spire(&config, args.spire_timeout, &health).await;
+
+    // Watches run on every replica, so a new leader starts with warm caches.
+    let dirty = Arc::new(DirtySet::default());
+    let synced_kinds = Arc::new(Mutex::new(BTreeSet::new()));
+    let all_synced = Arc::new(Notify::new());
+    let on_synced = {
+        let synced_kinds = synced_kinds.clone();
+        let all_synced = all_synced.clone();
+        let health = health.clone();
+        Arc::new(move |kind: &'static str| {
+            let mut kinds = synced_kinds.lock().unwrap_or_else(|e| e.into_inner());
+            kinds.insert(kind);
+            tracing::debug!(kind, "watch synced");
+            if kinds.len() == WATCHED_KINDS {
+                health.set_caches_synced(true);
+                all_synced.notify_one();
+            }
+        })
+    };
+    let (stores, _watch_tasks) =
+        watch::spawn(kube.clone(), config.clone(), dirty.clone(), on_synced);
+    all_synced.notified().await;
+    tracing::info!("caches synced");
+
+    let mut leading = if config.leader_election.leader_elect {
+        let election = &config.leader_election;
+        let (rx, _task) = leader::spawn(
+            kube.clone(),
+            LeaderConfig {
+                namespace: election
+                    .resource_namespace
+                    .clone()
+                    .unwrap_or_else(|| args.namespace.clone()),
+                lease_name: election.resource_name.clone().unwrap_or_default(),
+                identity: identity.clone(),
+                lease_duration: election.lease_duration,
+                renew_deadline: election.renew_deadline,
+                retry_period: election.retry_period,
+            },
+            stopped(),
+        );
+        rx
+    } else {
+        leader::always_leader()
+    };
+    tokio::select! {
+        result = leading.wait_for(|leader| *leader) => { result.context("leader election stopped")?; }
+        () = terminated() => { shutdown.notify_waiters(); return Ok(()); }
+    }
+    metrics.leader.set(1);
+    tracing::info!(identity = %identity, "leading; reconciling");
+
+    let reconciler = Reconciler::new(Context {
+        config: config.clone(),
+        cluster_domain,
+        namespace: args.namespace.clone(),
+        kube: kube.clone(),
+        spire,
+        stores,
+        dirty,
+        metrics: metrics.clone(),
+        health: health.clone(),
+        recorder: Recorder::new(
+            kube,
+            Reporter {
+                controller: "spire-operator".into(),
+                instance: Some(identity),
+            },
+        ),
+    })
+    .await?;
+    let outcome = tokio::select! {
+        () = reconciler.run() => Ok(()),
+        result = leading.wait_for(|leader| !*leader) => {
+            metrics.leader.set(0);
+            // Like controller-runtime: a replica that lost the lease exits and restarts as
+            // a follower, so two writers never overlap.
+            result.map_or(Ok(()), |_| Err(anyhow::anyhow!("lost the leader election lease")))
+        }
+        () = terminated() => Ok(()),
+    };
+    shutdown.notify_waiters();
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        let _ = metrics_server.await;
+        let _ = health_server.await;
+    })
+    .await;
+    outcome
+}
+
+/// Waits for the SPIRE server (it may start after us, e.g. as a sibling container).
+async fn connect_spire(config: &Config, timeout: Duration, health: &Health) -> SpireClient {
+    let address = SpireAddress::Unix(config.spire_server_socket_path.clone());
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match SpireClient::connect(address.clone(), timeout).await {
+            Ok(client) => {
+                health.set_spire_reachable(true);
+                return client;
+            }
+            Err(e) => {
+                health.set_spire_reachable(false);
+                tracing::warn!(error = %e, retry_in = ?delay, "SPIRE server not reachable yet");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+/// The cluster domain from the pod's DNS search list (`<ns>.svc.<domain> svc.<domain>
+/// <domain>`), as spire-controller-manager derives it from `kubernetes.default.svc`.
+fn detect_cluster_domain() -> Option<String> {
+    let resolv = std::fs::read_to_string("/etc/resolv.conf").ok()?;
+    let domain = resolv
+        .lines()
+        .filter_map(|l| l.strip_prefix("search"))
+        .flat_map(str::split_whitespace)
+        .find_map(|d| d.strip_prefix("svc.").map(str::to_owned));
+    match &domain {
+        Some(d) => {
+            tracing::info!(cluster_domain = %d, "detected the cluster domain from /etc/resolv.conf")
+        }
+        None => tracing::warn!(
+            "clusterDomain is not set and could not be detected; .ClusterDomain renders empty and service DNS names get no cluster-domain form"
+        ),
+    }
+    domain
+}
+
+async fn terminated() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("shutting down");
+}
