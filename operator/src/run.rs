@@ -70,6 +70,12 @@ pub async fn run(args: RunArgs, config: Config) -> anyhow::Result<()> {
         "starting"
     );
 
+    if config.reconcile.cluster_federated_trust_domains {
+        tracing::warn!(
+            "ClusterFederatedTrustDomain reconciliation is not implemented in this version: federation relationships on the SPIRE server are left unchanged"
+        );
+    }
+
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::new());
     let shutdown = Arc::new(Notify::new());
