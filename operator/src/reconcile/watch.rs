@@ -472,3 +472,90 @@ fn fingerprint<K: Resource + Serialize>(obj: &K) -> u64 {
     value.to_string().hash(&mut hasher);
     hasher.finish()
 }
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::ObjectReference;
+    use k8s_openapi::api::discovery::v1::Endpoint;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    use super::*;
+
+    fn slice(name: &str, service: &str, pods: &[&str]) -> EndpointSlice {
+        EndpointSlice {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("shop".into()),
+                labels: Some(
+                    [(
+                        "kubernetes.io/service-name".to_string(),
+                        service.to_string(),
+                    )]
+                    .into(),
+                ),
+                ..Default::default()
+            },
+            address_type: "IPv4".into(),
+            endpoints: Some(
+                pods.iter()
+                    .map(|p| Endpoint {
+                        addresses: vec!["10.0.0.1".into()],
+                        target_ref: Some(ObjectReference {
+                            kind: Some("Pod".into()),
+                            name: Some((*p).into()),
+                            namespace: Some("shop".into()),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            ..Default::default()
+        }
+    }
+
+    fn changed(index: &mut ServiceIndex, event: Event<EndpointSlice>) -> Vec<String> {
+        let mut pods: Vec<String> = index.apply(&event).into_iter().map(|(_, p)| p).collect();
+        pods.sort();
+        pods
+    }
+
+    #[test]
+    fn slice_events_mark_exactly_the_pods_whose_services_changed() {
+        let mut index = ServiceIndex::default();
+        assert_eq!(
+            changed(&mut index, Event::Apply(slice("web-1", "web", &["a", "b"]))),
+            ["a", "b"]
+        );
+        assert_eq!(
+            index.services_of("shop", "a"),
+            BTreeSet::from(["web".to_string()])
+        );
+        assert_eq!(
+            changed(&mut index, Event::Apply(slice("web-1", "web", &["b", "c"]))),
+            ["a", "c"]
+        );
+        assert_eq!(
+            changed(&mut index, Event::Apply(slice("api-1", "api", &["c"]))),
+            ["c"]
+        );
+        assert_eq!(index.services_of("shop", "c").len(), 2);
+        assert!(index.services_of("other", "c").is_empty());
+        assert_eq!(
+            changed(&mut index, Event::Delete(slice("web-1", "web", &[]))),
+            ["b", "c"]
+        );
+        assert!(index.services_of("shop", "b").is_empty());
+    }
+
+    #[test]
+    fn a_relist_marks_pods_of_slices_that_vanished_meanwhile() {
+        let mut index = ServiceIndex::default();
+        changed(&mut index, Event::Apply(slice("web-1", "web", &["a"])));
+        changed(&mut index, Event::Apply(slice("api-1", "api", &["b"])));
+        assert!(changed(&mut index, Event::Init).is_empty());
+        assert!(changed(&mut index, Event::InitApply(slice("api-1", "api", &["b"]))).is_empty());
+        assert_eq!(changed(&mut index, Event::InitDone), ["a"]);
+        assert!(index.services_of("shop", "a").is_empty());
+    }
+}
