@@ -138,12 +138,12 @@ impl PodIdentity {
         let rendered = render("spec.spiffeIDTemplate", &self.spiffe_id)?;
         let spiffe_id = in_trust_domain("spec.spiffeIDTemplate", &rendered, trust_domain)?;
 
-        let mut selectors = BTreeSet::from([format!("k8s:pod-uid:{}", pod.pod_uid)]);
+        let mut selectors = vec![format!("k8s:pod-uid:{}", pod.pod_uid)];
         for (i, template) in self.selectors.iter().enumerate() {
             let field = format!("spec.workloadSelectorTemplates[{i}]");
             let selector = render(&field, template)?;
             check_selector(&field, &selector)?;
-            selectors.insert(selector);
+            selectors.push(selector);
         }
 
         let mut dns_names = Vec::new();
@@ -159,7 +159,7 @@ impl PodIdentity {
             key: EntryKey {
                 spiffe_id,
                 parent_id: pod.parent_id.clone(),
-                selectors,
+                selectors: selectors.into_iter().collect(),
             },
             x509_svid_ttl: self.x509_svid_ttl,
             jwt_svid_ttl: self.jwt_svid_ttl,
@@ -199,11 +199,10 @@ impl StaticEntry {
                 "at least one selector is required",
             ));
         }
-        let mut selectors = BTreeSet::new();
         for (i, selector) in spec.selectors.iter().enumerate() {
             check_selector(&format!("spec.selectors[{i}]"), selector)?;
-            selectors.insert(selector.clone());
         }
+        let selectors = spec.selectors.iter().cloned().collect();
         let mut dns_names = spec.dns_names.clone();
         dedup_in_order(&mut dns_names);
         Ok(Self {

@@ -2,7 +2,7 @@
 //! entries on the server. Both change incrementally; a pass plans only the keys that
 //! changed since the last one.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
 use super::diff::{ActualEntry, Plan, plan};
 use super::ownership::{Class, Ownership};
@@ -33,7 +33,8 @@ pub enum Source {
 /// Desired entries by key and by declaring object.
 #[derive(Debug, Default)]
 pub struct Desired {
-    by_key: HashMap<EntryKey, BTreeMap<Source, EntrySpec>>,
+    /// Declarers of each key, sorted by source; almost always exactly one.
+    by_key: HashMap<EntryKey, Vec<(Source, EntrySpec)>>,
     by_source: HashMap<Source, Vec<EntryKey>>,
 }
 
@@ -50,7 +51,7 @@ impl Desired {
         if let Some(old_keys) = self.by_source.remove(&source) {
             for key in old_keys {
                 if let Some(claims) = self.by_key.get_mut(&key) {
-                    claims.remove(&source);
+                    claims.retain(|(s, _)| *s != source);
                     if claims.is_empty() {
                         self.by_key.remove(&key);
                     }
@@ -60,10 +61,12 @@ impl Desired {
         }
         for entry in entries {
             touched.insert(entry.key.clone());
-            self.by_key
+            let claims = self
+                .by_key
                 .entry(entry.key.clone())
-                .or_default()
-                .insert(source.clone(), entry);
+                .or_insert_with(|| Vec::with_capacity(1));
+            let at = claims.partition_point(|(s, _)| *s < source);
+            claims.insert(at, (source.clone(), entry));
         }
         if !new_keys.is_empty() {
             self.by_source.insert(source, new_keys);
@@ -72,15 +75,15 @@ impl Desired {
 
     /// The winning declaration of `key`.
     pub fn get(&self, key: &EntryKey) -> Option<&EntrySpec> {
-        self.by_key.get(key).and_then(|c| c.values().next())
+        self.by_key.get(key).and_then(|c| c.first()).map(|(_, e)| e)
     }
 
     /// Whether `source` wins `key` (false when another declares it first).
     pub fn wins(&self, source: &Source, key: &EntryKey) -> bool {
         self.by_key
             .get(key)
-            .and_then(|c| c.keys().next())
-            .is_some_and(|s| s == source)
+            .and_then(|c| c.first())
+            .is_some_and(|(s, _)| s == source)
     }
 
     /// Every declaring object.
@@ -98,7 +101,10 @@ impl Desired {
 
     /// The declarers of `key`.
     pub fn sources_of(&self, key: &EntryKey) -> impl Iterator<Item = &Source> {
-        self.by_key.get(key).into_iter().flat_map(|c| c.keys())
+        self.by_key
+            .get(key)
+            .into_iter()
+            .flat_map(|c| c.iter().map(|(s, _)| s))
     }
 
     /// How many distinct entries are desired.
@@ -120,7 +126,7 @@ impl Desired {
     fn all(&self) -> HashMap<EntryKey, EntrySpec> {
         self.by_key
             .iter()
-            .filter_map(|(k, c)| c.values().next().map(|e| (k.clone(), e.clone())))
+            .filter_map(|(k, c)| c.first().map(|(_, e)| (k.clone(), e.clone())))
             .collect()
     }
 }
@@ -156,7 +162,7 @@ impl Mirror {
         self.by_id.insert(entry.id.clone(), entry.spec.key.clone());
         self.by_key
             .entry(entry.spec.key.clone())
-            .or_default()
+            .or_insert_with(|| Vec::with_capacity(1))
             .push(entry);
     }
 

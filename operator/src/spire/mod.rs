@@ -6,5 +6,5 @@ mod entry;
 mod spiffe_id;
 
 pub use client::{SpireAddress, SpireClient, SpireError};
-pub use entry::{EntryKey, EntrySpec, managed_fields};
+pub use entry::{EntryKey, EntrySpec, Selectors, managed_fields};
 pub use spiffe_id::{SpiffeId, SpiffeIdError};
