@@ -189,6 +189,11 @@ pub fn spawn(
         move |pod| {
             pod.status = None;
             trim_meta(&mut pod.metadata);
+            // A k8s-openapi Volume holds every volume source type inline (3 KB each, even
+            // when empty); templates have no use for volumes, so they are not kept.
+            if let Some(spec) = pod.spec.as_mut() {
+                spec.volumes = None;
+            }
         },
         move |pod| {
             pod.metadata
