@@ -235,10 +235,10 @@ impl Reconciler {
                             }
                         })
                         .collect();
+                    // Desired state is kept current by the watches (a re-listed watch marks
+                    // everything), so a resync re-reads only the server.
                     self.mirror = Mirror::from_listing(parsed, &self.ownership);
                     self.listed_once = true;
-                    all_pods = true;
-                    statics = true;
                 }
                 Err(e) => {
                     self.ctx.health.set_spire_reachable(false);
