@@ -1,6 +1,8 @@
 //! The plan that brings the server's entries to the desired set: pure, no I/O.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+#[cfg(test)]
+use std::collections::HashMap;
+use std::collections::{BTreeMap, HashSet};
 
 use crate::spire::api::types::EntryMask;
 use crate::spire::{EntryKey, EntrySpec};
@@ -42,9 +44,9 @@ impl Plan {
 
 /// Compares `desired` with `actual`. `mask` selects the non-key fields compared (see
 /// [`crate::spire::managed_fields`]). Output lists are sorted, so plans are stable.
-pub fn plan(
-    desired: &HashMap<EntryKey, EntrySpec>,
-    actual: &[ActualEntry],
+pub fn plan<'a>(
+    desired: impl IntoIterator<Item = (&'a EntryKey, &'a EntrySpec)>,
+    actual: impl IntoIterator<Item = &'a ActualEntry>,
     mask: &EntryMask,
 ) -> Plan {
     let mut plan = Plan::default();

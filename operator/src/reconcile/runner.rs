@@ -17,6 +17,7 @@ use super::desired::{Outcome, pod_entries};
 use super::diff::Plan;
 use super::dirty::DirtySet;
 use super::ownership::Ownership;
+use super::pod_cache::CachedPod;
 use super::state::{Desired, Mirror, Source, plan_all, plan_keys};
 use super::watch::{Dirty, Stores};
 use super::writer::{self, WriteReport};
@@ -263,31 +264,19 @@ impl Reconciler {
                     .iter()
                     .map(|c| c.name_any()),
             );
-            for pod in self.ctx.stores.pods.state() {
-                pod_keys.insert((pod.namespace().unwrap_or_default(), pod.name_any()));
-            }
+            pod_keys.extend(self.ctx.stores.pods.keys_where(|_| true));
             pod_keys.extend(self.pods.keys().cloned());
         } else {
             for group in groups {
-                let matches = |pod: &Pod| match &group {
-                    Dirty::Namespace(ns) => pod.metadata.namespace.as_ref() == Some(ns),
-                    Dirty::Node(node) => {
-                        pod.spec.as_ref().and_then(|s| s.node_name.as_ref()) == Some(node)
-                    }
+                let matches = |pod: &CachedPod| match &group {
+                    Dirty::Namespace(ns) => pod.namespace == *ns,
+                    Dirty::Node(node) => pod.node_name.as_ref() == Some(node),
                     Dirty::ServiceAccount(ns, sa) => {
-                        pod.metadata.namespace.as_ref() == Some(ns)
-                            && pod
-                                .spec
-                                .as_ref()
-                                .and_then(|s| s.service_account_name.as_deref())
-                                .unwrap_or("default")
-                                == sa
+                        pod.namespace == *ns && pod.service_account == *sa
                     }
                     _ => false,
                 };
-                for pod in self.ctx.stores.pods.state_filter(matches) {
-                    pod_keys.insert((pod.namespace().unwrap_or_default(), pod.name_any()));
-                }
+                pod_keys.extend(self.ctx.stores.pods.keys_where(matches));
             }
         }
 
@@ -310,10 +299,7 @@ impl Reconciler {
         let report = self.write(plan).await;
         if report.unreachable {
             self.ctx.health.set_spire_reachable(false);
-        } else if !report.created.is_empty()
-            || !report.deleted.is_empty()
-            || !report.updated.is_empty()
-        {
+        } else if report.reached {
             self.ctx.health.set_spire_reachable(true);
         }
         for key in report.failed.iter().filter_map(|f| f.key.as_ref()) {
@@ -358,11 +344,7 @@ impl Reconciler {
         touched: &mut HashSet<EntryKey>,
         affected: &mut BTreeSet<String>,
     ) {
-        let pod = self
-            .ctx
-            .stores
-            .pods
-            .get(&ObjectRef::new(&key.1).within(&key.0));
+        let pod = self.ctx.stores.pods.get(&key.0, &key.1);
         let (entries, record) = match pod {
             Some(pod) => self.pod_entries(&pod),
             None => (Vec::new(), None),
@@ -386,10 +368,10 @@ impl Reconciler {
         self.desired.set(source, entries, touched);
     }
 
-    fn pod_entries(&self, pod: &Pod) -> (Vec<EntrySpec>, Option<PodRecord>) {
+    fn pod_entries(&self, cached: &CachedPod) -> (Vec<EntrySpec>, Option<PodRecord>) {
         let config = &self.ctx.config;
         let stores = &self.ctx.stores;
-        let namespace_name = pod.namespace().unwrap_or_default();
+        let namespace_name = cached.namespace.clone();
         if config.is_namespace_ignored(&namespace_name) {
             return (Vec::new(), None);
         }
@@ -400,16 +382,15 @@ impl Reconciler {
             .iter()
             .filter(|i| {
                 i.namespace_selector.matches(namespace_labels)
-                    && i.pod_selector.matches(pod.metadata.labels.as_ref())
+                    && i.pod_selector.matches(cached.labels.as_ref())
             })
             .collect();
         if selected.is_empty() {
             return (Vec::new(), None);
         }
-        let node = pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.node_name.as_deref())
+        let node = cached
+            .node_name
+            .as_deref()
             .and_then(|n| stores.nodes.get(&ObjectRef::new(n)));
         let Some(node) = node else {
             let record = PodRecord {
@@ -418,6 +399,15 @@ impl Reconciler {
             };
             return (Vec::new(), Some(record));
         };
+        let pod = match cached.pod() {
+            Ok(pod) => pod,
+            Err(e) => {
+                // The JSON was produced by us from a decoded pod; failing here is a bug.
+                tracing::error!(pod = %format!("{}/{}", cached.namespace, cached.name), error = %e, "decoding a cached pod");
+                return (Vec::new(), None);
+            }
+        };
+        let pod = &pod;
 
         let trust_domain = &config.trust_domain;
         let node_data =
@@ -548,7 +538,7 @@ impl Reconciler {
             "writing entries"
         );
         let mirror = &self.mirror;
-        let report = writer::execute(
+        let mut report = writer::execute(
             &self.ctx.spire,
             plan,
             &self.ownership,
@@ -557,17 +547,17 @@ impl Reconciler {
             |id| mirror.get(id).map(|e| e.spec.key.clone()),
         )
         .await;
-        for (id, spec) in &report.created {
+        for (id, spec) in std::mem::take(&mut report.created) {
             self.failed.remove(&spec.key);
             self.mirror.insert(super::diff::ActualEntry {
-                id: id.clone(),
-                spec: spec.clone(),
+                id,
+                spec,
                 owned: true,
             });
         }
-        for (id, spec) in &report.updated {
+        for (id, spec) in std::mem::take(&mut report.updated) {
             self.failed.remove(&spec.key);
-            self.mirror.update(id, spec.clone());
+            self.mirror.update(&id, spec);
         }
         for id in &report.deleted {
             if let Some(entry) = self.mirror.remove(id) {

@@ -117,17 +117,17 @@ impl Desired {
         self.by_key.is_empty()
     }
 
-    fn subset(&self, keys: &HashSet<EntryKey>) -> HashMap<EntryKey, EntrySpec> {
-        keys.iter()
-            .filter_map(|k| self.get(k).map(|e| (k.clone(), e.clone())))
-            .collect()
+    fn subset<'a>(
+        &'a self,
+        keys: &'a HashSet<EntryKey>,
+    ) -> impl Iterator<Item = (&'a EntryKey, &'a EntrySpec)> {
+        keys.iter().filter_map(|k| self.get(k).map(|e| (k, e)))
     }
 
-    fn all(&self) -> HashMap<EntryKey, EntrySpec> {
+    fn all(&self) -> impl Iterator<Item = (&EntryKey, &EntrySpec)> {
         self.by_key
             .iter()
-            .filter_map(|(k, c)| c.first().map(|(_, e)| (k.clone(), e.clone())))
-            .collect()
+            .filter_map(|(k, c)| c.first().map(|(_, e)| (k, e)))
     }
 }
 
@@ -215,16 +215,12 @@ impl Mirror {
         self.by_key.contains_key(key)
     }
 
-    fn subset(&self, keys: &HashSet<EntryKey>) -> Vec<ActualEntry> {
-        keys.iter()
-            .filter_map(|k| self.by_key.get(k))
-            .flatten()
-            .cloned()
-            .collect()
+    fn subset<'a>(&'a self, keys: &'a HashSet<EntryKey>) -> impl Iterator<Item = &'a ActualEntry> {
+        keys.iter().filter_map(|k| self.by_key.get(k)).flatten()
     }
 
-    fn all(&self) -> Vec<ActualEntry> {
-        self.by_key.values().flatten().cloned().collect()
+    fn all(&self) -> impl Iterator<Item = &ActualEntry> {
+        self.by_key.values().flatten()
     }
 }
 
@@ -235,12 +231,12 @@ pub fn plan_keys(
     touched: &HashSet<EntryKey>,
     mask: &EntryMask,
 ) -> Plan {
-    plan(&desired.subset(touched), &mirror.subset(touched), mask)
+    plan(desired.subset(touched), mirror.subset(touched), mask)
 }
 
 /// Plans the writes for every key (after a full listing).
 pub fn plan_all(desired: &Desired, mirror: &Mirror, mask: &EntryMask) -> Plan {
-    plan(&desired.all(), &mirror.all(), mask)
+    plan(desired.all(), mirror.all(), mask)
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::dirty::DirtySet;
+use super::pod_cache::{CachedPod, PodCache, PodKey};
 use crate::config::Config;
 use crate::crd::{ClusterSPIFFEID, ClusterStaticEntry};
 
@@ -47,8 +48,8 @@ pub enum Dirty {
 /// The stores the reconciler reads.
 #[derive(Clone)]
 pub struct Stores {
-    /// Pods outside ignored namespaces.
-    pub pods: Store<Pod>,
+    /// Pods outside ignored namespaces, compacted.
+    pub pods: Arc<PodCache>,
     /// Nodes.
     pub nodes: Store<Node>,
     /// Namespaces.
@@ -183,40 +184,77 @@ pub fn spawn(
     let mut tasks = Vec::new();
     let services = Arc::new(Mutex::new(ServiceIndex::default()));
 
-    let ignore = config.clone();
-    let pods = watch::<Pod>(
-        Api::all(client.clone()),
-        move |pod| {
-            pod.status = None;
-            trim_meta(&mut pod.metadata);
-            // A k8s-openapi Volume holds every volume source type inline (3 KB each, even
-            // when empty); templates have no use for volumes, so they are not kept.
-            if let Some(spec) = pod.spec.as_mut() {
-                spec.volumes = None;
-            }
-        },
-        move |pod| {
-            pod.metadata
-                .namespace
-                .as_deref()
-                .is_some_and(|ns| ignore.is_namespace_ignored(ns))
-        },
-        {
-            let dirty = dirty.clone();
-            move |event| match event {
-                Event::Apply(pod) | Event::Delete(pod) => {
-                    if let (Some(ns), Some(name)) = (&pod.metadata.namespace, &pod.metadata.name) {
-                        dirty.mark(Dirty::Pod(ns.clone(), name.clone()));
+    let pods = Arc::new(PodCache::default());
+    {
+        let (pods, dirty, synced, config) =
+            (pods.clone(), dirty.clone(), synced.clone(), config.clone());
+        let stream = watcher::watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
+            .default_backoff()
+            .modify(trim_pod);
+        tasks.push(tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            let mut building: Option<HashMap<PodKey, Arc<CachedPod>>> = None;
+            let mut reported = false;
+            while let Some(event) = stream.next().await {
+                let event = match event {
+                    Ok(event) => event,
+                    Err(e) => {
+                        tracing::warn!(kind = "pods", error = %e, "watch failed; retrying");
+                        continue;
+                    }
+                };
+                let keep = |pod: &Pod| {
+                    !pod.metadata
+                        .namespace
+                        .as_deref()
+                        .is_some_and(|ns| config.is_namespace_ignored(ns))
+                };
+                let compact = |pod: &Pod| {
+                    CachedPod::new(pod)
+                        .inspect_err(|e| tracing::warn!(error = %e, "cannot cache pod"))
+                        .ok()
+                };
+                match event {
+                    Event::Init => building = Some(HashMap::new()),
+                    Event::InitApply(pod) => {
+                        if keep(&pod)
+                            && let (Some(map), Some(cached)) = (building.as_mut(), compact(&pod))
+                        {
+                            map.insert(
+                                (cached.namespace.clone(), cached.name.clone()),
+                                Arc::new(cached),
+                            );
+                        }
+                    }
+                    Event::InitDone => {
+                        pods.replace(building.take().unwrap_or_default());
+                        dirty.mark(Dirty::AllPods);
+                        if !reported {
+                            reported = true;
+                            synced("pods");
+                        }
+                    }
+                    Event::Apply(pod) => {
+                        if keep(&pod)
+                            && let Some(cached) = compact(&pod)
+                        {
+                            let key = Dirty::Pod(cached.namespace.clone(), cached.name.clone());
+                            pods.insert(cached);
+                            dirty.mark(key);
+                        }
+                    }
+                    Event::Delete(pod) => {
+                        if let (Some(ns), Some(name)) =
+                            (&pod.metadata.namespace, &pod.metadata.name)
+                        {
+                            pods.remove(ns, name);
+                            dirty.mark(Dirty::Pod(ns.clone(), name.clone()));
+                        }
                     }
                 }
-                Event::InitDone => dirty.mark(Dirty::AllPods),
-                _ => {}
             }
-        },
-        "pods",
-        synced.clone(),
-        &mut tasks,
-    );
+        }));
+    }
     let nodes = watch_fingerprinted::<Node>(
         Api::all(client.clone()),
         |node| {
@@ -319,6 +357,16 @@ pub fn spawn(
         services,
     };
     (stores, tasks)
+}
+
+/// Drops what no template reads: status, managed fields and volumes (a k8s-openapi
+/// Volume holds every source type inline, 3 KB each even when empty).
+fn trim_pod(pod: &mut Pod) {
+    pod.status = None;
+    trim_meta(&mut pod.metadata);
+    if let Some(spec) = pod.spec.as_mut() {
+        spec.volumes = None;
+    }
 }
 
 /// Drops what no template reads and what bloats memory.

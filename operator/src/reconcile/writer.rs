@@ -42,6 +42,8 @@ pub struct WriteReport {
     pub unsupported: Vec<&'static str>,
     /// Whether a whole call failed for lack of a server (reachability for /readyz).
     pub unreachable: bool,
+    /// Whether some call got an answer.
+    pub reached: bool,
 }
 
 /// One entry that could not be written.
@@ -87,6 +89,7 @@ pub async fn execute(
     while let Some((ids, result)) = results.next().await {
         match result {
             Ok(results) => {
+                report.reached = true;
                 let (mut ok, mut failed) = (0, 0);
                 for (id, r) in ids.into_iter().zip(results) {
                     let code = r.status.as_ref().map_or(0, |s| s.code);
@@ -117,16 +120,12 @@ pub async fn execute(
     }
     drop(results);
 
-    let creates: Vec<Vec<(String, EntrySpec)>> = plan
-        .create
-        .into_iter()
-        .map(|spec| (ownership.new_id(), spec))
-        .collect::<Vec<_>>()
-        .chunks(WRITE_BATCH)
-        .map(<[_]>::to_vec)
-        .collect();
-    let updates: Vec<Vec<(String, EntrySpec)>> =
-        plan.update.chunks(WRITE_BATCH).map(<[_]>::to_vec).collect();
+    let creates = batches(
+        plan.create
+            .into_iter()
+            .map(|spec| (ownership.new_id(), spec)),
+    );
+    let updates = batches(plan.update);
     let calls = creates
         .into_iter()
         .map(|b| (Operation::Create, b))
@@ -162,6 +161,7 @@ pub async fn execute(
         };
         match result {
             Ok(results) => {
+                report.reached = true;
                 let (mut ok, mut failed) = (0, 0);
                 for ((id, spec), r) in batch.into_iter().zip(results) {
                     let code = r.status.as_ref().map_or(0, |s| s.code);
@@ -210,6 +210,16 @@ pub async fn execute(
         }
     }
     report
+}
+
+/// Splits writes into batches without copying them.
+fn batches(items: impl IntoIterator<Item = (String, EntrySpec)>) -> Vec<Vec<(String, EntrySpec)>> {
+    let mut items = items.into_iter().peekable();
+    let mut batches = Vec::new();
+    while items.peek().is_some() {
+        batches.push(items.by_ref().take(WRITE_BATCH).collect());
+    }
+    batches
 }
 
 async fn timed<T>(
