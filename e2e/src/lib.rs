@@ -11,8 +11,10 @@
 #![warn(missing_docs)]
 
 pub mod control_plane;
+pub mod entries;
 pub mod http;
 pub mod kube_util;
+pub mod operator;
 pub mod pki;
 pub mod ports;
 pub mod process;
