@@ -18,7 +18,7 @@ use super::diff::Plan;
 use super::dirty::DirtySet;
 use super::ownership::Ownership;
 use super::pod_cache::CachedPod;
-use super::state::{Desired, Mirror, Source, plan_all, plan_keys};
+use super::state::{Desired, KeyId, Mirror, Source, plan_all, plan_keys};
 use super::watch::{Dirty, Stores};
 use super::writer::{self, WriteReport};
 use crate::config::Config;
@@ -29,7 +29,7 @@ use crate::render::{
     ParentTemplate, PodIdentity, PodInput, SpecError, StaticEntry, service_dns_names,
 };
 use crate::spire::api::types::EntryMask;
-use crate::spire::{EntryKey, EntrySpec, SpireClient, managed_fields};
+use crate::spire::{EntrySpec, SpireClient, managed_fields};
 use crate::status::{self, Readiness};
 use crate::template::TemplateData;
 
@@ -85,7 +85,7 @@ pub enum RunError {
 struct PodRecord {
     outcomes: Vec<(String, Outcome)>,
     /// (winning ClusterSPIFFEID, key) per entry of the pod.
-    owners: Vec<(String, EntryKey)>,
+    owners: Vec<(String, KeyId)>,
     /// No node yet (or its Node object not seen yet): no entry, no error.
     unscheduled: bool,
 }
@@ -99,7 +99,7 @@ type IdentityReport = (
 
 struct StaticRecord {
     source: Source,
-    result: Result<EntryKey, SpecError>,
+    result: Result<KeyId, SpecError>,
 }
 
 /// The reconciler's state between passes.
@@ -115,7 +115,7 @@ pub struct Reconciler {
     mask: EntryMask,
     pods: HashMap<(String, String), PodRecord>,
     statics: BTreeMap<String, StaticRecord>,
-    failed: HashMap<EntryKey, String>,
+    failed: HashMap<KeyId, String>,
     retry_attempt: u32,
     persisted_adopted: BTreeSet<String>,
     announced: HashMap<String, String>,
@@ -303,7 +303,7 @@ impl Reconciler {
             self.ctx.health.set_spire_reachable(true);
         }
         for key in report.failed.iter().filter_map(|f| f.key.as_ref()) {
-            affected.extend(self.owners_of(key));
+            affected.extend(self.owners_of(&KeyId::of(key)));
         }
 
         self.persist_adopted().await;
@@ -341,7 +341,7 @@ impl Reconciler {
     fn recompute_pod(
         &mut self,
         key: (String, String),
-        touched: &mut HashSet<EntryKey>,
+        touched: &mut HashSet<KeyId>,
         affected: &mut BTreeSet<String>,
     ) {
         let pod = self.ctx.stores.pods.get(&key.0, &key.1);
@@ -461,7 +461,7 @@ impl Reconciler {
             },
         );
         let owners = (result.owners.iter().cloned())
-            .zip(result.entries.iter().map(|e| e.key.clone()))
+            .zip(result.entries.iter().map(|e| KeyId::of(&e.key)))
             .collect();
         let record = PodRecord {
             outcomes: result.outcomes,
@@ -471,7 +471,7 @@ impl Reconciler {
         (result.entries, Some(record))
     }
 
-    fn recompute_statics(&mut self, touched: &mut HashSet<EntryKey>) {
+    fn recompute_statics(&mut self, touched: &mut HashSet<KeyId>) {
         let config = &self.ctx.config;
         let mut seen = BTreeSet::new();
         if config.reconcile.cluster_static_entries {
@@ -487,7 +487,7 @@ impl Reconciler {
                             age: entry.age.clone(),
                             name: name.clone(),
                         };
-                        let key = entry.entry.key.clone();
+                        let key = KeyId::of(&entry.entry.key);
                         (source, vec![entry.entry], Ok(key))
                     }
                     Err(e) => {
@@ -548,7 +548,7 @@ impl Reconciler {
         )
         .await;
         for (id, spec) in std::mem::take(&mut report.created) {
-            self.failed.remove(&spec.key);
+            self.failed.remove(&KeyId::of(&spec.key));
             self.mirror.insert(super::diff::ActualEntry {
                 id,
                 spec,
@@ -556,12 +556,12 @@ impl Reconciler {
             });
         }
         for (id, spec) in std::mem::take(&mut report.updated) {
-            self.failed.remove(&spec.key);
+            self.failed.remove(&KeyId::of(&spec.key));
             self.mirror.update(&id, spec);
         }
         for id in &report.deleted {
             if let Some(entry) = self.mirror.remove(id) {
-                self.failed.remove(&entry.spec.key);
+                self.failed.remove(&KeyId::of(&entry.spec.key));
             }
             self.ownership.forget(id);
         }
@@ -580,7 +580,7 @@ impl Reconciler {
         for failure in &report.failed {
             tracing::warn!(error = %failure.message, "entry write failed; will retry");
             if let Some(key) = &failure.key {
-                self.failed.insert(key.clone(), failure.message.clone());
+                self.failed.insert(KeyId::of(key), failure.message.clone());
             }
         }
         if report.failed.is_empty() {
@@ -610,7 +610,7 @@ impl Reconciler {
         });
     }
 
-    fn owners_of(&self, key: &EntryKey) -> Vec<String> {
+    fn owners_of(&self, key: &KeyId) -> Vec<String> {
         self.desired
             .sources_of(key)
             .filter_map(|s| match s {

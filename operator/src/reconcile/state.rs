@@ -10,6 +10,29 @@ use crate::render::Age;
 use crate::spire::api::types::EntryMask;
 use crate::spire::{EntryKey, EntrySpec};
 
+/// A 128-bit digest of an [`EntryKey`]: what the indexes hold instead of copies of the
+/// key (each copy is several heap strings, and there are several per entry).
+/// spire-controller-manager keys its state the same way (SHA-256); a collision among
+/// 10^6 keys has a probability around 10^-27.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyId(u128);
+
+impl KeyId {
+    /// The digest of `key`.
+    pub fn of(key: &EntryKey) -> Self {
+        use std::hash::{DefaultHasher, Hash, Hasher};
+        // DefaultHasher::new() is SipHash with fixed keys: stable within a process,
+        // which is all an in-memory index needs. Two differently salted halves.
+        let half = |salt: u8| {
+            let mut h = DefaultHasher::new();
+            salt.hash(&mut h);
+            key.hash(&mut h);
+            h.finish()
+        };
+        Self((u128::from(half(1)) << 64) | u128::from(half(2)))
+    }
+}
+
 /// The object an entry is declared by. Statics order before pods and by age among
 /// themselves, so the first declarer of a key is the one that wins it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -34,20 +57,15 @@ pub enum Source {
 #[derive(Debug, Default)]
 pub struct Desired {
     /// Declarers of each key, sorted by source; almost always exactly one.
-    by_key: HashMap<EntryKey, Vec<(Source, EntrySpec)>>,
-    by_source: HashMap<Source, Vec<EntryKey>>,
+    by_key: HashMap<KeyId, Vec<(Source, EntrySpec)>>,
+    by_source: HashMap<Source, Vec<KeyId>>,
 }
 
 impl Desired {
     /// Replaces what `source` declares; keys whose desired state may change are added
     /// to `touched`.
-    pub fn set(
-        &mut self,
-        source: Source,
-        entries: Vec<EntrySpec>,
-        touched: &mut HashSet<EntryKey>,
-    ) {
-        let new_keys: Vec<EntryKey> = entries.iter().map(|e| e.key.clone()).collect();
+    pub fn set(&mut self, source: Source, entries: Vec<EntrySpec>, touched: &mut HashSet<KeyId>) {
+        let new_keys: Vec<KeyId> = entries.iter().map(|e| KeyId::of(&e.key)).collect();
         if let Some(old_keys) = self.by_source.remove(&source) {
             for key in old_keys {
                 if let Some(claims) = self.by_key.get_mut(&key) {
@@ -59,11 +77,11 @@ impl Desired {
                 touched.insert(key);
             }
         }
-        for entry in entries {
-            touched.insert(entry.key.clone());
+        for (entry, id) in entries.into_iter().zip(&new_keys) {
+            touched.insert(*id);
             let claims = self
                 .by_key
-                .entry(entry.key.clone())
+                .entry(*id)
                 .or_insert_with(|| Vec::with_capacity(1));
             let at = claims.partition_point(|(s, _)| *s < source);
             claims.insert(at, (source.clone(), entry));
@@ -74,12 +92,12 @@ impl Desired {
     }
 
     /// The winning declaration of `key`.
-    pub fn get(&self, key: &EntryKey) -> Option<&EntrySpec> {
+    pub fn get(&self, key: &KeyId) -> Option<&EntrySpec> {
         self.by_key.get(key).and_then(|c| c.first()).map(|(_, e)| e)
     }
 
     /// Whether `source` wins `key` (false when another declares it first).
-    pub fn wins(&self, source: &Source, key: &EntryKey) -> bool {
+    pub fn wins(&self, source: &Source, key: &KeyId) -> bool {
         self.by_key
             .get(key)
             .and_then(|c| c.first())
@@ -92,7 +110,7 @@ impl Desired {
     }
 
     /// The keys `source` declares.
-    pub fn keys_of(&self, source: &Source) -> &[EntryKey] {
+    pub fn keys_of(&self, source: &Source) -> &[KeyId] {
         self.by_source
             .get(source)
             .map(Vec::as_slice)
@@ -100,7 +118,7 @@ impl Desired {
     }
 
     /// The declarers of `key`.
-    pub fn sources_of(&self, key: &EntryKey) -> impl Iterator<Item = &Source> {
+    pub fn sources_of(&self, key: &KeyId) -> impl Iterator<Item = &Source> {
         self.by_key
             .get(key)
             .into_iter()
@@ -119,15 +137,15 @@ impl Desired {
 
     fn subset<'a>(
         &'a self,
-        keys: &'a HashSet<EntryKey>,
+        keys: &'a HashSet<KeyId>,
     ) -> impl Iterator<Item = (&'a EntryKey, &'a EntrySpec)> {
-        keys.iter().filter_map(|k| self.get(k).map(|e| (k, e)))
+        keys.iter().filter_map(|k| self.get(k).map(|e| (&e.key, e)))
     }
 
     fn all(&self) -> impl Iterator<Item = (&EntryKey, &EntrySpec)> {
         self.by_key
-            .iter()
-            .filter_map(|(k, c)| c.first().map(|(_, e)| (k, e)))
+            .values()
+            .filter_map(|c| c.first().map(|(_, e)| (&e.key, e)))
     }
 }
 
@@ -135,8 +153,8 @@ impl Desired {
 /// entries are left out: they are never touched.
 #[derive(Debug, Default)]
 pub struct Mirror {
-    by_key: HashMap<EntryKey, Vec<ActualEntry>>,
-    by_id: HashMap<String, EntryKey>,
+    by_key: HashMap<KeyId, Vec<ActualEntry>>,
+    by_id: HashMap<String, KeyId>,
 }
 
 impl Mirror {
@@ -159,9 +177,10 @@ impl Mirror {
     /// Adds or replaces an entry (by ID).
     pub fn insert(&mut self, entry: ActualEntry) {
         self.remove(&entry.id);
-        self.by_id.insert(entry.id.clone(), entry.spec.key.clone());
+        let key = KeyId::of(&entry.spec.key);
+        self.by_id.insert(entry.id.clone(), key);
         self.by_key
-            .entry(entry.spec.key.clone())
+            .entry(key)
             .or_insert_with(|| Vec::with_capacity(1))
             .push(entry);
     }
@@ -211,11 +230,11 @@ impl Mirror {
     }
 
     /// Whether the server holds an entry with `key` that serves it as desired.
-    pub fn has(&self, key: &EntryKey) -> bool {
+    pub fn has(&self, key: &KeyId) -> bool {
         self.by_key.contains_key(key)
     }
 
-    fn subset<'a>(&'a self, keys: &'a HashSet<EntryKey>) -> impl Iterator<Item = &'a ActualEntry> {
+    fn subset<'a>(&'a self, keys: &'a HashSet<KeyId>) -> impl Iterator<Item = &'a ActualEntry> {
         keys.iter().filter_map(|k| self.by_key.get(k)).flatten()
     }
 
@@ -228,7 +247,7 @@ impl Mirror {
 pub fn plan_keys(
     desired: &Desired,
     mirror: &Mirror,
-    touched: &HashSet<EntryKey>,
+    touched: &HashSet<KeyId>,
     mask: &EntryMask,
 ) -> Plan {
     plan(desired.subset(touched), mirror.subset(touched), mask)
@@ -278,7 +297,7 @@ mod tests {
         desired.set(pod("a"), vec![spec("/new", "1")], &mut touched);
         assert_eq!(touched.len(), 2);
         assert_eq!(desired.len(), 1);
-        assert!(desired.get(&spec("/new", "1").key).is_some());
+        assert!(desired.get(&KeyId::of(&spec("/new", "1").key)).is_some());
         desired.set(pod("a"), vec![], &mut touched);
         assert!(desired.is_empty());
         assert_eq!(desired.sources().count(), 0);
