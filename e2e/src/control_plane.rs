@@ -205,6 +205,38 @@ impl ControlPlane {
         &self.kubeconfig
     }
 
+    /// Writes a kubeconfig that authenticates with a bearer token (e.g. a ServiceAccount
+    /// token from the TokenRequest API) to `path`, and returns a client for it.
+    pub async fn token_kubeconfig(&self, token: &str, path: &Path) -> anyhow::Result<kube::Client> {
+        let ca = self.dir.join("pki").join("ca.crt");
+        std::fs::write(
+            path,
+            format!(
+                "apiVersion: v1
+kind: Config
+clusters:
+- name: e2e
+  cluster:
+    server: {url}
+    certificate-authority: {ca}
+users:
+- name: token
+  user:
+    token: {token}
+contexts:
+- name: e2e
+  context:
+    cluster: e2e
+    user: token
+current-context: e2e
+",
+                url = self.url,
+                ca = ca.display(),
+            ),
+        )?;
+        client_for(path).await
+    }
+
     /// The working directory (certificates, etcd data, logs).
     pub fn dir(&self) -> &Path {
         self.dir.path()

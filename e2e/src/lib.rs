@@ -23,6 +23,7 @@ pub mod spire;
 pub mod tools;
 pub mod wait;
 pub mod workdir;
+pub mod world;
 
 pub use control_plane::{ControlPlane, Options as ControlPlaneOptions};
 pub use spire::Spire;

@@ -10,8 +10,6 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, ObjectMeta, PostParams};
 use serde_norway::{Mapping, Value};
 
 use crate::control_plane::ControlPlane;
@@ -19,7 +17,7 @@ use crate::ports::free_port;
 use crate::process::{self, Process};
 use crate::spire::Spire;
 use crate::workdir::WorkDir;
-use crate::{http, wait};
+use crate::{http, kube_util, wait};
 
 /// The operator's own namespace (`--namespace`): it keeps its ConfigMap and, with leader
 /// election, its Lease there.
@@ -84,6 +82,38 @@ impl Operator {
         cluster_name: &str,
         extra_config: &str,
     ) -> anyhow::Result<Self> {
+        Self::spawn_with(
+            control_plane,
+            spire,
+            cluster_name,
+            extra_config,
+            control_plane.kubeconfig(),
+        )
+        .await
+    }
+
+    /// Like [`Operator::start`], with the Kubernetes credentials in `kubeconfig` instead
+    /// of the control plane's admin: to prove what a ServiceAccount's RBAC allows.
+    pub async fn start_as(
+        control_plane: &ControlPlane,
+        spire: &Spire,
+        cluster_name: &str,
+        extra_config: &str,
+        kubeconfig: &Path,
+    ) -> anyhow::Result<Self> {
+        let mut operator =
+            Self::spawn_with(control_plane, spire, cluster_name, extra_config, kubeconfig).await?;
+        operator.wait_ready(READY_TIMEOUT).await?;
+        Ok(operator)
+    }
+
+    async fn spawn_with(
+        control_plane: &ControlPlane,
+        spire: &Spire,
+        cluster_name: &str,
+        extra_config: &str,
+        kubeconfig: &Path,
+    ) -> anyhow::Result<Self> {
         let binary = Self::binary()?;
         let dir = WorkDir::new("operator")?;
         let metrics_addr = format!("127.0.0.1:{}", free_port()?);
@@ -112,7 +142,7 @@ impl Operator {
             namespaces.push(ns.to_owned());
         }
         for ns in &namespaces {
-            ensure_namespace(&control_plane.client(), ns).await?;
+            kube_util::ensure_namespace(&control_plane.client(), ns).await?;
         }
 
         let config_path = dir.join("config.yaml");
@@ -130,7 +160,7 @@ impl Operator {
             .arg(&config_path)
             .arg("--namespace")
             .arg(OPERATOR_NAMESPACE)
-            .env("KUBECONFIG", control_plane.kubeconfig())
+            .env("KUBECONFIG", kubeconfig)
             .env("POD_NAME", &identity)
             .env("RUST_BACKTRACE", "1");
         let process = Process::spawn("spire-operator", command, &log_path)?;
@@ -329,22 +359,6 @@ fn build_binary() -> anyhow::Result<PathBuf> {
     let path = profile_dir.join("spire-operator");
     anyhow::ensure!(path.exists(), "{} missing after the build", path.display());
     Ok(path)
-}
-
-async fn ensure_namespace(client: &kube::Client, name: &str) -> anyhow::Result<()> {
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let namespace = Namespace {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    match namespaces.create(&PostParams::default(), &namespace).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("creating namespace {name}")),
-    }
 }
 
 /// The generated config with `extra` merged in (see [`Operator::start`]).
