@@ -1,3 +1,6 @@
 //! The operator against the real kube-apiserver and SPIRE server: one scenario per file.
 
+mod dns_names;
+mod identities;
 mod leader_election;
+mod pod_entries;
