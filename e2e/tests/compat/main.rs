@@ -1,0 +1,5 @@
+//! Compatibility with the reference spire-controller-manager on the same control plane:
+//! migration from it, restarts, and a differential comparison of the entries.
+
+mod differential;
+mod migration;
