@@ -1,5 +1,6 @@
 //! spire-operator command line: argument parsing, logging and wiring only.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -67,6 +68,40 @@ enum Command {
     },
 }
 
+/// Accepts spire-controller-manager's command line, so swapping the container image keeps
+/// a Deployment working: without a subcommand, `--config` / `--expand-env` mean `run`, and
+/// Go's single-dash spellings (`-config x`, `-config=x`, `-expand-env`) are read as the
+/// double-dash ones. Other arguments are left for clap to accept or reject.
+fn scm_compatible_args(mut args: Vec<OsString>) -> Vec<OsString> {
+    const SUBCOMMANDS: [&str; 5] = ["run", "check-spire", "crds", "check-config", "help"];
+    const RUN_FLAGS: [&str; 2] = ["config", "expand-env"];
+    let flag_name = |arg: &str| {
+        let name = arg.strip_prefix("--").or_else(|| arg.strip_prefix('-'))?;
+        let name = name.split_once('=').map_or(name, |(name, _)| name);
+        RUN_FLAGS.contains(&name).then_some(name.len())
+    };
+    for arg in args.iter_mut().skip(1) {
+        if let Some(s) = arg.to_str()
+            && !s.starts_with("--")
+            && flag_name(s).is_some()
+        {
+            *arg = format!("-{s}").into();
+        }
+    }
+    let has_subcommand = args
+        .iter()
+        .skip(1)
+        .any(|a| a.to_str().is_some_and(|s| SUBCOMMANDS.contains(&s)));
+    let has_run_flag = args
+        .iter()
+        .skip(1)
+        .any(|a| a.to_str().and_then(flag_name).is_some());
+    if !has_subcommand && has_run_flag {
+        args.insert(1.min(args.len()), "run".into());
+    }
+    args
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum LogFormat {
     /// Human-readable lines.
@@ -104,7 +139,7 @@ fn init_logging(format: LogFormat, filter: &str) -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(scm_compatible_args(std::env::args_os().collect()));
     if let Command::Run(args) = cli.command {
         let config = spire_operator::config::Config::load(&args.config, args.expand_env)?;
         let format = cli.log_format.unwrap_or(match config.log_encoding {
@@ -166,4 +201,58 @@ async fn check_spire(address: SpireAddress, timeout: Duration) -> anyhow::Result
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(scm_compatible_args(
+            args.iter().map(OsString::from).collect(),
+        ))
+    }
+
+    fn run_args(cli: Cli) -> run::RunArgs {
+        match cli.command {
+            Command::Run(args) => args,
+            other => panic!("expected run, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn spire_controller_manager_command_lines_mean_run() {
+        for line in [
+            &["manager", "--config=controller-manager-config.yaml"][..],
+            &["manager", "--config", "controller-manager-config.yaml"],
+            &["manager", "-config=controller-manager-config.yaml"],
+            &["manager", "-config", "controller-manager-config.yaml"],
+        ] {
+            let args = run_args(parse(line).unwrap_or_else(|e| panic!("{line:?}: {e}")));
+            assert_eq!(
+                args.config,
+                PathBuf::from("controller-manager-config.yaml"),
+                "{line:?}"
+            );
+            assert!(!args.expand_env, "{line:?}");
+        }
+        let args = run_args(parse(&["manager", "-expand-env", "-config", "c.yaml"]).unwrap());
+        assert!(args.expand_env);
+        assert_eq!(args.config, PathBuf::from("c.yaml"));
+    }
+
+    #[test]
+    fn our_own_command_lines_are_unchanged() {
+        let args = run_args(parse(&["spire-operator", "run", "--config", "c.yaml"]).unwrap());
+        assert_eq!(args.config, PathBuf::from("c.yaml"));
+        let cli = parse(&["spire-operator", "check-config", "-config", "c.yaml"]).unwrap();
+        assert!(matches!(cli.command, Command::CheckConfig { .. }));
+        assert!(matches!(
+            parse(&["spire-operator", "crds"]).unwrap().command,
+            Command::Crds { out_dir: None }
+        ));
+        // A flag that is not spire-controller-manager's run flags still fails clearly.
+        assert!(parse(&["spire-operator", "--zap-log-level=debug"]).is_err());
+        assert!(parse(&["spire-operator", "-configx", "c.yaml"]).is_err());
+    }
 }
