@@ -50,7 +50,7 @@ pub enum PublishError {
     #[error(transparent)]
     VolumeContext(#[from] VolumeContextError),
     /// `target_path` is outside the kubelet root or otherwise unsafe.
-    #[error("target_path: {0}")]
+    #[error("target_path")]
     TargetPath(#[source] TargetPathError),
     /// Another call for the same volume is running.
     #[error("an operation on volume {0} is already in progress")]
@@ -83,7 +83,7 @@ pub enum UnpublishError {
     #[error("{0} is required")]
     Missing(&'static str),
     /// `target_path` is outside the kubelet root or otherwise unsafe.
-    #[error("target_path: {0}")]
+    #[error("target_path")]
     TargetPath(#[source] TargetPathError),
     /// Another call for the same volume is running.
     #[error("an operation on volume {0} is already in progress")]
@@ -108,7 +108,7 @@ pub enum StatsError {
         path: String,
     },
     /// `volume_path` is outside the kubelet root or otherwise unsafe.
-    #[error("volume_path: {0}")]
+    #[error("volume_path")]
     VolumePath(#[source] TargetPathError),
     /// Reading mountinfo or statvfs failed.
     #[error(transparent)]

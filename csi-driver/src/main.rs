@@ -1,10 +1,11 @@
 //! spiffe-csi-driver command line: flags, logging, wiring.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, ValueEnum};
+use clap::{CommandFactory, Parser, ValueEnum};
 use spiffe_csi_driver::identity::IdentityService;
 use spiffe_csi_driver::mount::LinuxMounter;
 use spiffe_csi_driver::node::{NodeConfig, NodeService};
@@ -29,9 +30,13 @@ struct Cli {
     /// CSI plugin name (several instances need distinct names).
     #[arg(long, env, default_value = spiffe_csi_driver::DEFAULT_PLUGIN_NAME)]
     plugin_name: String,
-    /// Node id returned by NodeGetInfo (the Kubernetes node name).
-    #[arg(long, env = "MY_NODE_NAME")]
-    node_id: String,
+    /// Node id returned by NodeGetInfo (the Kubernetes node name). Default: the value of
+    /// the environment variable named by --node-id-env.
+    #[arg(long)]
+    node_id: Option<String>,
+    /// Environment variable holding the node id when --node-id is not given.
+    #[arg(long, default_value = "MY_NODE_NAME")]
+    node_id_env: String,
     /// Kubelet's pods directory; target paths outside it are refused.
     #[arg(long, env, default_value = "/var/lib/kubelet/pods")]
     kubelet_pods_dir: PathBuf,
@@ -56,7 +61,16 @@ enum LogFormat {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(go_style_flags(std::env::args_os().collect()));
+    let node_id = match &cli.node_id {
+        Some(id) => id.clone(),
+        None => std::env::var(&cli.node_id_env).map_err(|_| {
+            anyhow::anyhow!(
+                "no node id: pass --node-id or set ${} (e.g. from spec.nodeName)",
+                cli.node_id_env
+            )
+        })?,
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt().with_env_filter(filter);
@@ -85,7 +99,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let node = NodeService::new(
         NodeConfig {
-            node_id: cli.node_id.clone(),
+            node_id: node_id.clone(),
             agent_socket_dir: cli.workload_api_socket_dir.clone(),
             agent_socket_name: cli.agent_socket_name.clone(),
             kubelet_root,
@@ -96,13 +110,36 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(
         socket = %cli.csi_socket_path.display(),
         plugin = %cli.plugin_name,
-        node = %cli.node_id,
+        node = %node_id,
         version = env!("CARGO_PKG_VERSION"),
         "serving CSI Identity and Node"
     );
     server::serve(listener, identity, node, shutdown_signal()).await?;
     tracing::info!("shut down");
     Ok(())
+}
+
+/// Reads the Go driver's single-dash flags (`-workload-api-socket-dir /x`,
+/// `-plugin-name=y`) as ours, so its DaemonSet args work unchanged with this image.
+fn go_style_flags(args: Vec<OsString>) -> Vec<OsString> {
+    let command = Cli::command();
+    let longs: Vec<&str> = command
+        .get_arguments()
+        .filter_map(|a| a.get_long())
+        .collect();
+    args.into_iter()
+        .enumerate()
+        .map(|(i, arg)| {
+            let Some(s) = arg.to_str().filter(|_| i > 0) else {
+                return arg;
+            };
+            let name = s.strip_prefix('-').filter(|rest| !rest.starts_with('-'));
+            match name.map(|n| n.split_once('=').map_or(n, |(n, _)| n)) {
+                Some(n) if longs.contains(&n) => format!("-{s}").into(),
+                _ => arg,
+            }
+        })
+        .collect()
 }
 
 async fn shutdown_signal() {
@@ -117,5 +154,56 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {},
         _ = int.recv() => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(go_style_flags(args.iter().map(OsString::from).collect()))
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    }
+
+    #[test]
+    fn the_go_drivers_daemonset_args_parse() {
+        let cli = parse(&[
+            "spiffe-csi-driver",
+            "-workload-api-socket-dir",
+            "/spire-agent-socket",
+            "-plugin-name=csi.example.org",
+            "-csi-socket-path",
+            "/spiffe-csi/csi.sock",
+            "-node-id-env",
+            "NODE",
+        ]);
+        assert_eq!(
+            cli.workload_api_socket_dir,
+            PathBuf::from("/spire-agent-socket")
+        );
+        assert_eq!(cli.plugin_name, "csi.example.org");
+        assert_eq!(cli.csi_socket_path, PathBuf::from("/spiffe-csi/csi.sock"));
+        assert_eq!(cli.node_id_env, "NODE");
+        assert_eq!(cli.node_id, None);
+    }
+
+    #[test]
+    fn values_and_unknown_flags_are_left_alone() {
+        let cli = parse(&[
+            "spiffe-csi-driver",
+            "--node-id",
+            "node-a",
+            "-log-format=json",
+        ]);
+        assert_eq!(cli.node_id.as_deref(), Some("node-a"));
+        assert!(matches!(cli.log_format, LogFormat::Json));
+        let unknown = ["spiffe-csi-driver", "-log-level", "debug"];
+        let args = go_style_flags(unknown.iter().map(OsString::from).collect());
+        assert_eq!(
+            args[1], "-log-level",
+            "not one of our flags: left for clap to refuse"
+        );
+        assert!(Cli::try_parse_from(args).is_err());
     }
 }

@@ -169,6 +169,11 @@ async fn each_invalid_publish_request_is_invalid_argument_naming_the_field() {
             |r| r.target_path = "/tmp/mount".into(),
             "outside the kubelet pods directory",
         ),
+        (
+            "parent missing",
+            |r| r.target_path = r.target_path.replace("/uid/", "/other-uid/"),
+            "is not accessible: No such file or directory",
+        ),
     ];
     let f = fixture(Duration::ZERO);
     for (name, edit, want) in cases {
@@ -179,6 +184,12 @@ async fn each_invalid_publish_request_is_invalid_argument_naming_the_field() {
         assert!(
             status.message().contains(want),
             "{name}: {:?}",
+            status.message()
+        );
+        assert_eq!(
+            status.message().matches(*want).count(),
+            1,
+            "{name}: said more than once: {:?}",
             status.message()
         );
     }

@@ -7,7 +7,9 @@ use std::process::Command;
 use e2e::WorkDir;
 use e2e::tools::tool;
 
-use crate::driver::{Driver, our_driver, spawn_controller_stand_in};
+use e2e::csi::Driver;
+
+use crate::driver::{our_driver, spawn_controller_stand_in};
 
 /// Specs csi-sanity cannot run against a node-only plugin, and why:
 /// - `Controller Server`: every spec tagged so exercises the Controller service
@@ -148,10 +150,14 @@ fn print_row(name: &str, run: &Run) {
 #[tokio::test]
 async fn csi_sanity_passes_against_our_driver_and_is_compared_with_the_go_driver()
 -> anyhow::Result<()> {
+    // Ours gets the Go driver's own flag spelling (single dash, node id from
+    // $MY_NODE_NAME): its DaemonSet args must work unchanged with our image.
     let ours = run_against("csi-sanity-ours", &our_driver()?, |socket, agent, pods| {
         vec![
-            format!("--csi-socket-path={}", socket.display()),
-            format!("--workload-api-socket-dir={}", agent.display()),
+            format!("-csi-socket-path={}", socket.display()),
+            "-workload-api-socket-dir".into(),
+            agent.display().to_string(),
+            "-plugin-name=csi.spiffe.io".into(),
             format!("--kubelet-pods-dir={}", pods.display()),
         ]
     })
