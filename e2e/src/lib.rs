@@ -11,6 +11,7 @@
 #![warn(missing_docs)]
 
 pub mod control_plane;
+pub mod csi;
 pub mod entries;
 pub mod http;
 pub mod kube_util;
@@ -26,5 +27,5 @@ pub mod workdir;
 pub mod world;
 
 pub use control_plane::{ControlPlane, Options as ControlPlaneOptions};
-pub use spire::Spire;
+pub use spire::{Options as SpireOptions, Spire};
 pub use workdir::WorkDir;

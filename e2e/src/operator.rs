@@ -315,12 +315,12 @@ impl Operator {
     /// Peak resident set size (`VmHWM` in `/proc/<pid>/status`), in KiB; `None` once the
     /// process is gone.
     pub fn peak_rss_kib(&self) -> Option<u64> {
-        proc_status_kib(self.pid(), "VmHWM:")
+        crate::process::status_kib(self.pid(), "VmHWM:")
     }
 
     /// Current resident set size (`VmRSS`), in KiB.
     pub fn rss_kib(&self) -> Option<u64> {
-        proc_status_kib(self.pid(), "VmRSS:")
+        crate::process::status_kib(self.pid(), "VmRSS:")
     }
 
     fn log_context(&self) -> String {
@@ -336,29 +336,7 @@ fn build_binary() -> anyhow::Result<PathBuf> {
     if let Some(path) = std::env::var_os("SPIRE_OPERATOR_BIN") {
         return Ok(path.into());
     }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            "spire-operator",
-            "--bin",
-            "spire-operator",
-        ])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .context("building spire-operator")?;
-    anyhow::ensure!(status.success(), "cargo build -p spire-operator failed");
-    // target/debug/deps/<test>-<hash> -> target/debug/spire-operator
-    let exe = std::env::current_exe()?;
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("the test binary has no target directory")?;
-    let path = profile_dir.join("spire-operator");
-    anyhow::ensure!(path.exists(), "{} missing after the build", path.display());
-    Ok(path)
+    crate::tools::workspace_binary("spire-operator", "spire-operator")
 }
 
 /// The generated config with `extra` merged in (see [`Operator::start`]).
@@ -427,15 +405,6 @@ async fn scrape(addr: &str) -> anyhow::Result<MetricsSnapshot> {
         "GET {addr}/metrics answered {status}: {body}"
     );
     MetricsSnapshot::parse(&body)
-}
-
-fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
 }
 
 /// One sample of a scrape.

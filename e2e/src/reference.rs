@@ -24,6 +24,11 @@ pub struct ReferenceControllerManager {
 }
 
 impl ReferenceControllerManager {
+    /// Peak resident set size (`VmHWM`), in KiB; `None` once the process is gone.
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        crate::process::status_kib(self._process.id(), "VmHWM:")
+    }
+
     /// spire-controller-manager's own CRD files, as shipped in its release.
     pub fn crd_files() -> anyhow::Result<Vec<PathBuf>> {
         let binary = tool("spire-controller-manager")?.canonicalize()?;

@@ -17,6 +17,19 @@ use crate::workdir::WorkDir;
 /// How long a harness SPIRE API call may take.
 const API_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Additions to the default server and agent configuration.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Give the agent the k8s workload attestor, asking a kubelet read-only port on
+    /// 127.0.0.1 at this port (a stand-in kubelet, since none runs here).
+    pub kubelet_read_only_port: Option<u16>,
+    /// The server's `jwt_issuer` (the `iss` claim of JWT-SVIDs).
+    pub jwt_issuer: Option<String>,
+}
+
+/// The node name the agent's k8s workload attestor reports (`k8s:node-name`).
+pub const KUBELET_NODE: &str = "node-a";
+
 /// spire-server + spire-agent. Fields drop in declaration order: the agent stops
 /// first, then the server, then the directory is removed.
 pub struct Spire {
@@ -35,6 +48,11 @@ impl Spire {
     /// Starts a server for `trust_domain` and an agent attested to it, and waits until
     /// the agent is attested and serves the Workload API.
     pub async fn start(trust_domain: &str) -> anyhow::Result<Self> {
+        Self::start_with(trust_domain, Options::default()).await
+    }
+
+    /// Like [`Spire::start`], with the additions in `options`.
+    pub async fn start_with(trust_domain: &str, options: Options) -> anyhow::Result<Self> {
         let dir = WorkDir::new("spire")?;
         // Short names: these sockets must fit in sun_path (108 bytes).
         let server_socket = dir.join("server/api.sock");
@@ -47,7 +65,13 @@ impl Spire {
         let server_conf = dir.join("server.conf");
         std::fs::write(
             &server_conf,
-            server_config(trust_domain, port, &server_socket, &dir.join("server-data")),
+            server_config(
+                trust_domain,
+                port,
+                &server_socket,
+                &dir.join("server-data"),
+                &options,
+            ),
         )?;
         let mut server = Command::new(tool("spire-server")?);
         server.arg("run").arg("-config").arg(&server_conf);
@@ -100,6 +124,7 @@ impl Spire {
                 &workload_socket,
                 &bundle_file,
                 &dir.join("agent-data"),
+                &options,
             ),
         )?;
         let mut agent = Command::new(tool("spire-agent")?);
@@ -236,7 +261,18 @@ impl Spire {
     }
 }
 
-fn server_config(trust_domain: &str, port: u16, socket: &Path, data: &Path) -> String {
+fn server_config(
+    trust_domain: &str,
+    port: u16,
+    socket: &Path,
+    data: &Path,
+    options: &Options,
+) -> String {
+    let jwt_issuer = options
+        .jwt_issuer
+        .as_ref()
+        .map(|issuer| format!("jwt_issuer = \"{issuer}\""))
+        .unwrap_or_default();
     format!(
         r#"server {{
     bind_address = "127.0.0.1"
@@ -248,6 +284,7 @@ fn server_config(trust_domain: &str, port: u16, socket: &Path, data: &Path) -> S
     ca_ttl = "24h"
     default_x509_svid_ttl = "1h"
     default_jwt_svid_ttl = "5m"
+    {jwt_issuer}
 }}
 
 plugins {{
@@ -277,7 +314,24 @@ fn agent_config(
     socket: &Path,
     bundle: &Path,
     data: &Path,
+    options: &Options,
 ) -> String {
+    // The k8s attestor asks the kubelet's read-only port which pod a process is in.
+    let k8s_attestor = options
+        .kubelet_read_only_port
+        .map(|port| {
+            format!(
+                r#"WorkloadAttestor "k8s" {{
+        plugin_data {{
+            kubelet_read_only_port = {port}
+            node_name = "{KUBELET_NODE}"
+            max_poll_attempts = 20
+            poll_retry_interval = "250ms"
+        }}
+    }}"#
+            )
+        })
+        .unwrap_or_default();
     format!(
         r#"agent {{
     server_address = "127.0.0.1"
@@ -303,6 +357,7 @@ plugins {{
     WorkloadAttestor "unix" {{
         plugin_data {{}}
     }}
+    {k8s_attestor}
 }}
 "#,
         socket = socket.display(),

@@ -53,3 +53,37 @@ pub fn pinned(key: &str) -> Option<&'static str> {
             (k.trim() == key).then(|| rest.split_whitespace().next().unwrap_or(""))
         })
 }
+
+/// A binary of this workspace (`package`'s `bin`), built by cargo if stale (a no-op
+/// when `cargo test --workspace` already built it), taken from the target directory
+/// the running test binary or harness binary came from. `CARGO_BIN_EXE_*` only exists
+/// for binaries of the same package, hence this.
+pub fn workspace_binary(package: &str, bin: &str) -> anyhow::Result<std::path::PathBuf> {
+    use anyhow::Context;
+    // target/<profile>/deps/<test>-<hash> (a test) or target/<profile>/<bin> (the demo)
+    let exe = std::env::current_exe()?;
+    let exe_dir = exe
+        .parent()
+        .context("the running binary has no directory")?;
+    let profile_dir = if exe_dir.ends_with("deps") {
+        exe_dir
+            .parent()
+            .context("the test binary has no target directory")?
+    } else {
+        exe_dir
+    };
+    let mut args = vec!["build", "--quiet", "-p", package, "--bin", bin];
+    if profile_dir.ends_with("release") {
+        args.push("--release");
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .args(&args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .with_context(|| format!("building {bin}"))?;
+    anyhow::ensure!(status.success(), "cargo {} failed", args.join(" "));
+    let path = profile_dir.join(bin);
+    anyhow::ensure!(path.exists(), "{} missing after the build", path.display());
+    Ok(path)
+}

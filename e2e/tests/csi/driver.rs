@@ -1,118 +1,12 @@
-//! Starting a CSI driver binary (ours or the Go reference) in a private mount namespace,
-//! talking to it over its Unix socket, and the controller stand-in csi-sanity needs.
+//! The controller stand-in csi-sanity needs; the driver harness is `e2e::csi`.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Duration;
+use std::path::Path;
 
-use anyhow::Context;
-use e2e::process::Process;
+use e2e::csi::Driver;
 use spiffe_csi_driver::csi::v1 as csi;
-use tokio::net::UnixStream;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 
-/// Our driver binary, built if stale. `CARGO_BIN_EXE_*` only exists for binaries of the
-/// same package, so ask cargo (a no-op when `cargo test --workspace` already built it)
-/// and take it from the target directory this test binary runs from.
-pub fn our_driver() -> anyhow::Result<PathBuf> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            "spiffe-csi-driver",
-            "--bin",
-            "spiffe-csi-driver",
-        ])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .context("building spiffe-csi-driver")?;
-    anyhow::ensure!(status.success(), "cargo build -p spiffe-csi-driver failed");
-    // target/debug/deps/csi-<hash> -> target/debug/spiffe-csi-driver
-    let exe = std::env::current_exe()?;
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("test binary has no target dir")?;
-    let path = profile_dir.join("spiffe-csi-driver");
-    anyhow::ensure!(path.exists(), "{} missing", path.display());
-    Ok(path)
-}
-
-/// A driver process; it runs under `unshare --mount --propagation private`, so its
-/// mounts stay out of the host's mount table and vanish with it.
-pub struct Driver {
-    pub process: Process,
-    pub socket: PathBuf,
-}
-
-impl Driver {
-    /// Runs `unshare --mount --propagation private <binary> <args>` and waits until
-    /// `socket` accepts connections.
-    pub async fn start(
-        name: &str,
-        binary: &Path,
-        args: &[String],
-        socket: &Path,
-        log: &Path,
-    ) -> anyhow::Result<Self> {
-        let mut cmd = Command::new("unshare");
-        cmd.args(["--mount", "--propagation", "private"])
-            .arg(binary)
-            .args(args)
-            .env("MY_NODE_NAME", "e2e-node");
-        let mut process = Process::spawn(name, cmd, log)?;
-        let socket_path = socket.to_owned();
-        e2e::wait::until(
-            &format!("{name} CSI socket"),
-            Duration::from_secs(30),
-            Duration::from_millis(50),
-            || {
-                let running = process.ensure_running();
-                let socket = socket_path.clone();
-                async move {
-                    running?;
-                    Ok(UnixStream::connect(&socket).await.ok().map(|_| ()))
-                }
-            },
-        )
-        .await?;
-        Ok(Self {
-            process,
-            socket: socket.to_owned(),
-        })
-    }
-
-    /// Resident set size from `/proc/<pid>/status`, in KiB.
-    pub fn rss_kib(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.process.id())).ok()?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-    }
-
-    /// A gRPC channel on the driver's socket.
-    pub async fn channel(&self) -> anyhow::Result<Channel> {
-        uds_channel(&self.socket).await
-    }
-}
-
-/// A tonic channel over a Unix socket.
-pub async fn uds_channel(socket: &Path) -> anyhow::Result<Channel> {
-    let socket = socket.to_owned();
-    Ok(Endpoint::try_from("http://csi.invalid")?
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let socket = socket.clone();
-            async move {
-                let stream = UnixStream::connect(socket).await?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-            }
-        }))
-        .await?)
-}
+pub use e2e::csi::our_driver;
 
 /// csi-sanity v5.4.0 calls ControllerGetCapabilities before every Node spec and wants a
 /// non-nil list, even when the plugin does not offer a controller. This stand-in answers

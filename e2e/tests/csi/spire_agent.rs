@@ -6,54 +6,25 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use e2e::{Spire, WorkDir};
-use sha2::{Digest, Sha256};
 use spiffe_csi_driver::csi::v1 as csi;
 use spiffe_csi_driver::csi::v1::node_client::NodeClient;
-use spiffe_csi_driver::csi::v1::volume_capability::{
-    AccessMode, AccessType, MountVolume, access_mode::Mode,
-};
 use spire_operator::spire::SpiffeId;
 use spire_operator::spire::api::types::{Entry, Selector};
 use tonic::transport::Channel;
 
-use crate::driver::{Driver, our_driver};
+use e2e::csi::{Driver, PodVolume, kubelet_volume_id, our_driver};
 
 const POD_UID: &str = "6f3c2a9e-1b7d-4e55-9a0c-2d8f4b1e7c31";
 const VOLUME: &str = "spiffe-workload-api";
 
-/// kubelet's handle for an inline volume (`pkg/volume/csi/csi_mounter.go`).
-fn kubelet_volume_id(pod_uid: &str, volume: &str) -> String {
-    format!(
-        "csi-{}",
-        hex::encode(Sha256::digest(format!("{pod_uid}{volume}")))
-    )
-}
-
-fn publish_request(target: &Path) -> csi::NodePublishVolumeRequest {
-    csi::NodePublishVolumeRequest {
-        volume_id: kubelet_volume_id(POD_UID, VOLUME),
-        target_path: target.display().to_string(),
-        volume_capability: Some(csi::VolumeCapability {
-            access_type: Some(AccessType::Mount(MountVolume::default())),
-            // kubelet always sends RWO for inline volumes.
-            access_mode: Some(AccessMode {
-                mode: Mode::SingleNodeWriter.into(),
-            }),
-        }),
-        readonly: true,
-        volume_context: [
-            ("csi.storage.k8s.io/pod.name", "web-0"),
-            ("csi.storage.k8s.io/pod.namespace", "default"),
-            ("csi.storage.k8s.io/pod.uid", POD_UID),
-            ("csi.storage.k8s.io/serviceAccount.name", "web"),
-            ("csi.storage.k8s.io/ephemeral", "true"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect(),
-        ..Default::default()
-    }
-}
+/// The "pod" whose volume the scenario publishes.
+const POD: PodVolume<'static> = PodVolume {
+    pod: "web-0",
+    namespace: "default",
+    uid: POD_UID,
+    service_account: "web",
+    volume: VOLUME,
+};
 
 /// Runs the workload in the driver's mount namespace (where the bind mount lives, as a
 /// pod's container would see it) and returns its JSON report.
@@ -163,7 +134,8 @@ async fn pod_volume_serves_svids_across_agent_restart_and_dir_recreation() -> an
     let pid = driver.process.id();
     let mut node = NodeClient::new(driver.channel().await?);
 
-    node.node_publish_volume(publish_request(&target)).await?;
+    node.node_publish_volume(POD.publish_request(&target))
+        .await?;
     assert_svids(&fetch_svids(pid, &short, 60).await?, &id);
     assert!(!condition(&mut node, &target).await?.abnormal);
 
@@ -186,16 +158,14 @@ async fn pod_volume_serves_svids_across_agent_restart_and_dir_recreation() -> an
     );
 
     // kubelet republishes (it does so periodically); the mount is replaced.
-    node.node_publish_volume(publish_request(&target)).await?;
+    node.node_publish_volume(POD.publish_request(&target))
+        .await?;
     let c = condition(&mut node, &target).await?;
     assert!(!c.abnormal, "{c:?}");
     assert_svids(&fetch_svids(pid, &short, 60).await?, &id);
 
-    node.node_unpublish_volume(csi::NodeUnpublishVolumeRequest {
-        volume_id: kubelet_volume_id(POD_UID, VOLUME),
-        target_path: target.display().to_string(),
-    })
-    .await?;
+    node.node_unpublish_volume(POD.unpublish_request(&target))
+        .await?;
     assert!(!target.exists(), "target left behind");
     Ok(())
 }

@@ -16,13 +16,22 @@ async fn demo_shows_a_workload_receiving_its_identity() -> anyhow::Result<()> {
         "demo failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(
-        stdout.contains("X.509-SVID: \"spiffe://example.org/demo/workload\""),
-        "{stdout}"
-    );
-    assert!(
-        stdout.contains("JWT-SVID:   \"spiffe://example.org/demo/workload\""),
-        "{stdout}"
-    );
+    for expected in [
+        // The operator made the entry from the ClusterSPIFFEID and the pod.
+        "SPIFFE ID  spiffe://example.org/ns/shop/sa/web",
+        "selectors  k8s:pod-uid:",
+        // The volume the driver published is a read-only bind.
+        " ro,",
+        // The workload, attested by the k8s attestor through the mounted socket.
+        "X.509-SVID: \"spiffe://example.org/ns/shop/sa/web\"",
+        "JWT-SVID:   \"spiffe://example.org/ns/shop/sa/web\"",
+        // Validated against the OIDC discovery provider's JWKS.
+        "the token proves spiffe://example.org/ns/shop/sa/web",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "{expected:?} missing from:\n{stdout}"
+        );
+    }
     Ok(())
 }

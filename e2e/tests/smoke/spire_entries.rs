@@ -87,6 +87,11 @@ async fn entry_fields_round_trip_through_the_real_server() -> anyhow::Result<()>
     assert!(!id.is_empty(), "the server assigns an entry ID");
 
     let listed = client.list_entries().await?;
+    assert_eq!(
+        client.count_entries().await?,
+        listed.len(),
+        "CountEntries agrees"
+    );
     let got = listed
         .iter()
         .find(|e| e.id == id)
@@ -140,6 +145,7 @@ async fn entry_fields_round_trip_through_the_real_server() -> anyhow::Result<()>
     assert_eq!(deleted[0].status.as_ref().map(|s| s.code), Some(0));
     assert_eq!(deleted[1].status.as_ref().map(|s| s.code), Some(NOT_FOUND));
     assert!(client.list_entries().await?.iter().all(|e| e.id != id));
+    assert_eq!(client.count_entries().await?, listed.len() - 1);
 
     let gone = client
         .batch_delete_federation_relationships(vec!["other.test".into()])

@@ -138,6 +138,18 @@ impl SpireClient {
         .await
     }
 
+    /// How many registration entries the server holds (one cheap call, no entries sent).
+    pub async fn count_entries(&self) -> Result<usize, SpireError> {
+        let count = self
+            .entry()
+            .count_entries(entry::CountEntriesRequest::default())
+            .await
+            .map_err(rpc("entry.v1.Entry/CountEntries"))?
+            .into_inner()
+            .count;
+        Ok(usize::try_from(count).unwrap_or(0))
+    }
+
     /// Reads one entry by ID.
     pub async fn get_entry(&self, id: &str) -> Result<types::Entry, SpireError> {
         self.entry()
