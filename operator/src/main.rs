@@ -137,8 +137,35 @@ fn init_logging(format: LogFormat, filter: &str) -> anyhow::Result<()> {
     .map_err(|e| anyhow::anyhow!("installing the log subscriber: {e}"))
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    limit_malloc_arenas();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(async_main())
+}
+
+/// Makes glibc's malloc use one arena instead of one per thread (up to 8 per core): the
+/// operator's memory is long-lived caches built by whichever runtime thread ran, and
+/// per-thread arenas kept freed pages of each. Measured with `converge 2000 10 3`: peak
+/// RSS 54 -> 36 MiB, same convergence time. `MALLOC_ARENA_MAX` in the environment wins.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn limit_malloc_arenas() {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
+        return;
+    }
+    // SAFETY: mallopt only sets an allocator parameter, and no other thread exists yet
+    // (the runtime starts after this).
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn limit_malloc_arenas() {}
+
+async fn async_main() -> anyhow::Result<()> {
     let cli = Cli::parse_from(scm_compatible_args(std::env::args_os().collect()));
     if let Command::Run(args) = cli.command {
         let config = spire_operator::config::Config::load(&args.config, args.expand_env)?;

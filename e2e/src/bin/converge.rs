@@ -100,6 +100,23 @@ async fn main() -> anyhow::Result<()> {
         )
         .await?;
         let took = converge(&spire, want, started).await?;
+        let metrics = operator.metrics().await?;
+        let mut writes: Vec<String> = metrics
+            .samples()
+            .iter()
+            .filter(|s| {
+                s.value > 0.0
+                    && (s.name == "spire_operator_entry_writes_total"
+                        || s.name
+                            .starts_with("spire_operator_spire_rpc_duration_seconds_"))
+            })
+            .map(|s| format!("{}{:?}={}", s.name, s.labels, s.value))
+            .collect();
+        writes.sort();
+        eprintln!(
+            "operator metrics after convergence:\n  {}",
+            writes.join("\n  ")
+        );
         (took, operator.peak_rss_kib())
     };
     row("spire-operator (ours)", ours_time, ours_rss);
