@@ -3,13 +3,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-use spiffe_csi_driver::csi::v1 as csi;
 use std::time::Duration;
 
-use crate::process::Process;
+use spiffe_csi_driver::csi::v1 as csi;
 use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};
+
+use crate::process::Process;
 
 /// Our driver binary, built if stale.
 pub fn our_driver() -> anyhow::Result<PathBuf> {

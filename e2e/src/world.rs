@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use k8s_openapi::api::core::v1::{Endpoints, Event, Namespace, Node, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{Endpoints, Event, Namespace, Node, Pod};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
 use kube::api::{
@@ -18,7 +18,7 @@ use spire_operator::crd::{ClusterSPIFFEID, ClusterSPIFFEIDStatus};
 
 use crate::control_plane::ControlPlane;
 use crate::entries::{self, EntryView};
-use crate::kube_util::{apply_crd_objects, node, scheduled_pod};
+use crate::kube_util::{apply_crd_objects, ensure_service_account, node, scheduled_pod};
 use crate::pki::Ca;
 use crate::spire::Spire;
 use crate::wait;
@@ -105,23 +105,7 @@ impl World {
 
     /// Creates a ServiceAccount unless it exists.
     pub async fn service_account(&self, namespace: &str, name: &str) -> anyhow::Result<()> {
-        let account = ServiceAccount {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        match Api::<ServiceAccount>::namespaced(self.client.clone(), namespace)
-            .create(&PostParams::default(), &account)
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
-            Err(e) => {
-                Err(e).with_context(|| format!("creating service account {namespace}/{name}"))
-            }
-        }
+        ensure_service_account(&self.client, namespace, name).await
     }
 
     /// Creates a pod bound to `node` with one container; returns it as stored.

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use spire_operator::config::{LogEncoding, LogLevel};
 use spire_operator::spire::{SpiffeId, SpireAddress, SpireClient};
 
@@ -73,31 +73,27 @@ enum Command {
 /// Go's single-dash spellings (`-config x`, `-config=x`, `-expand-env`) are read as the
 /// double-dash ones. Other arguments are left for clap to accept or reject.
 fn scm_compatible_args(mut args: Vec<OsString>) -> Vec<OsString> {
-    const SUBCOMMANDS: [&str; 5] = ["run", "check-spire", "crds", "check-config", "help"];
     const RUN_FLAGS: [&str; 2] = ["config", "expand-env"];
-    let flag_name = |arg: &str| {
-        let name = arg.strip_prefix("--").or_else(|| arg.strip_prefix('-'))?;
-        let name = name.split_once('=').map_or(name, |(name, _)| name);
-        RUN_FLAGS.contains(&name).then_some(name.len())
+    let is_run_flag = |arg: &str| {
+        arg.strip_prefix("--")
+            .or_else(|| arg.strip_prefix('-'))
+            .map(|flag| flag.split_once('=').map_or(flag, |(name, _)| name))
+            .is_some_and(|name| RUN_FLAGS.contains(&name))
     };
+    let command = Cli::command();
+    let (mut has_subcommand, mut has_run_flag) = (false, false);
     for arg in args.iter_mut().skip(1) {
-        if let Some(s) = arg.to_str()
-            && !s.starts_with("--")
-            && flag_name(s).is_some()
-        {
-            *arg = format!("-{s}").into();
+        let Some(s) = arg.to_str() else { continue };
+        has_subcommand |= s == "help" || command.find_subcommand(s).is_some();
+        if is_run_flag(s) {
+            has_run_flag = true;
+            if !s.starts_with("--") {
+                *arg = format!("-{s}").into();
+            }
         }
     }
-    let has_subcommand = args
-        .iter()
-        .skip(1)
-        .any(|a| a.to_str().is_some_and(|s| SUBCOMMANDS.contains(&s)));
-    let has_run_flag = args
-        .iter()
-        .skip(1)
-        .any(|a| a.to_str().and_then(flag_name).is_some());
-    if !has_subcommand && has_run_flag {
-        args.insert(1.min(args.len()), "run".into());
+    if has_run_flag && !has_subcommand {
+        args.insert(1, "run".into());
     }
     args
 }

@@ -89,52 +89,27 @@ async fn main() -> anyhow::Result<()> {
     println!("| tool | cold convergence | peak RSS |");
     println!("|---|---|---|");
 
-    let (ours_time, ours_rss) = {
-        let spire = Spire::start(TRUST_DOMAIN).await?;
-        let started = Instant::now();
-        let operator = Operator::start(
-            &world.control_plane,
-            &spire,
-            CLUSTER,
-            &format!("{CONFIG}gcInterval: 10m\n"),
-        )
-        .await?;
-        let took = converge(&spire, want, started).await?;
-        let metrics = operator.metrics().await?;
-        let mut writes: Vec<String> = metrics
-            .samples()
-            .iter()
-            .filter(|s| {
-                s.value > 0.0
-                    && (s.name == "spire_operator_entry_writes_total"
-                        || s.name
-                            .starts_with("spire_operator_spire_rpc_duration_seconds_"))
-            })
-            .map(|s| format!("{}{:?}={}", s.name, s.labels, s.value))
-            .collect();
-        writes.sort();
-        eprintln!(
-            "operator metrics after convergence:\n  {}",
-            writes.join("\n  ")
-        );
-        (took, operator.peak_rss_kib())
-    };
+    let (ours_time, operator, spire) = measure(want, async |spire| {
+        let config = format!("{CONFIG}gcInterval: 10m\n");
+        Operator::start(&world.control_plane, spire, CLUSTER, &config).await
+    })
+    .await?;
+    let ours_rss = operator.peak_rss_kib();
     row("spire-operator (ours)", ours_time, ours_rss);
+    print_write_counters(&operator).await?;
+    drop((operator, spire));
 
-    let reference = async {
-        let spire = Spire::start(TRUST_DOMAIN).await?;
-        let started = Instant::now();
-        let scm = ReferenceControllerManager::start(
-            &world.control_plane,
-            &spire,
-            CLUSTER,
-            &format!("{CONFIG}gcInterval: 10000000000\n"),
-        )
-        .await?;
-        let took = converge(&spire, want, started).await?;
-        anyhow::Ok((took, scm.peak_rss_kib()))
-    };
-    match reference.await {
+    let reference = measure(want, async |spire| {
+        let config = format!("{CONFIG}gcInterval: 10000000000\n");
+        ReferenceControllerManager::start(&world.control_plane, spire, CLUSTER, &config).await
+    })
+    .await
+    .map(|(took, scm, spire)| {
+        let rss = scm.peak_rss_kib();
+        drop((scm, spire));
+        (took, rss)
+    });
+    match reference {
         Ok((took, rss)) => {
             row("spire-controller-manager v0.6.4", took, rss);
             println!(
@@ -157,6 +132,42 @@ fn row(tool: &str, took: Duration, rss_kib: Option<u64>) {
         took.as_secs_f64(),
         rss_kib.map_or("-".into(), |k| format!("{} MiB", k / 1024))
     );
+}
+
+/// Starts a fresh SPIRE server, then the tool with `start`, and waits until the server
+/// holds `want` entries. Returns the time from the tool's start, the tool, and the server
+/// (in that order, so that the tool stops before its server).
+async fn measure<T>(
+    want: usize,
+    start: impl AsyncFnOnce(&Spire) -> anyhow::Result<T>,
+) -> anyhow::Result<(Duration, T, Spire)> {
+    let spire = Spire::start(TRUST_DOMAIN).await?;
+    let started = Instant::now();
+    let tool = start(&spire).await?;
+    let took = converge(&spire, want, started).await?;
+    Ok((took, tool, spire))
+}
+
+/// The operator's write and SPIRE RPC counters: how the time was spent.
+async fn print_write_counters(operator: &Operator) -> anyhow::Result<()> {
+    let metrics = operator.metrics().await?;
+    let mut lines: Vec<String> = metrics
+        .samples()
+        .iter()
+        .filter(|s| {
+            s.value > 0.0
+                && (s.name == "spire_operator_entry_writes_total"
+                    || s.name == "spire_operator_spire_rpc_duration_seconds_count"
+                    || s.name == "spire_operator_spire_rpc_duration_seconds_sum")
+        })
+        .map(|s| format!("{}{:?} = {}", s.name, s.labels, s.value))
+        .collect();
+    lines.sort();
+    eprintln!(
+        "operator counters after convergence:\n  {}",
+        lines.join("\n  ")
+    );
+    Ok(())
 }
 
 /// Waits until the server holds `want` entries; the time since `started`.

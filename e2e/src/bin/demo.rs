@@ -15,14 +15,16 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use e2e::csi::{Driver, PodVolume, uds_channel};
 use e2e::entries::{self, EntryView};
-use e2e::kube_util::{apply_crd_objects, ensure_namespace, node, scheduled_pod};
+use e2e::kube_util::{
+    apply_crd_objects, ensure_namespace, ensure_service_account, node, scheduled_pod,
+};
 use e2e::operator::Operator;
 use e2e::ports::free_port;
 use e2e::process::Process;
 use e2e::spire::KUBELET_NODE;
 use e2e::{ControlPlane, Spire, SpireOptions, WorkDir, http, tools, wait};
-use k8s_openapi::api::core::v1::{CSIVolumeSource, Node, Pod, ServiceAccount, Volume, VolumeMount};
-use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::{CSIVolumeSource, Node, Pod, Volume, VolumeMount};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use spiffe::{JwtBundle, JwtBundleSet, JwtSvid, TrustDomain};
 use spiffe_csi_driver::csi::v1 as csi;
@@ -192,16 +194,7 @@ async fn main() -> anyhow::Result<()> {
         "Creating namespace shop, ServiceAccount web and Pod web-0 on the node ...",
     );
     ensure_namespace(&client, "shop").await?;
-    let account = ServiceAccount {
-        metadata: ObjectMeta {
-            name: Some("web".into()),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    Api::<ServiceAccount>::namespaced(client.clone(), "shop")
-        .create(&PostParams::default(), &account)
-        .await?;
+    ensure_service_account(&client, "shop", "web").await?;
     let pod = pod_with_csi_volume();
     let pod = Api::<Pod>::namespaced(client.clone(), "shop")
         .create(&PostParams::default(), &pod)

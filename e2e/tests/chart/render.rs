@@ -89,6 +89,7 @@ async fn every_values_file_lints_renders_and_validates_against_the_apiserver() -
 
     // The components accept the configuration files rendered for them.
     let dir = WorkDir::new("chart-configs")?;
+    let mut validated: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for (name, objects) in &rendered {
         for object in objects.iter().filter(|o| o["kind"] == "ConfigMap") {
             let Some(data) = object["data"].as_object() else {
@@ -118,8 +119,21 @@ async fn every_values_file_lints_renders_and_validates_against_the_apiserver() -
                     String::from_utf8_lossy(&output.stdout),
                     String::from_utf8_lossy(&output.stderr)
                 );
+                validated.entry(name).or_default().push(key);
             }
         }
+    }
+    // Every setup that runs a component had its config checked (a renamed key or
+    // ConfigMap would otherwise skip the check silently).
+    for name in rendered.keys() {
+        let mut keys = validated.get(name.as_str()).cloned().unwrap_or_default();
+        keys.sort();
+        let want: &[&str] = if name == "existing-spire-values" {
+            &[]
+        } else {
+            &["agent.conf", "config.yaml", "server.conf"]
+        };
+        assert_eq!(keys, want, "{name}: configs validated");
     }
 
     // The pinned apiserver validates every object of every case.
