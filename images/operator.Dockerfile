@@ -13,5 +13,8 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /out/spire-operator /usr/local/bin/spire-operator
 USER 65532:65532
+# spire-controller-manager's charts pass a relative `--config=controller-manager-config.yaml`
+# and mount the file at /; distroless' nonroot working directory would be /home/nonroot.
+WORKDIR /
 ENTRYPOINT ["/usr/local/bin/spire-operator"]
 CMD ["run", "--config", "/etc/spire-operator/config.yaml"]

@@ -1,46 +1,41 @@
 //! The operator's configuration file: spire-controller-manager's `ControllerManagerConfig`
-//! YAML, same keys and meaning, so an existing file works unchanged.
+//! YAML, same keys and meaning, so an existing file (for example the one the SPIRE
+//! project's Helm chart renders) works unchanged.
+//!
+//! Every key spire-controller-manager v0.6.x knows is accepted. Most are honoured; the
+//! few that have no counterpart here (or no effect, because the operator works
+//! differently) are accepted with a [`ConfigNote`] that `run` logs once at start and
+//! `check-config` prints. Unknown keys get a note too, never an error, as with
+//! spire-controller-manager's lenient loader. Errors are kept for values that cannot mean
+//! anything (`logLevel: verbose`, `gcInterval: soon`) and name the key and the value.
 //!
 //! Differences from spire-controller-manager, on purpose:
-//! - A key spire-controller-manager knows but this operator does not implement yet is
-//!   rejected with [`ConfigError::Unsupported`] naming it, and any other unknown key with
-//!   [`ConfigError::Parse`]; spire-controller-manager silently ignores unknown keys and
-//!   some of its own (`webhook.port`, `gracefulShutDown`, ...).
 //! - `ignoreNamespaces` patterns must match the **whole** namespace name (they are
 //!   anchored as `^(?:pattern)$`): `spire` ignores `spire`, not `my-spire-app`. Write
 //!   `.*spire.*` for spire-controller-manager's substring behaviour.
-//! - `gcInterval` may be a Go duration string (`10s`) as well as the integer number of
-//!   nanoseconds spire-controller-manager's decoder requires.
+//! - Durations take every form either of its decoders takes, in every key: integer
+//!   nanoseconds, whole YAML floats (`1e+10`, as Helm writes 10000000000) and Go duration
+//!   strings (`10s`, `1m30s`).
 //! - `metadata` (present in some examples) is accepted and has no effect, like there.
 
 mod expand;
+mod raw;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use regex::Regex;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use crate::crd::GoDuration;
 pub use expand::expand_env;
-
-/// Keys of spire-controller-manager's config that this operator does not implement.
-const UNSUPPORTED_KEYS: &[&str] = &[
-    "validatingWebhookConfigurationName",
-    "syncPeriod",
-    "cacheNamespace",
-    "cacheNamespaces",
-    "gracefulShutDown",
-    "controller",
-    "webhook",
-    "staticManifestPath",
-    "expandEnvStaticManifests",
-    "enableEntryRenderCache",
-    "entryRenderCacheSize",
-    "grpc",
-];
+use raw::{RawConfig, RawDuration, RawLabelSelectorConfig, RawLeaderElection};
 
 const DEFAULT_GC_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The label spire-controller-manager's chart puts on ClusterSPIFFEIDs of a class, and
+/// that `filterByClassName` selects on.
+pub const CLASS_NAME_LABEL: &str = "spire.spiffe.io/class-name";
 
 /// Why a configuration file cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -54,14 +49,19 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    /// The YAML is malformed, a value has the wrong type, or a key is unknown.
+    /// The YAML is malformed or a value has the wrong type; the message names the key
+    /// path, the value and the line.
     #[error("parsing the config file")]
     Parse(#[source] serde_norway::Error),
-    /// A spire-controller-manager key this operator does not implement.
-    #[error(
-        "config key {0:?} is a spire-controller-manager setting that spire-operator does not support; remove it"
-    )]
-    Unsupported(String),
+    /// A spire-controller-manager mode this operator does not implement, which it cannot
+    /// stand in for without doing something else than asked.
+    #[error("config key {key:?}: {message}")]
+    Unsupported {
+        /// The key.
+        key: &'static str,
+        /// What the operator cannot do, and what to do instead.
+        message: String,
+    },
     /// A required key is missing or empty.
     #[error("config key {0:?} is required")]
     Missing(&'static str),
@@ -70,75 +70,25 @@ pub enum ConfigError {
     Invalid {
         /// The key, e.g. `ignoreNamespaces[1]`.
         key: String,
-        /// What is wrong with it.
+        /// What is wrong with it, naming the value.
         message: String,
     },
 }
 
-/// The file as written: spire-controller-manager's keys, camelCase.
-#[derive(Deserialize, Debug, Default)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct RawConfig {
-    api_version: Option<String>,
-    kind: Option<String>,
-    #[allow(dead_code)] // accepted for compatibility, has no effect
-    metadata: Option<serde_norway::Value>,
-    trust_domain: Option<String>,
-    cluster_name: Option<String>,
-    cluster_domain: Option<String>,
-    ignore_namespaces: Option<Vec<String>>,
-    spire_server_socket_path: Option<PathBuf>,
-    gc_interval: Option<RawDuration>,
-    class_name: Option<String>,
-    #[serde(default)]
-    watch_classless: bool,
-    #[serde(rename = "parentIDTemplate")]
-    parent_id_template: Option<String>,
-    reconcile: Option<RawReconcile>,
-    #[serde(rename = "entryIDPrefix")]
-    entry_id_prefix: Option<String>,
-    #[serde(rename = "entryIDPrefixCleanup")]
-    entry_id_prefix_cleanup: Option<String>,
-    #[serde(default)]
-    leader_election: RawLeaderElection,
-    #[serde(default)]
-    metrics: Metrics,
-    #[serde(default)]
-    health: Health,
-    log_level: Option<LogLevel>,
-    log_encoding: Option<LogEncoding>,
+/// Something about an accepted file that a reader should know: a key that is accepted
+/// but not honoured (and what the operator does instead), or a key nobody knows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConfigNote {
+    /// The key path, e.g. `webhook.port`.
+    pub key: String,
+    /// What the operator does with it.
+    pub message: String,
 }
 
-/// `time.Duration` in spire-controller-manager's file is integer nanoseconds; a Go
-/// duration string is accepted too.
-#[derive(Deserialize, Debug)]
-#[serde(untagged)]
-enum RawDuration {
-    Nanos(i64),
-    Text(String),
-}
-
-#[derive(Deserialize, Debug, Default)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct RawReconcile {
-    #[serde(default, rename = "clusterSPIFFEIDs")]
-    cluster_spiffe_ids: bool,
-    #[serde(default)]
-    cluster_federated_trust_domains: bool,
-    #[serde(default)]
-    cluster_static_entries: bool,
-}
-
-#[derive(Deserialize, Debug, Default)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct RawLeaderElection {
-    leader_elect: Option<bool>,
-    resource_lock: Option<String>,
-    resource_namespace: Option<String>,
-    resource_name: Option<String>,
-    lease_duration: Option<GoDuration>,
-    renew_deadline: Option<GoDuration>,
-    retry_period: Option<GoDuration>,
+impl std::fmt::Display for ConfigNote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "config key {:?}: {}", self.key, self.message)
+    }
 }
 
 /// The effective configuration: defaults applied, values checked.
@@ -188,6 +138,21 @@ pub struct Config {
     pub log_level: LogLevel,
     /// `logEncoding`. Default: console.
     pub log_encoding: LogEncoding,
+    /// The label selector (Kubernetes syntax) the ClusterSPIFFEID watch uses, from
+    /// `clusterSPIFFEIDLabelSelectorConfig` or `filterByClassName`; `None` watches all.
+    #[serde(rename = "clusterSPIFFEIDLabelSelector")]
+    pub cluster_spiffe_id_label_selector: Option<String>,
+    /// `cacheNamespace` / `cacheNamespaces`: the namespaces whose pods, service accounts
+    /// and EndpointSlices are watched; empty means all namespaces.
+    pub cache_namespaces: Vec<String>,
+    /// `grpc.maxCallRecvMsgSize`: the largest SPIRE API response accepted, in bytes;
+    /// `None` keeps the client's default.
+    pub grpc_max_call_recv_msg_size: Option<usize>,
+    /// `validatingWebhookConfigurationName`. Default: `spire-controller-manager-webhook`.
+    pub validating_webhook_configuration_name: String,
+    /// What a reader should know about keys accepted but not honoured, or unknown.
+    #[serde(skip)]
+    pub notes: Vec<ConfigNote>,
 }
 
 /// `reconcile.*`. Without a `reconcile` block all three are reconciled; with one, a
@@ -227,19 +192,28 @@ pub struct LeaderElection {
 }
 
 /// `metrics.*`.
-#[derive(Deserialize, Serialize, Debug, Clone, Default, PartialEq, Eq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[derive(Serialize, Debug, Clone, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
 pub struct Metrics {
-    /// `metrics.bindAddress`, e.g. `0.0.0.0:8082`; `None` keeps the operator's default.
+    /// `metrics.bindAddress`, e.g. `0.0.0.0:8082`; `None` keeps the operator's default
+    /// (`:8082`), `"0"` turns the metrics server off.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bind_address: Option<String>,
 }
 
+impl Metrics {
+    /// The address to serve `/metrics` on, or `None` when turned off with `"0"`.
+    pub fn address(&self) -> Option<&str> {
+        serving_address(self.bind_address.as_deref(), ":8082")
+    }
+}
+
 /// `health.*`.
-#[derive(Deserialize, Serialize, Debug, Clone, Default, PartialEq, Eq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[derive(Serialize, Debug, Clone, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
 pub struct Health {
-    /// `health.healthProbeBindAddress`, e.g. `0.0.0.0:8083`.
+    /// `health.healthProbeBindAddress`, e.g. `0.0.0.0:8083`; `None` keeps the default
+    /// (`:8083`), `"0"` turns the probe server off.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub health_probe_bind_address: Option<String>,
     /// `health.readinessEndpointName`, e.g. `/readyz`.
@@ -250,8 +224,24 @@ pub struct Health {
     pub liveness_endpoint_name: Option<String>,
 }
 
-/// `logLevel`.
-#[derive(Deserialize, Serialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
+impl Health {
+    /// The address to serve the probes on, or `None` when turned off with `"0"`.
+    pub fn address(&self) -> Option<&str> {
+        serving_address(self.health_probe_bind_address.as_deref(), ":8083")
+    }
+}
+
+/// controller-runtime's convention: `"0"` disables a server, empty means the default.
+fn serving_address<'a>(configured: Option<&'a str>, default: &'a str) -> Option<&'a str> {
+    match configured {
+        Some("0") => None,
+        Some(address) if !address.is_empty() => Some(address),
+        _ => Some(default),
+    }
+}
+
+/// `logLevel`, read case-insensitively with zap's names.
+#[derive(Serialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogLevel {
     /// Everything, including per-entry details.
@@ -261,19 +251,51 @@ pub enum LogLevel {
     Info,
     /// Problems that the operator works around.
     Warn,
-    /// Failures only.
+    /// Failures only (zap's `dpanic`, `panic` and `fatal` mean this too).
     Error,
 }
 
+impl LogLevel {
+    fn parse(text: &str) -> Option<Self> {
+        match text.to_ascii_lowercase().as_str() {
+            "debug" => Some(Self::Debug),
+            "" | "info" => Some(Self::Info),
+            "warn" | "warning" => Some(Self::Warn),
+            "error" | "dpanic" | "panic" | "fatal" => Some(Self::Error),
+            _ => None,
+        }
+    }
+
+    /// The level as a tracing filter directive.
+    pub fn as_filter(self) -> &'static str {
+        match self {
+            Self::Debug => "debug",
+            Self::Info => "info",
+            Self::Warn => "warn",
+            Self::Error => "error",
+        }
+    }
+}
+
 /// `logEncoding`.
-#[derive(Deserialize, Serialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Serialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogEncoding {
-    /// Human-readable lines.
+    /// Human-readable lines (colour only on a terminal).
     #[default]
     Console,
     /// One JSON object per line.
     Json,
+}
+
+impl LogEncoding {
+    fn parse(text: &str) -> Option<Self> {
+        match text.to_ascii_lowercase().as_str() {
+            "" | "console" => Some(Self::Console),
+            "json" => Some(Self::Json),
+            _ => None,
+        }
+    }
 }
 
 impl Config {
@@ -294,31 +316,41 @@ impl Config {
 
     /// Parses the YAML text of a config file.
     pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
-        let value: serde_norway::Value =
-            serde_norway::from_str(text).map_err(ConfigError::Parse)?;
-        if let Some(map) = value.as_mapping() {
-            for key in map.keys().filter_map(|k| k.as_str()) {
-                if UNSUPPORTED_KEYS.contains(&key) {
-                    return Err(ConfigError::Unsupported(key.to_owned()));
-                }
-            }
-        }
-        let raw: RawConfig = if value.is_null() {
-            RawConfig::default()
-        } else {
-            // From the text, not the value: errors then carry the key path and line.
-            serde_norway::from_str(text).map_err(ConfigError::Parse)?
-        };
-        Self::from_raw(raw)
+        let mut unknown = Vec::new();
+        // An empty file (or one holding only comments) is a null document.
+        let raw: Option<RawConfig> =
+            serde_ignored::deserialize(serde_norway::Deserializer::from_str(text), |path| {
+                unknown.push(key_path(&path))
+            })
+            .map_err(ConfigError::Parse)?;
+        let mut config = Self::from_raw(raw.unwrap_or_default())?;
+        let known_elsewhere = config.notes.len();
+        config.notes.extend(unknown.into_iter().map(|key| ConfigNote {
+            message: "unknown key, ignored (a typo, or a setting of a newer spire-controller-manager)".into(),
+            key,
+        }));
+        config.notes[known_elsewhere..].sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(config)
     }
 
     fn from_raw(raw: RawConfig) -> Result<Self, ConfigError> {
         check_type_meta(&raw)?;
+        let mut notes = Vec::new();
+        note_unhonoured(&raw, &mut notes);
         let non_empty = |v: Option<String>| v.filter(|s| !s.is_empty());
         let trust_domain =
             non_empty(raw.trust_domain).ok_or(ConfigError::Missing("trustDomain"))?;
         let cluster_name =
             non_empty(raw.cluster_name).ok_or(ConfigError::Missing("clusterName"))?;
+        if let Some(path) = non_empty(raw.static_manifest_path) {
+            return Err(ConfigError::Unsupported {
+                key: "staticManifestPath",
+                message: format!(
+                    "{path:?}: static mode (entries from files, no Kubernetes API) is not implemented yet; \
+                     remove the key to reconcile from the Kubernetes API"
+                ),
+            });
+        }
         let ignore_namespaces = raw
             .ignore_namespaces
             .unwrap_or_else(|| {
@@ -335,24 +367,12 @@ impl Config {
                 })
             })
             .collect::<Result<_, _>>()?;
-        let gc_interval = match raw.gc_interval {
-            None => DEFAULT_GC_INTERVAL,
-            Some(RawDuration::Nanos(n)) => u64::try_from(n)
-                .ok()
-                .filter(|n| *n > 0)
-                .map_or(DEFAULT_GC_INTERVAL, Duration::from_nanos),
-            Some(RawDuration::Text(text)) => {
-                let nanos =
-                    crate::crd::parse_go_duration(&text).map_err(|e| ConfigError::Invalid {
-                        key: "gcInterval".into(),
-                        message: e.to_string(),
-                    })?;
-                u64::try_from(nanos)
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .map_or(DEFAULT_GC_INTERVAL, Duration::from_nanos)
-            }
-        };
+        // spire-controller-manager coerces a zero or negative interval to 10s (#699).
+        let gc_interval = raw
+            .gc_interval
+            .and_then(|d| u64::try_from(d.0).ok())
+            .filter(|n| *n > 0)
+            .map_or(DEFAULT_GC_INTERVAL, Duration::from_nanos);
         let reconcile = match raw.reconcile {
             None => Reconcile {
                 cluster_spiffe_ids: true,
@@ -360,9 +380,9 @@ impl Config {
                 cluster_federated_trust_domains: true,
             },
             Some(r) => Reconcile {
-                cluster_spiffe_ids: r.cluster_spiffe_ids,
-                cluster_static_entries: r.cluster_static_entries,
-                cluster_federated_trust_domains: r.cluster_federated_trust_domains,
+                cluster_spiffe_ids: r.cluster_spiffe_ids.unwrap_or(false),
+                cluster_static_entries: r.cluster_static_entries.unwrap_or(false),
+                cluster_federated_trust_domains: r.cluster_federated_trust_domains.unwrap_or(false),
             },
         };
         let entry_id_prefix = non_empty(raw.entry_id_prefix).map(with_dot);
@@ -370,9 +390,57 @@ impl Config {
         if entry_id_prefix.is_some() && entry_id_prefix == entry_id_prefix_cleanup {
             return Err(ConfigError::Invalid {
                 key: "entryIDPrefixCleanup".into(),
-                message: "must differ from entryIDPrefix".into(),
+                message: format!(
+                    "{:?} must differ from entryIDPrefix",
+                    entry_id_prefix_cleanup.unwrap_or_default()
+                ),
             });
         }
+        let class_name = non_empty(raw.class_name);
+        let cluster_spiffe_id_label_selector = cluster_spiffe_id_label_selector(
+            raw.cluster_spiffe_id_label_selector_config,
+            raw.filter_by_class_name.unwrap_or(false),
+            class_name.as_deref(),
+            &mut notes,
+        )?;
+        if raw
+            .cache_namespace
+            .as_deref()
+            .is_some_and(|ns| !ns.is_empty())
+            && raw.cache_namespaces.is_some()
+        {
+            return Err(ConfigError::Invalid {
+                key: "cacheNamespace".into(),
+                message: "cannot be set together with cacheNamespaces; list the namespace there"
+                    .into(),
+            });
+        }
+        let cache_namespaces =
+            cache_namespaces(raw.cache_namespace, raw.cache_namespaces, &mut notes);
+        let grpc_max_call_recv_msg_size =
+            match raw.grpc.and_then(|g| g.max_call_recv_msg_size) {
+                None | Some(0) => None,
+                Some(n) => Some(usize::try_from(n).ok().filter(|n| *n >= 1024).ok_or_else(
+                    || ConfigError::Invalid {
+                        key: "grpc.maxCallRecvMsgSize".into(),
+                        message: format!("{n} is not a size in bytes of at least 1024"),
+                    },
+                )?),
+            };
+        let log_level = match raw.log_level {
+            None => LogLevel::default(),
+            Some(text) => LogLevel::parse(&text).ok_or_else(|| ConfigError::Invalid {
+                key: "logLevel".into(),
+                message: format!("{text:?} is not one of debug, info, warn, error"),
+            })?,
+        };
+        let log_encoding = match raw.log_encoding {
+            None => LogEncoding::default(),
+            Some(text) => LogEncoding::parse(&text).ok_or_else(|| ConfigError::Invalid {
+                key: "logEncoding".into(),
+                message: format!("{text:?} is not one of console, json"),
+            })?,
+        };
         Ok(Self {
             trust_domain,
             cluster_name,
@@ -383,17 +451,31 @@ impl Config {
                 .filter(|p| !p.as_os_str().is_empty())
                 .unwrap_or_else(|| PathBuf::from("/spire-server/api.sock")),
             gc_interval,
-            class_name: non_empty(raw.class_name),
-            watch_classless: raw.watch_classless,
+            class_name,
+            watch_classless: raw.watch_classless.unwrap_or(false),
             parent_id_template: non_empty(raw.parent_id_template),
             reconcile,
             entry_id_prefix,
             entry_id_prefix_cleanup,
-            leader_election: leader_election(raw.leader_election)?,
-            metrics: raw.metrics,
-            health: raw.health,
-            log_level: raw.log_level.unwrap_or_default(),
-            log_encoding: raw.log_encoding.unwrap_or_default(),
+            leader_election: leader_election(raw.leader_election.unwrap_or_default(), &mut notes)?,
+            metrics: Metrics {
+                bind_address: raw.metrics.bind_address,
+            },
+            health: Health {
+                health_probe_bind_address: raw.health.health_probe_bind_address,
+                readiness_endpoint_name: raw.health.readiness_endpoint_name,
+                liveness_endpoint_name: raw.health.liveness_endpoint_name,
+            },
+            log_level,
+            log_encoding,
+            cluster_spiffe_id_label_selector,
+            cache_namespaces,
+            grpc_max_call_recv_msg_size,
+            validating_webhook_configuration_name: non_empty(
+                raw.validating_webhook_configuration_name,
+            )
+            .unwrap_or_else(|| "spire-controller-manager-webhook".into()),
+            notes,
         })
     }
 
@@ -402,6 +484,23 @@ impl Config {
         self.ignore_namespaces
             .iter()
             .any(|re| re.is_match(namespace))
+    }
+}
+
+/// `metrics.bindAddres` for a path serde_ignored reports, without its `?` markers for
+/// optional values.
+fn key_path(path: &serde_ignored::Path) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", key_path(parent)),
+        Path::Map { parent, key } => match key_path(parent) {
+            prefix if prefix.is_empty() => key.clone(),
+            prefix => format!("{prefix}.{key}"),
+        },
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => key_path(parent),
     }
 }
 
@@ -425,35 +524,217 @@ fn check_type_meta(raw: &RawConfig) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn leader_election(raw: RawLeaderElection) -> Result<LeaderElection, ConfigError> {
-    if let Some(lock) = raw.resource_lock.as_deref()
-        && lock != "leases"
-    {
-        return Err(ConfigError::Invalid {
-            key: "leaderElection.resourceLock".into(),
-            message: format!("{lock:?} is not supported; only \"leases\" is"),
-        });
+/// The ClusterSPIFFEID watch's label selector. An explicit
+/// `clusterSPIFFEIDLabelSelectorConfig` wins; `filterByClassName: true` with a
+/// `className` selects the class label, as spire-controller-manager does to keep other
+/// classes' resources out of its cache.
+fn cluster_spiffe_id_label_selector(
+    config: Option<RawLabelSelectorConfig>,
+    filter_by_class_name: bool,
+    class_name: Option<&str>,
+    notes: &mut Vec<ConfigNote>,
+) -> Result<Option<String>, ConfigError> {
+    let key = "clusterSPIFFEIDLabelSelectorConfig";
+    if let Some(config) = config {
+        let mut terms: Vec<String> = config
+            .match_labels
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(label, value)| format!("{label}={value}"))
+            .collect();
+        for (i, requirement) in config
+            .match_expressions
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+        {
+            let invalid = |message: String| ConfigError::Invalid {
+                key: format!("{key}.matchExpressions[{i}]"),
+                message,
+            };
+            let values = requirement.values.join(",");
+            terms.push(match requirement.operator.as_str() {
+                "In" | "NotIn" if requirement.values.is_empty() => {
+                    return Err(invalid(format!(
+                        "operator {} needs values",
+                        requirement.operator
+                    )));
+                }
+                "In" => format!("{} in ({values})", requirement.key),
+                "NotIn" => format!("{} notin ({values})", requirement.key),
+                "Exists" => requirement.key.clone(),
+                "DoesNotExist" => format!("!{}", requirement.key),
+                other => {
+                    return Err(invalid(format!(
+                        "operator {other:?} is not one of In, NotIn, Exists, DoesNotExist"
+                    )));
+                }
+            });
+        }
+        if !terms.is_empty() {
+            return Ok(Some(terms.join(",")));
+        }
     }
-    let duration = |key: &str, value: Option<GoDuration>, default: u64| match value {
-        None => Ok(Duration::from_secs(default)),
-        Some(d) => d.to_std().map_err(|e| ConfigError::Invalid {
-            key: format!("leaderElection.{key}"),
-            message: e.to_string(),
+    match (filter_by_class_name, class_name) {
+        (true, Some(class)) => Ok(Some(format!("{CLASS_NAME_LABEL}={class}"))),
+        (true, None) => {
+            notes.push(ConfigNote {
+                key: "filterByClassName".into(),
+                message: "has no effect without className; every ClusterSPIFFEID is watched".into(),
+            });
+            Ok(None)
+        }
+        (false, _) => Ok(None),
+    }
+}
+
+/// `cacheNamespace` (one) or `cacheNamespaces` (a map whose keys are namespaces).
+fn cache_namespaces(
+    single: Option<String>,
+    several: Option<BTreeMap<String, Option<raw::RawCacheNamespace>>>,
+    notes: &mut Vec<ConfigNote>,
+) -> Vec<String> {
+    let mut namespaces: Vec<String> = single.into_iter().filter(|s| !s.is_empty()).collect();
+    for (namespace, selectors) in several.unwrap_or_default() {
+        if selectors.is_some_and(|s| s.label_selectors.is_some() || s.field_selectors.is_some()) {
+            notes.push(ConfigNote {
+                key: format!("cacheNamespaces.{namespace}"),
+                message: "label and field selectors are not applied; every pod of the namespace is watched".into(),
+            });
+        }
+        if !namespaces.contains(&namespace) {
+            namespaces.push(namespace);
+        }
+    }
+    namespaces
+}
+
+/// Notes for keys that are accepted but have no effect here, each saying why.
+fn note_unhonoured(raw: &RawConfig, notes: &mut Vec<ConfigNote>) {
+    let mut note = |key: &str, message: &str| {
+        notes.push(ConfigNote {
+            key: key.into(),
+            message: message.into(),
+        });
+    };
+    if raw.validating_webhook_configuration_name.is_some() {
+        note(
+            "validatingWebhookConfigurationName",
+            "no validating webhook is served yet: resources are checked when reconciled, and errors show in their status",
+        );
+    }
+    if let Some(webhook) = &raw.webhook
+        && (webhook.port.is_some() || webhook.host.is_some() || webhook.cert_dir.is_some())
+    {
+        note("webhook", "no validating webhook is served yet; ignored");
+    }
+    if raw.sync_period.is_some() {
+        note(
+            "syncPeriod",
+            "ignored: watches are event-driven; the periodic full resync is gcInterval",
+        );
+    }
+    if raw.graceful_shut_down.is_some() {
+        note(
+            "gracefulShutDown",
+            "ignored: on SIGTERM the operator finishes the write in flight and stops",
+        );
+    }
+    if let Some(controller) = &raw.controller
+        && (controller.group_kind_concurrency.is_some()
+            || controller.cache_sync_timeout.is_some()
+            || controller.recover_panic.is_some())
+    {
+        note(
+            "controller",
+            "ignored: one reconcile loop handles every kind, writes are batched and concurrent",
+        );
+    }
+    if raw.enable_entry_render_cache == Some(true) || raw.entry_render_cache_size.is_some() {
+        note(
+            "enableEntryRenderCache",
+            "ignored: entries are rendered once per pod change and kept, so no render cache is needed",
+        );
+    }
+    if raw.expand_env_static_manifests.is_some() {
+        note(
+            "expandEnvStaticManifests",
+            "ignored: static mode is not implemented",
+        );
+    }
+}
+
+fn leader_election(
+    raw: RawLeaderElection,
+    notes: &mut Vec<ConfigNote>,
+) -> Result<LeaderElection, ConfigError> {
+    match raw.resource_lock.as_deref() {
+        None | Some("" | "leases") => {}
+        // The multi-locks of older controller-runtime versions include the Lease, so a
+        // Lease alone still excludes an old replica during a rolling update.
+        Some(lock @ ("configmapsleases" | "endpointsleases")) => notes.push(ConfigNote {
+            key: "leaderElection.resourceLock".into(),
+            message: format!("{lock:?}: only the Lease part is used"),
         }),
+        Some(lock) => {
+            return Err(ConfigError::Invalid {
+                key: "leaderElection.resourceLock".into(),
+                message: format!("{lock:?} is not supported; only \"leases\" is"),
+            });
+        }
+    }
+    let duration = |key: &str, value: Option<RawDuration>, default: u64| match value {
+        None => Ok(Duration::from_secs(default)),
+        Some(RawDuration(nanos)) => u64::try_from(nanos)
+            .ok()
+            .filter(|n| *n > 0)
+            .map(Duration::from_nanos)
+            .ok_or_else(|| ConfigError::Invalid {
+                key: format!("leaderElection.{key}"),
+                message: format!(
+                    "{:?} must be positive",
+                    Duration::from_nanos(nanos.unsigned_abs())
+                ),
+            }),
     };
     let leader_elect = raw.leader_elect.unwrap_or(false);
     let resource_name = raw.resource_name.filter(|s| !s.is_empty());
     if leader_elect && resource_name.is_none() {
         return Err(ConfigError::Missing("leaderElection.resourceName"));
     }
-    Ok(LeaderElection {
+    let election = LeaderElection {
         leader_elect,
         resource_namespace: raw.resource_namespace.filter(|s| !s.is_empty()),
         resource_name,
         lease_duration: duration("leaseDuration", raw.lease_duration, 15)?,
         renew_deadline: duration("renewDeadline", raw.renew_deadline, 10)?,
         retry_period: duration("retryPeriod", raw.retry_period, 2)?,
-    })
+    };
+    // client-go's own checks (with its jitter factor 1.2), so a file it would refuse is
+    // refused here too instead of electing with nonsense timings.
+    let invalid = |key: &str, message: String| ConfigError::Invalid {
+        key: format!("leaderElection.{key}"),
+        message,
+    };
+    if election.lease_duration <= election.renew_deadline {
+        return Err(invalid(
+            "leaseDuration",
+            format!(
+                "{:?} must be longer than renewDeadline {:?}",
+                election.lease_duration, election.renew_deadline
+            ),
+        ));
+    }
+    if election.renew_deadline.as_secs_f64() <= election.retry_period.as_secs_f64() * 1.2 {
+        return Err(invalid(
+            "renewDeadline",
+            format!(
+                "{:?} must be longer than 1.2 x retryPeriod {:?}",
+                election.renew_deadline, election.retry_period
+            ),
+        ));
+    }
+    Ok(election)
 }
 
 fn with_dot(prefix: String) -> String {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
-use spire_operator::config::{LogEncoding, LogLevel};
+use spire_operator::config::LogEncoding;
 use spire_operator::spire::{SpiffeId, SpireAddress, SpireClient};
 
 mod run;
@@ -23,6 +23,8 @@ struct Cli {
     /// config file's logLevel for `run`, else info.
     #[arg(long, env = "SPIRE_OPERATOR_LOG", global = true)]
     log: Option<String>,
+    #[command(flatten)]
+    zap: ZapFlags,
     #[command(subcommand)]
     command: Command,
 }
@@ -68,31 +70,121 @@ enum Command {
     },
 }
 
+/// controller-runtime's zap flags, which spire-controller-manager's command line accepts.
+/// Explicit `--log` / `--log-format` win over them; they win over the config file.
+#[derive(clap::Args, Debug, Default)]
+struct ZapFlags {
+    /// Development logging (console lines, debug level), as controller-runtime's flag.
+    #[arg(long, global = true)]
+    zap_devel: bool,
+    /// `console` or `json`, as controller-runtime's flag (same as --log-format).
+    #[arg(long, global = true, value_enum)]
+    zap_encoder: Option<LogFormat>,
+    /// `debug`, `info`, `error`, `panic`, or a verbosity number (1 and above mean debug),
+    /// as controller-runtime's flag.
+    #[arg(long, global = true, value_parser = parse_zap_level)]
+    zap_log_level: Option<&'static str>,
+    /// Accepted for spire-controller-manager's command line; errors carry their source
+    /// chain instead of stack traces.
+    #[arg(long, global = true)]
+    zap_stacktrace_level: Option<String>,
+    /// Accepted for spire-controller-manager's command line; times are always RFC 3339.
+    #[arg(long, global = true)]
+    zap_time_encoding: Option<String>,
+}
+
+fn parse_zap_level(text: &str) -> Result<&'static str, String> {
+    match text.to_ascii_lowercase().as_str() {
+        "debug" => Ok("debug"),
+        "info" => Ok("info"),
+        "warn" => Ok("warn"),
+        "error" | "dpanic" | "panic" | "fatal" => Ok("error"),
+        other => match other.parse::<u8>() {
+            Ok(0) => Ok("info"),
+            Ok(_) => Ok("debug"),
+            Err(_) => Err(format!(
+                "{text:?} is not one of debug, info, error, panic or a verbosity number"
+            )),
+        },
+    }
+}
+
+impl ZapFlags {
+    fn ignored(&self) -> impl Iterator<Item = &'static str> {
+        [
+            self.zap_stacktrace_level
+                .as_ref()
+                .map(|_| "--zap-stacktrace-level"),
+            self.zap_time_encoding
+                .as_ref()
+                .map(|_| "--zap-time-encoding"),
+        ]
+        .into_iter()
+        .flatten()
+    }
+}
+
+/// Flags of spire-controller-manager's command line (Go's `flag` package, plus what
+/// controller-runtime registers), by name and whether they take a value.
+const GO_FLAGS: &[(&str, bool)] = &[
+    ("config", true),
+    ("expand-env", false),
+    ("spire-api-socket", true),
+    ("kubeconfig", true),
+    ("zap-devel", false),
+    ("zap-encoder", true),
+    ("zap-log-level", true),
+    ("zap-stacktrace-level", true),
+    ("zap-time-encoding", true),
+];
+
 /// Accepts spire-controller-manager's command line, so swapping the container image keeps
-/// a Deployment working: without a subcommand, `--config` / `--expand-env` mean `run`, and
-/// Go's single-dash spellings (`-config x`, `-config=x`, `-expand-env`) are read as the
+/// a Deployment working: without a subcommand, its flags mean `run`, and Go's spellings
+/// (`-config x`, `-config=x`, `-expand-env`, `-zap-devel=false`) are read as the
 /// double-dash ones. Other arguments are left for clap to accept or reject.
 fn scm_compatible_args(mut args: Vec<OsString>) -> Vec<OsString> {
-    const RUN_FLAGS: [&str; 2] = ["config", "expand-env"];
-    let is_run_flag = |arg: &str| {
-        arg.strip_prefix("--")
-            .or_else(|| arg.strip_prefix('-'))
-            .map(|flag| flag.split_once('=').map_or(flag, |(name, _)| name))
-            .is_some_and(|name| RUN_FLAGS.contains(&name))
+    let go_flag = |arg: &str| {
+        let flag = arg.strip_prefix("--").or_else(|| arg.strip_prefix('-'))?;
+        let name = flag.split_once('=').map_or(flag, |(name, _)| name);
+        GO_FLAGS.iter().find(|(known, _)| *known == name).copied()
     };
     let command = Cli::command();
-    let (mut has_subcommand, mut has_run_flag) = (false, false);
-    for arg in args.iter_mut().skip(1) {
-        let Some(s) = arg.to_str() else { continue };
-        has_subcommand |= s == "help" || command.find_subcommand(s).is_some();
-        if is_run_flag(s) {
-            has_run_flag = true;
-            if !s.starts_with("--") {
-                *arg = format!("-{s}").into();
+    let (mut has_subcommand, mut has_go_flag) = (false, false);
+    let mut i = 1;
+    while i < args.len() {
+        let Some(s) = args[i].to_str().map(str::to_owned) else {
+            i += 1;
+            continue;
+        };
+        has_subcommand |= s == "help" || command.find_subcommand(&s).is_some();
+        let Some((name, takes_value)) = go_flag(&s) else {
+            i += 1;
+            continue;
+        };
+        has_go_flag = true;
+        match (takes_value, s.split_once('=')) {
+            // Go's bool flags take a value only as `-flag=value` (strconv.ParseBool).
+            (false, Some((_, value))) => {
+                if matches!(value, "1" | "t" | "T" | "true" | "TRUE" | "True") {
+                    args[i] = format!("--{name}").into();
+                } else {
+                    args.remove(i);
+                    continue;
+                }
+            }
+            (true, None) => {
+                args[i] = format!("--{name}").into();
+                i += 1; // the value is the next word
+            }
+            _ => {
+                if !s.starts_with("--") {
+                    args[i] = format!("-{s}").into();
+                }
             }
         }
+        i += 1;
     }
-    if has_run_flag && !has_subcommand {
+    if has_go_flag && !has_subcommand {
         args.insert(1, "run".into());
     }
     args
@@ -121,10 +213,15 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 fn init_logging(format: LogFormat, filter: &str) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .with_context(|| format!("invalid --log filter {filter:?}"))?;
+    // Colour codes only for a person at a terminal: `kubectl logs` and log collectors
+    // would show them as escape sequences.
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Console => builder.try_init(),
@@ -163,25 +260,52 @@ fn limit_malloc_arenas() {}
 
 async fn async_main() -> anyhow::Result<()> {
     let cli = Cli::parse_from(scm_compatible_args(std::env::args_os().collect()));
-    if let Command::Run(args) = cli.command {
-        let config = spire_operator::config::Config::load(&args.config, args.expand_env)?;
-        let format = cli.log_format.unwrap_or(match config.log_encoding {
-            LogEncoding::Console => LogFormat::Console,
-            LogEncoding::Json => LogFormat::Json,
-        });
-        let level = match config.log_level {
-            LogLevel::Debug => "debug",
-            LogLevel::Info => "info",
-            LogLevel::Warn => "warn",
-            LogLevel::Error => "error",
-        };
+    let zap = &cli.zap;
+    let devel = zap.zap_devel;
+    if let Command::Run(args) = &cli.command {
+        let mut config = spire_operator::config::Config::load(&args.config, args.expand_env)?;
+        let format = cli
+            .log_format
+            .or(zap.zap_encoder)
+            .or(devel.then_some(LogFormat::Console))
+            .unwrap_or(match config.log_encoding {
+                LogEncoding::Console => LogFormat::Console,
+                LogEncoding::Json => LogFormat::Json,
+            });
+        let level = zap
+            .zap_log_level
+            .or(devel.then_some("debug"))
+            .unwrap_or(config.log_level.as_filter());
         init_logging(format, cli.log.as_deref().unwrap_or(level))?;
+        for note in &config.notes {
+            tracing::warn!("{note}");
+        }
+        if let Some(socket) = &args.spire_api_socket {
+            tracing::warn!(
+                socket = %socket.display(),
+                "--spire-api-socket is deprecated (as in spire-controller-manager); it overrides spireServerSocketPath"
+            );
+            config.spire_server_socket_path = socket.clone();
+        }
+        for flag in zap.ignored() {
+            tracing::warn!(
+                "flag {flag} is accepted for spire-controller-manager's command line and has no effect"
+            );
+        }
+        let Command::Run(args) = cli.command else {
+            unreachable!("matched above")
+        };
         return run::run(args, config).await;
     }
-    init_logging(
-        cli.log_format.unwrap_or(LogFormat::Console),
-        cli.log.as_deref().unwrap_or("info"),
-    )?;
+    let format = cli
+        .log_format
+        .or(zap.zap_encoder)
+        .unwrap_or(LogFormat::Console);
+    let level = zap
+        .zap_log_level
+        .or(devel.then_some("debug"))
+        .unwrap_or("info");
+    init_logging(format, cli.log.as_deref().unwrap_or(level))?;
     match cli.command {
         Command::Run(_) => unreachable!("handled above"),
         Command::CheckSpire {
@@ -195,6 +319,9 @@ async fn async_main() -> anyhow::Result<()> {
         Command::CheckConfig { config, expand_env } => {
             let config = spire_operator::config::Config::load(&config, expand_env)?;
             print!("{}", serde_norway::to_string(&config)?);
+            for note in &config.notes {
+                eprintln!("note: {note}");
+            }
             Ok(())
         }
         Command::Crds { out_dir: Some(dir) } => {
@@ -274,8 +401,63 @@ mod tests {
             parse(&["spire-operator", "crds"]).unwrap().command,
             Command::Crds { out_dir: None }
         ));
-        // A flag that is not spire-controller-manager's run flags still fails clearly.
-        assert!(parse(&["spire-operator", "--zap-log-level=debug"]).is_err());
+        // Flags nobody knows still fail clearly, and run still needs its config.
         assert!(parse(&["spire-operator", "-configx", "c.yaml"]).is_err());
+        assert!(parse(&["spire-operator", "--zap-log-level=debug"]).is_err());
+    }
+
+    #[test]
+    fn controller_runtime_flags_are_accepted_in_go_spellings() {
+        let cli = parse(&[
+            "manager",
+            "-config",
+            "c.yaml",
+            "-kubeconfig=/k",
+            "-spire-api-socket",
+            "/s.sock",
+            "-zap-log-level",
+            "2",
+            "-zap-encoder=json",
+            "-zap-devel",
+            "-zap-stacktrace-level=error",
+            "--zap-time-encoding",
+            "iso8601",
+        ])
+        .unwrap();
+        assert!(cli.zap.zap_devel);
+        assert_eq!(cli.zap.zap_log_level, Some("debug"));
+        assert!(matches!(cli.zap.zap_encoder, Some(LogFormat::Json)));
+        assert_eq!(
+            cli.zap.ignored().collect::<Vec<_>>(),
+            ["--zap-stacktrace-level", "--zap-time-encoding"]
+        );
+        let args = run_args(cli);
+        assert_eq!(args.kubeconfig, Some(PathBuf::from("/k")));
+        assert_eq!(args.spire_api_socket, Some(PathBuf::from("/s.sock")));
+
+        // Go bool flags: `-flag=false` turns them off, and never eat the next word.
+        let cli = parse(&[
+            "manager",
+            "-zap-devel=false",
+            "-expand-env=false",
+            "-config",
+            "c.yaml",
+        ])
+        .unwrap();
+        assert!(!cli.zap.zap_devel);
+        assert!(!run_args(cli).expand_env);
+        let cli = parse(&["manager", "-expand-env=true", "-config=c.yaml"]).unwrap();
+        assert!(run_args(cli).expand_env);
+        for (level, want) in [
+            ("info", "info"),
+            ("error", "error"),
+            ("panic", "error"),
+            ("0", "info"),
+        ] {
+            let cli =
+                parse(&["manager", "--config=c", &format!("--zap-log-level={level}")]).unwrap();
+            assert_eq!(cli.zap.zap_log_level, Some(want), "{level}");
+        }
+        assert!(parse(&["manager", "--config=c", "--zap-log-level=loud"]).is_err());
     }
 }

@@ -42,13 +42,32 @@ pub struct RunArgs {
     /// Upper bound on any single SPIRE API call (batch calls get less, sized per batch).
     #[arg(long, env = "SPIRE_API_TIMEOUT", default_value = "60s", value_parser = crate::parse_duration)]
     pub spire_timeout: Duration,
+    /// Kubeconfig file to use instead of the in-cluster service account (controller-runtime's
+    /// flag). Default: in-cluster, else `$KUBECONFIG`, else `~/.kube/config`.
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Deprecated spire-controller-manager flag: the SPIRE server socket, overriding the
+    /// config file's `spireServerSocketPath`.
+    #[arg(long)]
+    pub spire_api_socket: Option<PathBuf>,
 }
 
 pub async fn run(args: RunArgs, config: Config) -> anyhow::Result<()> {
     let config = Arc::new(config);
-    let kube = kube::Client::try_default()
-        .await
-        .context("connecting to the Kubernetes API (in-cluster or KUBECONFIG)")?;
+    let kube = match &args.kubeconfig {
+        None => kube::Client::try_default()
+            .await
+            .context("connecting to the Kubernetes API (in-cluster or KUBECONFIG)")?,
+        Some(path) => {
+            let file = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading --kubeconfig {}", path.display()))?;
+            let options = kube::config::KubeConfigOptions::default();
+            let client_config = kube::Config::from_custom_kubeconfig(file, &options)
+                .await
+                .with_context(|| format!("using --kubeconfig {}", path.display()))?;
+            kube::Client::try_from(client_config).context("creating the Kubernetes client")?
+        }
+    };
     let identity = args
         .identity
         .clone()
@@ -86,16 +105,6 @@ pub async fn run(args: RunArgs, config: Config) -> anyhow::Result<()> {
             async move { shutdown.notified().await }
         }
     };
-    let metrics_address = config
-        .metrics
-        .bind_address
-        .clone()
-        .unwrap_or_else(|| ":8082".into());
-    let health_address = config
-        .health
-        .health_probe_bind_address
-        .clone()
-        .unwrap_or_else(|| ":8083".into());
     let liveness = config
         .health
         .liveness_endpoint_name
@@ -106,24 +115,25 @@ pub async fn run(args: RunArgs, config: Config) -> anyhow::Result<()> {
         .readiness_endpoint_name
         .clone()
         .unwrap_or_else(|| "/readyz".into());
-    let metrics_server = {
+    // A bind address of "0" turns a server off (controller-runtime's convention).
+    let metrics_server = config.metrics.address().map(str::to_owned).map(|address| {
         let (metrics, stopped) = (metrics.clone(), stopped());
         tokio::spawn(async move {
-            if let Err(e) = http::serve_metrics(&metrics_address, metrics, stopped).await {
+            if let Err(e) = http::serve_metrics(&address, metrics, stopped).await {
                 tracing::error!(error = %e, "metrics server failed");
             }
         })
-    };
-    let health_server = {
+    });
+    let health_server = config.health.address().map(str::to_owned).map(|address| {
         let (health, stopped) = (health.clone(), stopped());
         tokio::spawn(async move {
             if let Err(e) =
-                http::serve_health(&health_address, health, &liveness, &readiness, stopped).await
+                http::serve_health(&address, health, &liveness, &readiness, stopped).await
             {
                 tracing::error!(error = %e, "health server failed");
             }
         })
-    };
+    });
 
     let spire = connect_spire(&config, args.spire_timeout, &health).await;
 
@@ -209,8 +219,9 @@ pub async fn run(args: RunArgs, config: Config) -> anyhow::Result<()> {
     };
     shutdown.notify_waiters();
     let _ = tokio::time::timeout(Duration::from_secs(5), async {
-        let _ = metrics_server.await;
-        let _ = health_server.await;
+        for server in [metrics_server, health_server].into_iter().flatten() {
+            let _ = server.await;
+        }
     })
     .await;
     outcome

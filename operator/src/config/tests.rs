@@ -176,27 +176,48 @@ fn bad_files_are_rejected_naming_the_key() {
         ("clusterName: prod\n", "trustDomain"),
         ("trustDomain: example.org\n", "clusterName"),
         ("trustDomain: ''\nclusterName: prod\n", "trustDomain"),
+        ("grpc: {maxCallRecvMsgSize: 1}\n", "grpc.maxCallRecvMsgSize"),
         (
-            "webhook: {port: 9443}\ntrustDomain: a\nclusterName: b\n",
-            "webhook",
+            "grpc: {maxCallRecvMsgSize: big}\n",
+            "grpc.maxCallRecvMsgSize",
         ),
-        ("grpc: {maxCallRecvMsgSize: 1}\n", "grpc"),
         ("staticManifestPath: /m\n", "staticManifestPath"),
         (
-            "validatingWebhookConfigurationName: x\n",
-            "validatingWebhookConfigurationName",
+            "logLevel: verbose\n",
+            "\"logLevel\": \"verbose\" is not one of",
         ),
-        ("trustDomian: typo\n", "trustDomian"),
-        ("metrics: {bindAddres: x}\n", "bindAddres"),
-        ("logLevel: verbose\n", "verbose"),
-        ("logEncoding: xml\n", "xml"),
+        (
+            "logEncoding: xml\n",
+            "\"logEncoding\": \"xml\" is not one of",
+        ),
         ("ignoreNamespaces: ['(']\n", "ignoreNamespaces[0]"),
-        ("gcInterval: soon\n", "gcInterval"),
+        (
+            "gcInterval: soon\n",
+            "gcInterval: \"soon\" is not a Go duration",
+        ),
+        ("gcInterval: 1.5\n", "gcInterval: 1.5 is not a whole number"),
+        ("gcInterval: [1]\n", "gcInterval"),
+        ("watchClassless: maybe\n", "watchClassless"),
+        (
+            "clusterSPIFFEIDLabelSelectorConfig: {matchExpressions: [{key: a, operator: Near}]}\n",
+            "clusterSPIFFEIDLabelSelectorConfig.matchExpressions[0]",
+        ),
+        (
+            "leaderElection: {leaseDuration: 5s}\n",
+            "leaderElection.leaseDuration",
+        ),
+        (
+            "leaderElection: {retryPeriod: 9s}\n",
+            "leaderElection.renewDeadline",
+        ),
+        (
+            "leaderElection: {renewDeadline: -1s}\n",
+            "leaderElection.renewDeadline",
+        ),
         (
             "leaderElection: {resourceLock: configmaps}\n",
             "leaderElection.resourceLock",
         ),
-        ("leaderElection: {leaseDuration: 15}\n", "leaseDuration"),
         (
             "leaderElection: {leaderElect: true}\n",
             "leaderElection.resourceName",
@@ -233,4 +254,225 @@ fn effective_config_prints_as_yaml() {
     assert!(yaml.contains("gcInterval: 10s"), "{yaml}");
     assert!(yaml.contains("^(?:local-path-storage)$"), "{yaml}");
     assert!(yaml.contains("entryIDPrefix: null"), "{yaml}");
+}
+
+fn note_keys(c: &Config) -> Vec<&str> {
+    c.notes.iter().map(|n| n.key.as_str()).collect()
+}
+
+#[test]
+fn every_spire_controller_manager_key_is_accepted() {
+    // Each key spire-controller-manager v0.6.x and its controller-runtime settings know,
+    // with the value types they take there.
+    let yaml = r#"
+trustDomain: example.org
+clusterName: prod
+validatingWebhookConfigurationName: spire-controller-manager-webhook
+filterByClassName: false
+staticManifestPath: ""
+expandEnvStaticManifests: false
+enableEntryRenderCache: false
+entryRenderCacheSize: 300000
+grpc: {maxCallRecvMsgSize: 16777216}
+syncPeriod: 10h
+gracefulShutDown: 30s
+cacheNamespace: ""
+cacheNamespaces: {shop: {}, bank: {labelSelectors: [app=x]}}
+controller: {groupKindConcurrency: {ClusterSPIFFEID.spire.spiffe.io: 1}, cacheSyncTimeout: 2m, recoverPanic: true}
+webhook: {port: 9443, host: 0.0.0.0, certDir: /tmp}
+metrics: {bindAddress: "0"}
+health: {healthProbeBindAddress: "0"}
+"#;
+    let c = Config::from_yaml(yaml).unwrap();
+    assert_eq!(c.grpc_max_call_recv_msg_size, Some(16 * 1024 * 1024));
+    assert_eq!(c.cache_namespaces, ["bank", "shop"]);
+    assert_eq!(c.metrics.address(), None, "metrics off");
+    assert_eq!(c.health.address(), None, "probes off");
+    assert_eq!(
+        c.validating_webhook_configuration_name,
+        "spire-controller-manager-webhook"
+    );
+    assert_eq!(c.cluster_spiffe_id_label_selector, None);
+    assert_eq!(
+        note_keys(&c),
+        [
+            "validatingWebhookConfigurationName",
+            "webhook",
+            "syncPeriod",
+            "gracefulShutDown",
+            "controller",
+            "enableEntryRenderCache",
+            "expandEnvStaticManifests",
+            "cacheNamespaces.bank",
+        ]
+    );
+    for note in &c.notes {
+        assert!(!note.message.is_empty(), "{note}");
+    }
+}
+
+#[test]
+fn helm_writes_the_gc_interval_as_a_float() {
+    // Helm's toYaml writes 10000000000 as 1e+10.
+    let c = Config::from_yaml(&format!("{MINIMAL}gcInterval: 1e+10\n")).unwrap();
+    assert_eq!(c.gc_interval, Duration::from_secs(10));
+    let c = Config::from_yaml(&format!("{MINIMAL}gcInterval: 1m30s\n")).unwrap();
+    assert_eq!(c.gc_interval, Duration::from_secs(90));
+}
+
+#[test]
+fn unknown_keys_are_notes_not_errors() {
+    let c = Config::from_yaml(&format!(
+        "{MINIMAL}trustDomian: typo\nmetrics: {{bindAddres: x, bindAddress: ':9000'}}\nfutureKey: {{a: 1}}\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        note_keys(&c),
+        ["futureKey", "metrics.bindAddres", "trustDomian"]
+    );
+    assert_eq!(c.metrics.address(), Some(":9000"));
+    assert!(
+        c.notes[0].to_string().contains("unknown key"),
+        "{}",
+        c.notes[0]
+    );
+}
+
+#[test]
+fn log_settings_read_as_zap_does() {
+    for (text, level) in [
+        ("DEBUG", LogLevel::Debug),
+        ("Info", LogLevel::Info),
+        ("warn", LogLevel::Warn),
+        ("error", LogLevel::Error),
+        ("panic", LogLevel::Error),
+    ] {
+        let c = Config::from_yaml(&format!("{MINIMAL}logLevel: {text}\n")).unwrap();
+        assert_eq!(c.log_level, level, "{text}");
+    }
+    let c = Config::from_yaml(&format!("{MINIMAL}logEncoding: JSON\n")).unwrap();
+    assert_eq!(c.log_encoding, LogEncoding::Json);
+}
+
+#[test]
+fn the_cluster_spiffe_id_watch_selector() {
+    let cases = [
+        (
+            "className: blue\nfilterByClassName: true\n",
+            Some("spire.spiffe.io/class-name=blue"),
+        ),
+        ("className: blue\nfilterByClassName: false\n", None),
+        ("filterByClassName: true\n", None),
+        (
+            "clusterSPIFFEIDLabelSelectorConfig: {matchLabels: {team: a}, matchExpressions: [{key: tier, operator: In, values: [x, y]}, {key: legacy, operator: DoesNotExist}]}\n",
+            Some("team=a,tier in (x,y),!legacy"),
+        ),
+        (
+            "className: blue\nfilterByClassName: true\nclusterSPIFFEIDLabelSelectorConfig: {matchLabels: {team: a}}\n",
+            Some("team=a"),
+        ),
+    ];
+    for (extra, want) in cases {
+        let c = Config::from_yaml(&format!("{MINIMAL}{extra}")).unwrap();
+        assert_eq!(
+            c.cluster_spiffe_id_label_selector.as_deref(),
+            want,
+            "{extra}"
+        );
+    }
+}
+
+#[test]
+fn old_multi_locks_use_their_lease() {
+    let c = Config::from_yaml(&format!(
+        "{MINIMAL}leaderElection: {{leaderElect: true, resourceName: x, resourceLock: configmapsleases}}\n"
+    ))
+    .unwrap();
+    assert!(c.leader_election.leader_elect);
+    assert_eq!(note_keys(&c), ["leaderElection.resourceLock"]);
+}
+
+/// The shapes the SPIRE project's Helm chart renders (see the fixtures' README).
+mod hardened_chart {
+    use super::*;
+
+    const DEFAULT: &str = include_str!("../../tests/fixtures/hardened-chart/default.yaml");
+    const NO_WEBHOOK: &str =
+        include_str!("../../tests/fixtures/hardened-chart/no-webhook-cleanup.yaml");
+    const OVERRIDES: &str = include_str!("../../tests/fixtures/hardened-chart/overrides.yaml");
+    const EXTERNAL: &str =
+        include_str!("../../tests/fixtures/hardened-chart/external-cluster.yaml");
+    const STATIC: &str = include_str!("../../tests/fixtures/hardened-chart/static.yaml");
+
+    #[test]
+    fn default_shape() {
+        let c = Config::from_yaml(DEFAULT).unwrap();
+        assert_eq!(c.gc_interval, Duration::from_secs(10));
+        assert_eq!(c.entry_id_prefix.as_deref(), Some("shop-cluster."));
+        assert_eq!(c.class_name.as_deref(), Some("identity-id"));
+        assert!(!c.watch_classless);
+        assert_eq!(c.cluster_spiffe_id_label_selector, None);
+        assert!(c.leader_election.leader_elect);
+        assert_eq!(c.leader_election.retry_period, Duration::from_secs(2));
+        assert_eq!(
+            c.validating_webhook_configuration_name,
+            "id-spire-controller-manager-webhook"
+        );
+        assert!(c.is_namespace_ignored("openshift-monitoring"));
+        // Only the webhook name is worth a note: nothing else is unknown or unhonoured.
+        assert_eq!(note_keys(&c), ["validatingWebhookConfigurationName"]);
+    }
+
+    #[test]
+    fn webhook_off_with_cleanup() {
+        let c = Config::from_yaml(NO_WEBHOOK).unwrap();
+        assert_eq!(c.entry_id_prefix_cleanup.as_deref(), Some("legacy."));
+        assert_eq!(
+            c.validating_webhook_configuration_name,
+            "spire-controller-manager-webhook"
+        );
+        assert!(c.notes.is_empty(), "{:?}", c.notes);
+    }
+
+    #[test]
+    fn overrides_with_expand_env() {
+        let text = expand_env(OVERRIDES, |name| {
+            (name == "CLUSTER_NAME").then(|| "bank-eu".to_owned())
+        });
+        let c = Config::from_yaml(&text).unwrap();
+        assert_eq!(c.cluster_name, "bank-eu");
+        assert_eq!(c.gc_interval, Duration::from_secs(30));
+        assert_eq!(
+            (c.log_level, c.log_encoding),
+            (LogLevel::Debug, LogEncoding::Json)
+        );
+        assert_eq!(c.leader_election.lease_duration, Duration::from_secs(60));
+        assert_eq!(c.entry_id_prefix_cleanup.as_deref(), Some(""));
+        assert_eq!(
+            c.cluster_spiffe_id_label_selector.as_deref(),
+            Some("spire.spiffe.io/class-name=payments")
+        );
+        assert!(
+            c.is_namespace_ignored("cattle-system") && c.is_namespace_ignored("kube-node-lease")
+        );
+        assert!(!c.reconcile.cluster_static_entries);
+    }
+
+    #[test]
+    fn external_cluster() {
+        let c = Config::from_yaml(EXTERNAL).unwrap();
+        assert_eq!(c.cache_namespaces, ["checkout"]);
+        assert_eq!(c.metrics.address(), Some("0.0.0.0:8084"));
+        assert_eq!(note_keys(&c), ["cacheNamespaces.checkout"]);
+    }
+
+    #[test]
+    fn static_mode_is_refused_naming_the_key() {
+        let err = Config::from_yaml(STATIC).unwrap_err();
+        assert!(
+            err.to_string().contains("staticManifestPath")
+                && err.to_string().contains("/manifests"),
+            "{err}"
+        );
+    }
 }
