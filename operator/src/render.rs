@@ -203,8 +203,8 @@ impl StaticEntry {
             check_selector(&format!("spec.selectors[{i}]"), selector)?;
         }
         let selectors = spec.selectors.iter().cloned().collect();
-        let mut dns_names = spec.dns_names.clone();
-        dedup_in_order(&mut dns_names);
+        // As written, like spire-controller-manager: a static entry is the user's entry.
+        let dns_names = spec.dns_names.clone();
         Ok(Self {
             name: resource.metadata.name.clone().unwrap_or_default(),
             age: Age::of(&resource.metadata),
@@ -290,18 +290,29 @@ fn check_selector(field: &str, selector: &str) -> Result<(), SpecError> {
     }
 }
 
+/// Trust domains to federate with, each written as a name (`partner.org`) or as a SPIFFE
+/// ID (`spiffe://partner.org`, any path), as go-spiffe's `TrustDomainFromString` reads
+/// them for spire-controller-manager; SPIRE gets the bare name.
 fn federates_with(names: &[String]) -> Result<BTreeSet<String>, SpecError> {
     let mut set = BTreeSet::new();
     for (i, name) in names.iter().enumerate() {
-        if !TRUST_DOMAIN_NAME.is_match(name) {
+        let field = || format!("spec.federatesWith[{i}]");
+        let trust_domain = if name.contains(":/") {
+            name.parse::<SpiffeId>()
+                .map_err(|e| SpecError::new(field(), e))?
+                .trust_domain()
+                .to_owned()
+        } else if TRUST_DOMAIN_NAME.is_match(name) {
+            name.clone()
+        } else {
             return Err(SpecError::new(
-                format!("spec.federatesWith[{i}]"),
+                field(),
                 format!(
-                    "{name:?} is not a trust domain name (lowercase letters, digits, '.', '-', '_')"
+                    "{name:?} is not a trust domain name (lowercase letters, digits, '.', '-', '_') or spiffe://<trust domain>"
                 ),
             ));
-        }
-        set.insert(name.clone());
+        };
+        set.insert(trust_domain);
     }
     Ok(set)
 }

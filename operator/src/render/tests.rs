@@ -111,6 +111,27 @@ fn renders_a_pod_entry_like_spire_controller_manager() {
 }
 
 #[test]
+fn federates_with_takes_names_and_spiffe_ids_like_spire_controller_manager() {
+    let entry = render(
+        ClusterSPIFFEIDSpec {
+            federates_with: vec![
+                "spiffe://partner.org".into(),
+                "other.org".into(),
+                "spiffe://third.org/any/path".into(),
+                "partner.org".into(),
+            ],
+            ..ns_sa()
+        },
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        entry.federates_with.iter().collect::<Vec<_>>(),
+        ["other.org", "partner.org", "third.org"]
+    );
+}
+
+#[test]
 fn service_names_follow_template_names_without_duplicates() {
     let services = service_dns_names("web", "shop", "cluster.local");
     let entry = render(
@@ -179,7 +200,14 @@ fn errors_name_the_field() {
         (
             "spec.federatesWith[0]",
             ClusterSPIFFEIDSpec {
-                federates_with: vec!["spiffe://partner.org".into()],
+                federates_with: vec!["Partner.org".into()],
+                ..ns_sa()
+            },
+        ),
+        (
+            "spec.federatesWith[1]",
+            ClusterSPIFFEIDSpec {
+                federates_with: vec!["a.org".into(), "https://partner.org".into()],
                 ..ns_sa()
             },
         ),
@@ -230,6 +258,8 @@ fn static_entries_parse_and_name_bad_fields() {
             parent_id: "spiffe://example.org/spire/agent/x509pop/host".into(),
             selectors: vec!["unix:uid:1000".into()],
             store_svid: true,
+            dns_names: vec!["db.b".into(), "db.a".into(), "db.b".into()],
+            federates_with: vec!["spiffe://partner.org".into()],
             ..Default::default()
         },
         status: None,
@@ -237,6 +267,12 @@ fn static_entries_parse_and_name_bad_fields() {
     let parsed = StaticEntry::parse(&good).unwrap();
     assert!(parsed.entry.store_svid);
     assert_eq!(parsed.entry.key.selectors.len(), 1);
+    // dnsNames as written (spire-controller-manager passes them through unchanged).
+    assert_eq!(parsed.entry.dns_names, ["db.b", "db.a", "db.b"]);
+    assert_eq!(
+        parsed.entry.federates_with.iter().collect::<Vec<_>>(),
+        ["partner.org"]
+    );
 
     let mut bad = good.clone();
     bad.spec.selectors = vec!["unix:uid:1000".into(), "nocolon".into()];
