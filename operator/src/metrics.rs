@@ -55,6 +55,8 @@ pub struct Metrics {
     spire_rpc_duration: HistogramFamily,
     /// Existing entries taken over in place.
     pub entries_adopted: Counter,
+    /// Desired entries found as entries the operator may not adopt (left alone).
+    pub entry_conflicts: Counter,
     /// Full ListEntries runs.
     pub entry_lists: Counter,
     /// Reconcile passes completed.
@@ -117,6 +119,11 @@ impl Metrics {
             "entries_adopted",
             "Existing entries taken over in place",
         );
+        let entry_conflicts = counter(
+            &mut registry,
+            "entry_conflicts",
+            "Desired entries that already exist as entries spire-operator may not adopt (left alone)",
+        );
         let entry_lists = counter(&mut registry, "entry_lists", "Full ListEntries runs");
         let passes = counter(&mut registry, "passes", "Reconcile passes completed");
         let pass_duration = Histogram::new(exponential_buckets(0.001, 2.0, 17));
@@ -170,6 +177,7 @@ impl Metrics {
             entry_writes,
             spire_rpc_duration,
             entries_adopted,
+            entry_conflicts,
             entry_lists,
             passes,
             pass_duration,

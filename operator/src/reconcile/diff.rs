@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::collections::{BTreeMap, HashSet};
 
+use super::ownership::Class;
 use crate::spire::api::types::EntryMask;
 use crate::spire::{EntryKey, EntrySpec};
 
@@ -14,9 +15,9 @@ pub struct ActualEntry {
     pub id: String,
     /// Its fields.
     pub spec: EntrySpec,
-    /// Whether the operator created or adopted it. Only owned entries are ever updated
-    /// or deleted without first being adopted by matching a desired entry's key.
-    pub owned: bool,
+    /// Whose it is. Only owned entries are ever updated or deleted, adoptable ones after
+    /// being adopted by matching a desired entry's key.
+    pub class: Class,
 }
 
 /// What to write to bring the server to the desired state.
@@ -33,6 +34,10 @@ pub struct Plan {
     pub adopt: Vec<String>,
     /// Entries neither desired nor owned: left alone.
     pub foreign: usize,
+    /// Entries that have a desired key but may not be adopted (made by someone else):
+    /// left alone, and the desired entry is not created (SPIRE refuses a second entry
+    /// with one key). Reported.
+    pub conflicts: Vec<(String, EntryKey)>,
 }
 
 impl Plan {
@@ -57,7 +62,9 @@ pub fn plan<'a>(
     let mut duplicates = Vec::new();
     for entry in actual {
         match by_key.get(&entry.spec.key) {
-            Some(kept) if kept.owned || !entry.owned => duplicates.push(entry),
+            Some(kept) if kept.class == Class::Owned || entry.class != Class::Owned => {
+                duplicates.push(entry);
+            }
             Some(kept) => {
                 duplicates.push(*kept);
                 by_key.insert(&entry.spec.key, entry);
@@ -73,8 +80,13 @@ pub fn plan<'a>(
         match by_key.get(key) {
             Some(have) => {
                 matched.insert(have.id.as_str());
-                if !have.owned {
-                    plan.adopt.push(have.id.clone());
+                match have.class {
+                    Class::Owned => {}
+                    Class::Adoptable => plan.adopt.push(have.id.clone()),
+                    Class::Foreign | Class::JoinToken => {
+                        plan.conflicts.push((have.id.clone(), key.clone()));
+                        continue;
+                    }
                 }
                 if want.differs(&have.spec, mask) {
                     plan.update.push((have.id.clone(), want.clone()));
@@ -87,7 +99,7 @@ pub fn plan<'a>(
         if matched.contains(entry.id.as_str()) {
             continue;
         }
-        if entry.owned {
+        if entry.class == Class::Owned {
             plan.delete.push(entry.id.clone());
         } else {
             plan.foreign += 1;
@@ -97,6 +109,7 @@ pub fn plan<'a>(
     plan.update.sort_by(|a, b| a.0.cmp(&b.0));
     plan.delete.sort();
     plan.adopt.sort();
+    plan.conflicts.sort();
     plan
 }
 
@@ -104,6 +117,7 @@ pub fn plan<'a>(
 mod tests {
     use super::*;
     use crate::spire::managed_fields;
+    use Class::{Adoptable, Foreign, JoinToken, Owned};
 
     fn spec(path: &str, selectors: &[&str]) -> EntrySpec {
         EntrySpec {
@@ -123,11 +137,11 @@ mod tests {
         }
     }
 
-    fn actual(id: &str, spec: EntrySpec, owned: bool) -> ActualEntry {
+    fn actual(id: &str, spec: EntrySpec, class: Class) -> ActualEntry {
         ActualEntry {
             id: id.into(),
             spec,
-            owned,
+            class,
         }
     }
 
@@ -163,13 +177,13 @@ mod tests {
             Case {
                 name: "equal owned entry needs nothing",
                 desired: vec![web.clone()],
-                actual: vec![actual("e1", web.clone(), true)],
+                actual: vec![actual("e1", web.clone(), Owned)],
                 want: Plan::default(),
             },
             Case {
                 name: "changed hint is updated in place",
                 desired: vec![web_hinted.clone()],
-                actual: vec![actual("e1", web.clone(), true)],
+                actual: vec![actual("e1", web.clone(), Owned)],
                 want: Plan {
                     update: vec![("e1".into(), web_hinted.clone())],
                     ..Default::default()
@@ -178,7 +192,7 @@ mod tests {
             Case {
                 name: "changed SPIFFE ID is delete plus create",
                 desired: vec![web_moved.clone()],
-                actual: vec![actual("e1", web.clone(), true)],
+                actual: vec![actual("e1", web.clone(), Owned)],
                 want: Plan {
                     create: vec![web_moved.clone()],
                     delete: vec!["e1".into()],
@@ -189,8 +203,8 @@ mod tests {
                 name: "owned entry no longer desired is deleted, foreign one is left",
                 desired: vec![],
                 actual: vec![
-                    actual("e1", web.clone(), true),
-                    actual("e2", cli.clone(), false),
+                    actual("e1", web.clone(), Owned),
+                    actual("e2", cli.clone(), Foreign),
                 ],
                 want: Plan {
                     delete: vec!["e1".into()],
@@ -199,11 +213,11 @@ mod tests {
                 },
             },
             Case {
-                name: "foreign entry with a desired key is adopted, not re-created",
+                name: "adoptable entry with a desired key is adopted, not re-created",
                 desired: vec![web_hinted.clone(), db.clone()],
                 actual: vec![
-                    actual("scm-1", web.clone(), false),
-                    actual("scm-2", db.clone(), false),
+                    actual("scm-1", web.clone(), Adoptable),
+                    actual("scm-2", db.clone(), Adoptable),
                 ],
                 want: Plan {
                     update: vec![("scm-1".into(), web_hinted.clone())],
@@ -215,8 +229,8 @@ mod tests {
                 name: "an owned duplicate of a key is removed",
                 desired: vec![web.clone()],
                 actual: vec![
-                    actual("e1", web.clone(), true),
-                    actual("e2", web.clone(), true),
+                    actual("e1", web.clone(), Owned),
+                    actual("e2", web.clone(), Owned),
                 ],
                 want: Plan {
                     delete: vec!["e2".into()],
@@ -227,11 +241,26 @@ mod tests {
                 name: "with a foreign duplicate, the owned entry serves and the foreign one stays",
                 desired: vec![web.clone()],
                 actual: vec![
-                    actual("f1", web.clone(), false),
-                    actual("e1", web.clone(), true),
+                    actual("f1", web.clone(), Foreign),
+                    actual("e1", web.clone(), Owned),
                 ],
                 want: Plan {
                     foreign: 1,
+                    ..Default::default()
+                },
+            },
+            Case {
+                name: "foreign or join-token entry with a desired key is a conflict: not taken, not duplicated",
+                desired: vec![web_hinted.clone(), db.clone()],
+                actual: vec![
+                    actual("cli-1", web.clone(), Foreign),
+                    actual("token-1", db.clone(), JoinToken),
+                ],
+                want: Plan {
+                    conflicts: vec![
+                        ("cli-1".into(), web.key.clone()),
+                        ("token-1".into(), db.key.clone()),
+                    ],
                     ..Default::default()
                 },
             },
@@ -249,7 +278,7 @@ mod tests {
         web_hinted.hint = "web".into();
         let mut mask = managed_fields();
         mask.hint = false; // an older server that drops hints
-        let got = plan(&desired(&[web_hinted]), &[actual("e1", web, true)], &mask);
+        let got = plan(&desired(&[web_hinted]), &[actual("e1", web, Owned)], &mask);
         assert!(got.is_empty(), "{got:?}");
     }
 

@@ -5,13 +5,23 @@
 //! - its ID carries this operator's prefix (`entryIDPrefix`, or by default
 //!   `spire-operator.<clusterName>.`) followed by a dot-free suffix, so a prefix never
 //!   claims a longer one's entries (`a.` does not own `a.b.<uuid>`);
-//! - or it was adopted: an existing entry with the key of a desired one, taken over in
-//!   place (migration from spire-controller-manager). Adopted IDs are remembered in a
-//!   ConfigMap so that a restart does not forget them;
-//! - or its ID matches `entryIDPrefixCleanup` (`""`: IDs without a dot): such entries
-//!   are deleted unless a desired entry has their key, in which case they are adopted.
+//! - or it was adopted (see below). Adopted IDs are remembered in a ConfigMap so that a
+//!   restart does not forget them;
+//! - or its ID starts with `entryIDPrefixCleanup` (plain prefix match, as
+//!   spire-controller-manager: `foo.` covers `foo.bar.<uuid>`; `""` means IDs without a
+//!   dot): such entries are deleted unless a desired entry has their key, in which case
+//!   they are adopted.
 //!
-//! Join-token agent entries are never touched.
+//! Adoption takes over, in place, an existing entry with the key of a desired one, so a
+//! migration from spire-controller-manager re-issues no SVID. Only entries
+//! spire-controller-manager itself would have owned under the same config are adoptable:
+//! with `entryIDPrefix` configured, IDs starting with it (plain prefix match); without it
+//! (spire-controller-manager then claims the whole server), IDs without a dot, which is
+//! what it and the SPIRE CLI create, but never a dotted ID (another cluster's or tool's
+//! prefix). Any other entry with a desired key is a conflict: reported, left alone, and
+//! not duplicated (SPIRE refuses two entries with one key).
+//!
+//! Join-token agent entries are never touched or adopted.
 
 use std::collections::BTreeSet;
 
@@ -22,7 +32,9 @@ use crate::spire::EntrySpec;
 pub enum Class {
     /// Ours: updated and deleted as desired state says.
     Owned,
-    /// Not ours: adopted if a desired entry has its key, otherwise left alone.
+    /// Not ours yet: adopted if a desired entry has its key, otherwise left alone.
+    Adoptable,
+    /// Not ours and never adopted: left alone; a desired entry with its key is a conflict.
     Foreign,
     /// A join-token agent entry: never touched, never adopted.
     JoinToken,
@@ -32,6 +44,9 @@ pub enum Class {
 #[derive(Debug, Clone)]
 pub struct Ownership {
     prefix: String,
+    /// Whether `entryIDPrefix` was configured (else spire-controller-manager would have
+    /// claimed every entry).
+    prefix_configured: bool,
     cleanup: Option<String>,
     adopted: BTreeSet<String>,
 }
@@ -44,6 +59,7 @@ impl Ownership {
             prefix: prefix
                 .map(str::to_owned)
                 .unwrap_or_else(|| format!("spire-operator.{cluster_name}.")),
+            prefix_configured: prefix.is_some(),
             cleanup: cleanup.map(str::to_owned),
             adopted: BTreeSet::new(),
         }
@@ -61,13 +77,24 @@ impl Ownership {
         }
         let cleanup = match self.cleanup.as_deref() {
             Some("") => !id.contains('.'),
-            Some(prefix) => has_prefix(id, prefix),
+            Some(prefix) => id.starts_with(prefix),
             None => false,
         };
         if has_prefix(id, &self.prefix) || self.adopted.contains(id) || cleanup {
             Class::Owned
+        } else if self.would_scm_own(id) {
+            Class::Adoptable
         } else {
             Class::Foreign
+        }
+    }
+
+    /// Whether spire-controller-manager, run with the same config, owned entry `id`.
+    fn would_scm_own(&self, id: &str) -> bool {
+        if self.prefix_configured {
+            id.starts_with(&self.prefix)
+        } else {
+            !id.contains('.')
         }
     }
 
@@ -146,6 +173,7 @@ mod tests {
         let default = Ownership::new(None, "prod", None);
         let prefixed = Ownership::new(Some("team-a."), "prod", None);
         let cleanup_unprefixed = Ownership::new(Some("team-a."), "prod", Some(""));
+        let cleanup_nested = Ownership::new(Some("team-a."), "prod", Some("foo."));
         let cases = [
             (&default, "spire-operator.prod.0f1e", &pod, Class::Owned),
             (
@@ -155,15 +183,21 @@ mod tests {
                 Class::Foreign,
             ),
             (&default, "spire-operator.other.0f1e", &pod, Class::Foreign),
-            (&default, "0f1e-uuid-from-scm", &pod, Class::Foreign),
+            // Without entryIDPrefix, spire-controller-manager claimed dot-free IDs.
+            (&default, "0f1e-uuid-from-scm", &pod, Class::Adoptable),
+            (&default, "other-cluster.0f1e", &pod, Class::Foreign),
             (
                 &default,
                 "spire-operator.prod.0f1e",
                 &join,
                 Class::JoinToken,
             ),
+            (&default, "0f1e", &join, Class::JoinToken),
             (&prefixed, "team-a.0f1e", &pod, Class::Owned),
+            // spire-controller-manager's plain prefix match covers nested prefixes.
+            (&prefixed, "team-a.eu.0f1e", &pod, Class::Adoptable),
             (&prefixed, "team-b.0f1e", &pod, Class::Foreign),
+            (&prefixed, "0f1e-cli-made", &pod, Class::Foreign),
             (
                 &cleanup_unprefixed,
                 "0f1e-uuid-from-scm",
@@ -171,6 +205,9 @@ mod tests {
                 Class::Owned,
             ),
             (&cleanup_unprefixed, "team-b.0f1e", &pod, Class::Foreign),
+            (&cleanup_nested, "foo.bar.0f1e", &pod, Class::Owned),
+            (&cleanup_nested, "foo.0f1e", &pod, Class::Owned),
+            (&cleanup_nested, "food.0f1e", &pod, Class::Foreign),
         ];
         for (ownership, id, entry, want) in cases {
             assert_eq!(ownership.classify(id, entry), want, "{id}");
@@ -189,7 +226,7 @@ mod tests {
         );
         assert_eq!(ownership.classify("scm-1", &pod), Class::Owned);
         assert!(ownership.forget("scm-1"));
-        assert_eq!(ownership.classify("scm-1", &pod), Class::Foreign);
+        assert_eq!(ownership.classify("scm-1", &pod), Class::Adoptable);
     }
 
     #[test]

@@ -29,7 +29,7 @@ use crate::render::{
     ParentTemplate, PodIdentity, PodInput, SpecError, StaticEntry, service_dns_names,
 };
 use crate::spire::api::types::EntryMask;
-use crate::spire::{EntrySpec, SpireClient, managed_fields};
+use crate::spire::{EntryKey, EntrySpec, SpireClient, managed_fields};
 use crate::status::{self, Readiness};
 use crate::template::TemplateData;
 
@@ -528,6 +528,9 @@ impl Reconciler {
             }
             self.mirror.set_owned(id);
         }
+        for (id, key) in &plan.conflicts {
+            self.report_conflict(id, key).await;
+        }
         if plan.is_empty() {
             return WriteReport::default();
         }
@@ -552,7 +555,7 @@ impl Reconciler {
             self.mirror.insert(super::diff::ActualEntry {
                 id,
                 spec,
-                owned: true,
+                class: super::ownership::Class::Owned,
             });
         }
         for (id, spec) in std::mem::take(&mut report.updated) {
@@ -844,6 +847,32 @@ impl Reconciler {
                     tracing::warn!(clusterstaticentry = %name, error = %e, "writing status failed");
                 }
             }
+        }
+    }
+
+    /// A desired entry whose key an entry we may not adopt already has (CLI-made, another
+    /// cluster's, a join-token agent's): that entry keeps serving as it is; the pods that
+    /// wanted it get a Warning event, once.
+    async fn report_conflict(&mut self, id: &str, key: &EntryKey) {
+        let message = format!(
+            "SPIRE entry {id} (not created by spire-operator and outside the entries it may adopt) already has this pod's SPIFFE ID {}, parent ID and selectors; it is left as it is, so spire-operator does not manage its other fields",
+            key.spiffe_id
+        );
+        if !self.announce(format!("conflict/{id}"), &message) {
+            return;
+        }
+        self.ctx.metrics.entry_conflicts.inc();
+        tracing::warn!(entry = %id, spiffe_id = %key.spiffe_id, "a desired entry already exists as an entry spire-operator may not adopt; left alone");
+        let pods: Vec<_> = self
+            .desired
+            .sources_of(&KeyId::of(key))
+            .filter_map(|source| match source {
+                Source::Pod { namespace, name } => Some(Pod::object_ref_from(namespace, name)),
+                Source::Static { .. } => None,
+            })
+            .collect();
+        for pod in pods {
+            self.publish(&pod, "EntryNotAdopted", message.clone()).await;
         }
     }
 

@@ -162,14 +162,10 @@ impl Mirror {
     pub fn from_listing(entries: Vec<(String, EntrySpec)>, ownership: &Ownership) -> Self {
         let mut mirror = Self::default();
         for (id, spec) in entries {
-            match ownership.classify(&id, &spec) {
-                Class::JoinToken => {}
-                class => mirror.insert(ActualEntry {
-                    id,
-                    spec,
-                    owned: class == Class::Owned,
-                }),
-            }
+            // Join-token entries stay in the mirror, so that a desired entry with the same
+            // key is seen as a conflict instead of a create SPIRE refuses every pass.
+            let class = ownership.classify(&id, &spec);
+            mirror.insert(ActualEntry { id, spec, class });
         }
         mirror
     }
@@ -205,7 +201,7 @@ impl Mirror {
                 .get_mut(key)
                 .and_then(|l| l.iter_mut().find(|e| e.id == id))
         {
-            entry.owned = true;
+            entry.class = Class::Owned;
         }
     }
 
@@ -225,7 +221,12 @@ impl Mirror {
 
     /// (owned, foreign) entry counts.
     pub fn counts(&self) -> (usize, usize) {
-        let owned = self.by_key.values().flatten().filter(|e| e.owned).count();
+        let owned = self
+            .by_key
+            .values()
+            .flatten()
+            .filter(|e| e.class == Class::Owned)
+            .count();
         (owned, self.by_id.len() - owned)
     }
 
