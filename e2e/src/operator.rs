@@ -19,6 +19,9 @@ use crate::spire::Spire;
 use crate::workdir::WorkDir;
 use crate::{http, kube_util, wait};
 
+mod deployed;
+pub use deployed::Deployment;
+
 /// The operator's own namespace (`--namespace`): it keeps its ConfigMap and, with leader
 /// election, its Lease there.
 pub const OPERATOR_NAMESPACE: &str = "spire-system";

@@ -33,9 +33,10 @@ pub struct RunArgs {
     #[arg(long, env = "SPIRE_OPERATOR_EXPAND_ENV")]
     pub expand_env: bool,
     /// The operator's own namespace: the adopted-entries ConfigMap and, by default, the
-    /// leader election Lease live there.
-    #[arg(long, env = "POD_NAMESPACE", default_value = "spire-system")]
-    pub namespace: String,
+    /// leader election Lease live there. Default: the namespace of the pod's service
+    /// account (as controller-runtime finds it), else `spire-system`.
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub namespace: Option<String>,
     /// This replica's identity for leader election and events. Default: the host name.
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
@@ -52,7 +53,28 @@ pub struct RunArgs {
     pub spire_api_socket: Option<PathBuf>,
 }
 
-pub async fn run(args: RunArgs, config: Config) -> anyhow::Result<()> {
+/// Where a pod's service account token mount says which namespace the pod runs in.
+const SERVICE_ACCOUNT_NAMESPACE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
+
+/// `--namespace`, else the service account's namespace file, else `spire-system`.
+/// spire-controller-manager's Deployments set no namespace variable, so the file is what
+/// makes an image swap keep the operator's ConfigMap in the namespace its Role covers.
+fn operator_namespace(flag: Option<String>, service_account_file: &std::path::Path) -> String {
+    flag.filter(|ns| !ns.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string(service_account_file)
+                .ok()
+                .map(|ns| ns.trim().to_owned())
+                .filter(|ns| !ns.is_empty())
+        })
+        .unwrap_or_else(|| "spire-system".into())
+}
+
+pub async fn run(mut args: RunArgs, config: Config) -> anyhow::Result<()> {
+    let namespace = operator_namespace(
+        args.namespace.take(),
+        std::path::Path::new(SERVICE_ACCOUNT_NAMESPACE),
+    );
     let config = Arc::new(config);
     let kube = match &args.kubeconfig {
         None => kube::Client::try_default()
@@ -85,7 +107,7 @@ pub async fn run(args: RunArgs, config: Config) -> anyhow::Result<()> {
         trust_domain = %config.trust_domain,
         cluster_name = %config.cluster_name,
         cluster_domain = %cluster_domain,
-        namespace = %args.namespace,
+        namespace = %namespace,
         "starting"
     );
 
@@ -168,7 +190,7 @@ pub async fn run(args: RunArgs, config: Config) -> anyhow::Result<()> {
                 namespace: election
                     .resource_namespace
                     .clone()
-                    .unwrap_or_else(|| args.namespace.clone()),
+                    .unwrap_or_else(|| namespace.clone()),
                 lease_name: election.resource_name.clone().unwrap_or_default(),
                 identity: identity.clone(),
                 lease_duration: election.lease_duration,
@@ -191,7 +213,7 @@ pub async fn run(args: RunArgs, config: Config) -> anyhow::Result<()> {
     let reconciler = Reconciler::new(Context {
         config: config.clone(),
         cluster_domain,
-        namespace: args.namespace.clone(),
+        namespace: namespace.clone(),
         kube: kube.clone(),
         spire,
         stores,
@@ -277,4 +299,23 @@ async fn terminated() {
         _ = tokio::signal::ctrl_c() => {}
     }
     tracing::info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_namespace_comes_from_the_flag_then_the_service_account() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("namespace");
+        assert_eq!(operator_namespace(None, &file), "spire-system");
+        std::fs::write(&file, "spire-server\n").unwrap();
+        assert_eq!(operator_namespace(None, &file), "spire-server");
+        assert_eq!(operator_namespace(Some("mine".into()), &file), "mine");
+        assert_eq!(
+            operator_namespace(Some(String::new()), &file),
+            "spire-server"
+        );
+    }
 }

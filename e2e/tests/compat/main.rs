@@ -2,4 +2,5 @@
 //! migration from it, restarts, and a differential comparison of the entries.
 
 mod differential;
+mod hardened_chart;
 mod migration;

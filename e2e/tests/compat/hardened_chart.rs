@@ -1,0 +1,282 @@
+//! The SPIRE project's Helm chart (spiffe/helm-charts-hardened) with our image in place of
+//! spire-controller-manager's: its config file shapes (`operator/tests/fixtures/hardened-chart`),
+//! its container args verbatim, and the CRDs it installs (spire-controller-manager's own,
+//! whose status schema has no `conditions` or `observedGeneration`). The operator must
+//! start unchanged, reconcile as that config says, and not loop patching a status the
+//! API server prunes.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use e2e::entries::{self, EntryView};
+use e2e::kube_util::{apply_crds, ensure_namespace};
+use e2e::operator::{Deployment, Operator};
+use e2e::reference::ReferenceControllerManager;
+use e2e::world::World;
+use kube::api::{Api, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::discovery::ApiResource;
+use serde_json::{Value, json};
+
+const FIXTURES: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../operator/tests/fixtures/hardened-chart"
+);
+const WRITES: &str = "spire_operator_entry_writes_total";
+
+/// The fixture's text with the harness's addresses and socket in place of the chart's
+/// (line by line, so everything else, e.g. `gcInterval: 1e+10`, stays as the chart wrote it).
+fn adapt(fixture: &str, metrics: &str, health: &str, world: &World) -> String {
+    let text = std::fs::read_to_string(format!("{FIXTURES}/{fixture}"))
+        .unwrap_or_else(|e| panic!("reading fixture {fixture}: {e}"));
+    text.lines()
+        .map(|line| {
+            let indent = &line[..line.len() - line.trim_start().len()];
+            match line.trim_start().split_once(':').map(|(key, _)| key) {
+                Some("bindAddress") => format!("{indent}bindAddress: {metrics}"),
+                Some("healthProbeBindAddress") => {
+                    format!("{indent}healthProbeBindAddress: {health}")
+                }
+                Some("spireServerSocketPath") => format!(
+                    "spireServerSocketPath: \"{}\"",
+                    world.spire.server_socket().display()
+                ),
+                _ => line.to_owned(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A world with spire-controller-manager's CRDs, the chart's namespace, a node and pods.
+async fn world(trust_domain: &str, pods: &[(&str, &str)]) -> anyhow::Result<World> {
+    let world = World::start_without_crds(trust_domain).await?;
+    apply_crds(&world.client, &ReferenceControllerManager::crd_files()?).await?;
+    ensure_namespace(&world.client, "identity").await?;
+    world.node("node-a").await?;
+    for (namespace, name) in pods {
+        world.namespace(namespace, &[]).await?;
+        world
+            .pod(namespace, name, "default", "node-a", &[("app", "web")])
+            .await?;
+    }
+    Ok(world)
+}
+
+/// Applies a ClusterSPIFFEID with labels (the chart labels its own with their class).
+async fn csid(world: &World, name: &str, labels: Value, spec: Value) -> anyhow::Result<()> {
+    let gvk = GroupVersionKind::gvk("spire.spiffe.io", "v1alpha1", "ClusterSPIFFEID");
+    let api: Api<DynamicObject> = Api::all_with(world.client.clone(), &ApiResource::from_gvk(&gvk));
+    let object: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "spire.spiffe.io/v1alpha1",
+        "kind": "ClusterSPIFFEID",
+        "metadata": { "name": name, "labels": labels },
+        "spec": spec,
+    }))?;
+    api.patch(
+        name,
+        &PatchParams::apply("e2e").force(),
+        &Patch::Apply(&object),
+    )
+    .await
+    .with_context(|| format!("applying ClusterSPIFFEID {name}"))?;
+    Ok(())
+}
+
+fn csid_spec(path: &str, class: Option<&str>) -> Value {
+    let mut spec = json!({
+        "spiffeIDTemplate": format!("spiffe://{{{{ .TrustDomain }}}}/{path}/{{{{ .PodMeta.Namespace }}}}/{{{{ .PodMeta.Name }}}}"),
+        "podSelector": {},
+    });
+    if let Some(class) = class {
+        spec["className"] = class.into();
+    }
+    spec
+}
+
+fn ids(entries: &[EntryView]) -> Vec<(&str, &str)> {
+    entries
+        .iter()
+        .filter(|e| e.is_pod_entry())
+        .map(|e| (e.spiffe_id.as_str(), e.id.as_str()))
+        .collect()
+}
+
+async fn resource_version(world: &World, name: &str) -> anyhow::Result<(String, Value)> {
+    let gvk = GroupVersionKind::gvk("spire.spiffe.io", "v1alpha1", "ClusterSPIFFEID");
+    let api: Api<DynamicObject> = Api::all_with(world.client.clone(), &ApiResource::from_gvk(&gvk));
+    let object = api.get(name).await?;
+    Ok((
+        object.metadata.resource_version.unwrap_or_default(),
+        object.data.get("status").cloned().unwrap_or(Value::Null),
+    ))
+}
+
+#[tokio::test]
+async fn the_charts_default_config_and_args_start_it_unchanged() -> anyhow::Result<()> {
+    let world = world("shop.example", &[("shop", "web-0")]).await?;
+    csid(
+        &world,
+        "chart-default",
+        json!({"spire.spiffe.io/class-name": "identity-id"}),
+        csid_spec("chart", Some("identity-id")),
+    )
+    .await?;
+    // Classless, and the chart's config does not watch classless resources.
+    csid(&world, "classless", json!({}), csid_spec("classless", None)).await?;
+
+    let kubeconfig = world
+        .control_plane
+        .kubeconfig()
+        .to_string_lossy()
+        .into_owned();
+    let config = |metrics: &str, health: &str| adapt("default.yaml", metrics, health, &world);
+    let args = ["--config=controller-manager-config.yaml".to_owned()];
+    let mut operator = Operator::spawn_deployed(&Deployment {
+        file_name: "controller-manager-config.yaml",
+        config: &config,
+        args: &args,
+        env: &[("ENABLE_WEBHOOKS", "true"), ("KUBECONFIG", &kubeconfig)],
+    })?;
+    operator.wait_ready(Duration::from_secs(60)).await?;
+
+    let listed = entries::wait_for(&world.spire, "the chart's class gets its entry", |e| {
+        ids(e).len() == 1
+    })
+    .await
+    .with_context(|| operator.log_tail(40))?;
+    let (spiffe_id, id) = ids(&listed)[0];
+    assert_eq!(spiffe_id, "spiffe://shop.example/chart/shop/web-0");
+    assert!(id.starts_with("shop-cluster."), "entryIDPrefix: {id}");
+
+    // The CRDs prune conditions and observedGeneration; the stats stay. Once settled,
+    // a full resync (gcInterval 1e+10 = 10 s) must patch nothing and write nothing.
+    let status = wait_status(&world, "chart-default").await?;
+    assert_eq!(status["stats"]["entriesToSet"], 1, "{status}");
+    let (version, _) = resource_version(&world, "chart-default").await?;
+    let writes = operator.metrics().await?.value(WRITES, &[]);
+    tokio::time::sleep(Duration::from_secs(13)).await;
+    operator.ensure_running()?;
+    let (after, status) = resource_version(&world, "chart-default").await?;
+    assert_eq!(
+        version, after,
+        "status re-patched across a resync: {status}"
+    );
+    assert_eq!(operator.metrics().await?.value(WRITES, &[]), writes);
+    let metrics = operator.metrics().await?;
+    assert!(
+        metrics.value("spire_operator_entry_lists_total", &[]) >= 2.0,
+        "a resync ran"
+    );
+
+    let log = std::fs::read_to_string(operator.log_path())?;
+    assert!(
+        !log.contains('\u{1b}'),
+        "colour codes in a log that is not a terminal"
+    );
+    assert!(
+        log.contains("validatingWebhookConfigurationName"),
+        "the unhonoured key is reported at start:\n{log}"
+    );
+    Ok(())
+}
+
+/// The ClusterSPIFFEID's status once the operator wrote stats into it.
+async fn wait_status(world: &World, name: &str) -> anyhow::Result<Value> {
+    for _ in 0..150 {
+        let (_, status) = resource_version(world, name).await?;
+        if status.get("stats").is_some() {
+            return Ok(status);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    anyhow::bail!("ClusterSPIFFEID {name} got no status stats within 30 s")
+}
+
+#[tokio::test]
+async fn the_charts_overrides_with_expand_env() -> anyhow::Result<()> {
+    let world = world("bank.example", &[("pay", "api-0")]).await?;
+    csid(
+        &world,
+        "payments",
+        json!({"spire.spiffe.io/class-name": "payments"}),
+        csid_spec("payments", Some("payments")),
+    )
+    .await?;
+
+    let kubeconfig = world
+        .control_plane
+        .kubeconfig()
+        .to_string_lossy()
+        .into_owned();
+    let config = |metrics: &str, health: &str| adapt("overrides.yaml", metrics, health, &world);
+    let args = [
+        "--config=controller-manager-config.yaml".to_owned(),
+        "--expand-env".to_owned(),
+    ];
+    let mut operator = Operator::spawn_deployed(&Deployment {
+        file_name: "controller-manager-config.yaml",
+        config: &config,
+        args: &args,
+        env: &[
+            ("ENABLE_WEBHOOKS", "true"),
+            ("KUBECONFIG", &kubeconfig),
+            ("CLUSTER_NAME", "bank-eu"),
+        ],
+    })?;
+    operator.wait_ready(Duration::from_secs(60)).await?;
+    let listed = entries::wait_for(&world.spire, "the labelled class gets its entry", |e| {
+        ids(e).len() == 1
+    })
+    .await
+    .with_context(|| operator.log_tail(40))?;
+    let entry = listed
+        .iter()
+        .find(|e| e.is_pod_entry())
+        .context("pod entry")?;
+    assert_eq!(entry.spiffe_id, "spiffe://bank.example/payments/pay/api-0");
+    // parentIDTemplate with .NodeMeta.Name and the cluster name from the environment.
+    assert_eq!(
+        entry.parent_id,
+        "spiffe://bank.example/spire/agent/k8s_psat/bank-eu/node-a"
+    );
+    // logEncoding: json
+    let log = std::fs::read_to_string(operator.log_path())?;
+    let first = log.lines().next().context("no log line")?;
+    serde_json::from_str::<Value>(first).with_context(|| format!("not JSON: {first}"))?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_external_cluster_config_with_its_kubeconfig_flag() -> anyhow::Result<()> {
+    let world = world("shop.example", &[("checkout", "cart-0")]).await?;
+    // Classless: this config watches classless resources.
+    csid(&world, "classless", json!({}), csid_spec("edge", None)).await?;
+
+    let kubeconfig = world
+        .control_plane
+        .kubeconfig()
+        .to_string_lossy()
+        .into_owned();
+    let config =
+        |metrics: &str, health: &str| adapt("external-cluster.yaml", metrics, health, &world);
+    let args = [
+        format!("--kubeconfig={kubeconfig}"),
+        "--config=controller-manager-config-edge.yaml".to_owned(),
+    ];
+    let mut operator = Operator::spawn_deployed(&Deployment {
+        file_name: "controller-manager-config-edge.yaml",
+        config: &config,
+        args: &args,
+        env: &[("ENABLE_WEBHOOKS", "false")],
+    })?;
+    operator.wait_ready(Duration::from_secs(60)).await?;
+    let listed = entries::wait_for(&world.spire, "the classless resource gets its entry", |e| {
+        ids(e).len() == 1
+    })
+    .await
+    .with_context(|| operator.log_tail(40))?;
+    let (spiffe_id, id) = ids(&listed)[0];
+    assert_eq!(spiffe_id, "spiffe://shop.example/edge/checkout/cart-0");
+    assert!(id.starts_with("edge."), "{id}");
+    Ok(())
+}
