@@ -23,10 +23,17 @@ pub struct Books<'a> {
 }
 
 impl Books<'_> {
-    /// Applies `report`, taking its created / updated / deleted lists.
-    pub fn record(&mut self, report: &mut WriteReport) {
+    /// Applies `report`, taking its created / updated / deleted lists. Returns the
+    /// keys whose earlier failure is cleared by this success (their statuses change).
+    pub fn record(&mut self, report: &mut WriteReport) -> Vec<KeyId> {
+        let mut recovered = Vec::new();
+        let mut succeeded = |failed: &mut HashMap<KeyId, String>, key: KeyId| {
+            if failed.remove(&key).is_some() {
+                recovered.push(key);
+            }
+        };
         for (id, spec) in std::mem::take(&mut report.created) {
-            self.failed_writes.remove(&KeyId::of(&spec.key));
+            succeeded(self.failed_writes, KeyId::of(&spec.key));
             self.mirror.insert(ActualEntry {
                 id,
                 spec,
@@ -34,12 +41,12 @@ impl Books<'_> {
             });
         }
         for (id, spec) in std::mem::take(&mut report.updated) {
-            self.failed_writes.remove(&KeyId::of(&spec.key));
+            succeeded(self.failed_writes, KeyId::of(&spec.key));
             self.mirror.update(&id, spec);
         }
         for id in std::mem::take(&mut report.deleted) {
             if let Some(entry) = self.mirror.remove(&id) {
-                self.failed_writes.remove(&KeyId::of(&entry.spec.key));
+                succeeded(self.failed_writes, KeyId::of(&entry.spec.key));
             }
             self.ownership.forget(&id);
         }
@@ -56,11 +63,12 @@ impl Books<'_> {
             }
         }
         for failure in &report.failed {
-            tracing::warn!(error = %failure.message, "entry write failed; will retry");
+            tracing::debug!(error = %failure.message, "entry write failed; will retry");
             if let Some(key) = &failure.key {
                 self.failed_writes
                     .insert(KeyId::of(key), failure.message.clone());
             }
         }
+        recovered
     }
 }

@@ -25,6 +25,7 @@
 //! - Entries are deleted only when [`ownership`] says they are ours.
 
 pub mod adopted;
+pub mod backoff;
 pub mod bookkeeping;
 pub mod desired;
 pub mod diff;
@@ -37,5 +38,7 @@ pub mod runner;
 pub mod services;
 pub mod state;
 pub mod statics;
+#[cfg(test)]
+mod tests;
 pub mod watch;
 pub mod writer;

@@ -54,7 +54,7 @@ impl ClusterSpiffeIds {
 }
 
 /// What the reconciler remembers about one pod between passes (for statuses).
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct PodRecord {
     /// What each selecting ClusterSPIFFEID did for the pod.
     pub outcomes: Vec<(String, Outcome)>,

@@ -47,12 +47,18 @@ impl Reconciler {
             .set(self.pod_records.values().filter(|r| r.unscheduled).count() as i64);
     }
 
-    pub(super) async fn write_statuses(&mut self, affected: &BTreeSet<String>, statics: bool) {
+    /// Writes the status of the `affected` ClusterSPIFFEIDs (and of those whose last
+    /// status or event failed), of every ClusterStaticEntry, and the events that go with
+    /// them. Returns whether something failed and needs another try.
+    pub(super) async fn write_statuses(&mut self, affected: &BTreeSet<String>) -> bool {
         let now = Time(Timestamp::now());
         let mut events = 0;
+        let retry: BTreeSet<String> = std::mem::take(&mut self.pending_statuses);
         for resource in self.ctx.stores.cluster_spiffe_ids.state() {
             let name = resource.name_any();
-            if !affected.contains(&name) || self.cluster_spiffe_ids.out_of_class.contains(&name) {
+            if !(affected.contains(&name) || retry.contains(&name))
+                || self.cluster_spiffe_ids.out_of_class.contains(&name)
+            {
                 continue;
             }
             let (stats, readiness, render_failures) = self.identity_report(&resource);
@@ -63,6 +69,7 @@ impl Reconciler {
                 resource.status.as_ref(),
                 &now,
             );
+            let mut ok = true;
             if resource.status.as_ref() != Some(&status) {
                 let api: Api<ClusterSPIFFEID> = Api::all(self.ctx.kube.clone());
                 let patch = serde_json::json!({ "status": status });
@@ -70,36 +77,46 @@ impl Reconciler {
                     .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
                     .await
                 {
-                    tracing::warn!(clusterspiffeid = %name, error = %e, "writing status failed");
+                    tracing::warn!(clusterspiffeid = %name, error = %e, "writing status failed; will retry");
+                    self.ctx.metrics.report_failures.inc();
+                    ok = false;
                 }
             }
-            if let Readiness::InvalidSpec(message) = &readiness
+            if let Some((reason, message)) = readiness.event()
                 && events < EVENTS_PER_PASS
-                && self.announce(format!("csid/{name}"), message)
             {
-                events += 1;
-                self.publish(&resource.object_ref(&()), "InvalidSpec", message.clone())
-                    .await;
+                let reference = resource.object_ref(&());
+                match self
+                    .announce(format!("csid/{name}"), &reference, reason, message)
+                    .await
+                {
+                    Announced::Published => events += 1,
+                    Announced::Failed => ok = false,
+                    Announced::AlreadyKnown => {}
+                }
             }
             for (pod, message) in render_failures {
                 if events >= EVENTS_PER_PASS {
                     break;
                 }
-                if self.announce(format!("pod/{}/{}/{name}", pod.0, pod.1), &message) {
-                    events += 1;
-                    let reference = pod_reference(&pod.0, &pod.1);
-                    self.publish(
-                        &reference,
-                        "RenderFailed",
-                        format!("ClusterSPIFFEID {name}: {message}"),
-                    )
-                    .await;
+                let reference = pod_reference(&pod.0, &pod.1);
+                let subject = format!("pod/{}/{}/{name}", pod.0, pod.1);
+                let note = format!("ClusterSPIFFEID {name}: {message}");
+                match self
+                    .announce(subject, &reference, "RenderFailed", note)
+                    .await
+                {
+                    Announced::Published => events += 1,
+                    Announced::Failed => ok = false,
+                    Announced::AlreadyKnown => {}
                 }
             }
+            if !ok {
+                self.pending_statuses.insert(name);
+            }
         }
-        if statics {
-            self.write_static_statuses(&now).await;
-        }
+        let statics_ok = self.write_static_statuses(&now, &mut events).await;
+        !self.pending_statuses.is_empty() || !statics_ok
     }
 
     fn identity_report(&self, resource: &ClusterSPIFFEID) -> IdentityReport {
@@ -171,8 +188,10 @@ impl Reconciler {
         (stats, readiness, render_failures)
     }
 
-    async fn write_static_statuses(&mut self, now: &Time) {
+    /// Returns false when a status or event failed.
+    async fn write_static_statuses(&mut self, now: &Time, events: &mut usize) -> bool {
         let api: Api<ClusterStaticEntry> = Api::all(self.ctx.kube.clone());
+        let mut all_ok = true;
         for resource in self.ctx.stores.cluster_static_entries.state() {
             let name = resource.name_any();
             let Some(record) = self.static_records.get(&name) else {
@@ -209,33 +228,101 @@ impl Reconciler {
                     .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
                     .await
                 {
-                    tracing::warn!(clusterstaticentry = %name, error = %e, "writing status failed");
+                    tracing::warn!(clusterstaticentry = %name, error = %e, "writing status failed; will retry");
+                    self.ctx.metrics.report_failures.inc();
+                    all_ok = false;
                 }
+            }
+            if let Some((reason, message)) = readiness.event()
+                && *events < EVENTS_PER_PASS
+            {
+                let reference = resource.object_ref(&());
+                match self
+                    .announce(format!("cse/{name}"), &reference, reason, message)
+                    .await
+                {
+                    Announced::Published => *events += 1,
+                    Announced::Failed => all_ok = false,
+                    Announced::AlreadyKnown => {}
+                }
+            }
+        }
+        all_ok
+    }
+
+    /// Publishes a Warning event about `subject` unless `note` was already published
+    /// for it (events go out once per change). A failed publication is forgotten, so
+    /// the next pass tries again.
+    async fn announce(
+        &mut self,
+        subject: String,
+        reference: &ObjectReference,
+        reason: &str,
+        note: String,
+    ) -> Announced {
+        if self.announced.get(&subject) == Some(&note) {
+            return Announced::AlreadyKnown;
+        }
+        let event = Event {
+            type_: EventType::Warning,
+            reason: reason.into(),
+            note: Some(note.clone()),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        match self.ctx.recorder.publish(&event, reference).await {
+            Ok(()) => {
+                self.announced.insert(subject, note);
+                Announced::Published
+            }
+            Err(e) => {
+                tracing::warn!(%subject, error = %e, reason, "publishing event failed; will retry");
+                self.ctx.metrics.report_failures.inc();
+                Announced::Failed
             }
         }
     }
 
-    /// Whether `message` is new for `subject` (events are published once per change).
-    fn announce(&mut self, subject: String, message: &str) -> bool {
-        if self.announced.get(&subject).map(String::as_str) == Some(message) {
-            return false;
+    /// Forgets the events of subjects that no longer fail, so memory follows the
+    /// current failures and a failure that comes back is announced again.
+    pub(super) fn prune_announced(&mut self) {
+        let mut live: BTreeSet<String> = BTreeSet::new();
+        for name in self.cluster_spiffe_ids.invalid.keys() {
+            live.insert(format!("csid/{name}"));
         }
-        self.announced.insert(subject, message.to_owned());
-        true
+        for ((ns, pod), record) in &self.pod_records {
+            for (name, outcome) in &record.outcomes {
+                if matches!(outcome, Outcome::RenderFailed(_)) {
+                    live.insert(format!("pod/{ns}/{pod}/{name}"));
+                }
+            }
+        }
+        let failing_csids: BTreeSet<&String> = self
+            .pod_records
+            .values()
+            .flat_map(|r| r.owners.iter())
+            .filter(|(_, key)| self.failed_writes.contains_key(key))
+            .map(|(name, _)| name)
+            .collect();
+        live.extend(failing_csids.into_iter().map(|n| format!("csid/{n}")));
+        for (name, record) in &self.static_records {
+            let failing = match &record.result {
+                Err(_) => true,
+                Ok(key) => self.failed_writes.contains_key(key),
+            };
+            if failing {
+                live.insert(format!("cse/{name}"));
+            }
+        }
+        self.announced.retain(|subject, _| live.contains(subject));
     }
+}
 
-    async fn publish(&self, reference: &ObjectReference, reason: &str, note: String) {
-        let event = Event {
-            type_: EventType::Warning,
-            reason: reason.into(),
-            note: Some(note),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        if let Err(e) = self.ctx.recorder.publish(&event, reference).await {
-            tracing::warn!(error = %e, reason, "publishing event failed");
-        }
-    }
+/// What [`Reconciler::announce`] did.
+enum Announced {
+    Published,
+    AlreadyKnown,
+    Failed,
 }
 
 fn pod_reference(namespace: &str, name: &str) -> ObjectReference {

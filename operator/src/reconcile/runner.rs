@@ -15,6 +15,7 @@ use kube::ResourceExt;
 use kube::runtime::events::Recorder;
 
 use super::adopted::{self, ADOPTED_CONFIG_MAP};
+use super::backoff::Retrier;
 use super::bookkeeping::Books;
 use super::diff::Plan;
 use super::dirty::DirtySet;
@@ -26,7 +27,6 @@ use super::statics::{self, StaticRecord};
 use super::watch::{Dirty, Stores};
 use super::writer::{self, WriteReport};
 use crate::config::Config;
-use crate::http::Health;
 use crate::metrics::Metrics;
 use crate::render::{ParentTemplate, SpecError};
 use crate::spire::api::types::EntryMask;
@@ -50,8 +50,6 @@ pub struct Context {
     pub dirty: Arc<DirtySet<Dirty>>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
-    /// Readiness.
-    pub health: Arc<Health>,
     /// Event publisher.
     pub recorder: Recorder,
 }
@@ -92,13 +90,28 @@ pub struct Reconciler {
     pub(super) static_records: BTreeMap<String, StaticRecord>,
     /// Keys whose last write failed, with the message.
     pub(super) failed_writes: HashMap<KeyId, String>,
-    retry_attempt: u32,
     /// The adopted IDs last saved to the ConfigMap.
     persisted_adopted: BTreeSet<String>,
     /// The last event message per subject, so an event is published once per change.
     pub(super) announced: HashMap<String, String>,
+    /// ClusterSPIFFEIDs whose last status patch or event failed.
+    pub(super) pending_statuses: BTreeSet<String>,
     listed_once: bool,
+    /// When the mask was last reset to every managed field.
+    mask_checked: Instant,
+    /// A failed ListEntries.
+    list_retry: Retrier,
+    /// Failed entry writes.
+    write_retry: Retrier,
+    /// Creates that found their key taken: the mirror is stale, re-list.
+    conflict_retry: Retrier,
+    /// Failed status patches and events.
+    status_retry: Retrier,
 }
+
+/// How often fields found unsupported are compared again, in case the server was
+/// upgraded (spire-controller-manager re-checks every 10 minutes too).
+const MASK_RECHECK: Duration = Duration::from_secs(600);
 
 impl Reconciler {
     /// Prepares the loop; reads the adopted entry IDs.
@@ -117,7 +130,22 @@ impl Reconciler {
                 source,
             })?;
         ownership.set_adopted(adopted.clone());
+        let dirty = ctx.dirty.clone();
+        let retrier = |mark: Dirty, initial: u64, max: u64| {
+            Retrier::new(
+                mark,
+                dirty.clone(),
+                Duration::from_millis(initial),
+                Duration::from_secs(max),
+            )
+        };
         Ok(Self {
+            list_retry: retrier(Dirty::Resync, 1000, 60),
+            write_retry: retrier(Dirty::Retry, 500, 60),
+            conflict_retry: retrier(Dirty::Resync, 1000, 300),
+            status_retry: retrier(Dirty::Retry, 1000, 60),
+            pending_statuses: BTreeSet::new(),
+            mask_checked: Instant::now(),
             ctx,
             parent,
             cluster_spiffe_ids: ClusterSpiffeIds::default(),
@@ -128,7 +156,6 @@ impl Reconciler {
             pod_records: HashMap::new(),
             static_records: BTreeMap::new(),
             failed_writes: HashMap::new(),
-            retry_attempt: 0,
             persisted_adopted: adopted,
             announced: HashMap::new(),
             listed_once: false,
@@ -161,7 +188,8 @@ impl Reconciler {
         }
     }
 
-    async fn pass(&mut self, batch: Vec<Dirty>) {
+    /// One pass over everything marked in `batch`.
+    pub(super) async fn pass(&mut self, batch: Vec<Dirty>) {
         let mut resync = false;
         let mut cluster_spiffe_ids = false;
         let mut statics = false;
@@ -181,28 +209,17 @@ impl Reconciler {
             }
         }
 
-        if resync {
-            match self.list_entries().await {
-                Ok(()) => {}
-                Err(()) if !self.listed_once => return,
-                Err(()) => resync = false,
+        if resync && !self.list_entries().await {
+            if !self.listed_once {
+                return;
             }
+            resync = false;
         }
 
         // ClusterSPIFFEIDs whose statuses may change this pass.
         let mut affected: BTreeSet<String> = BTreeSet::new();
         if cluster_spiffe_ids {
-            self.cluster_spiffe_ids = ClusterSpiffeIds::load(&self.ctx.config, &self.ctx.stores);
-            affected.extend(
-                self.ctx
-                    .stores
-                    .cluster_spiffe_ids
-                    .state()
-                    .iter()
-                    .map(|c| c.name_any()),
-            );
-            pod_keys.extend(self.ctx.stores.pods.keys_where(|_| true));
-            pod_keys.extend(self.pod_records.keys().cloned());
+            self.reload_cluster_spiffe_ids(&mut pod_keys, &mut affected);
         } else {
             for group in groups {
                 let matches = |pod: &CachedPod| match &group {
@@ -222,13 +239,14 @@ impl Reconciler {
             self.recompute_pod(key, &mut touched, &mut affected);
         }
         if statics {
-            statics::recompute(
-                &self.ctx.config,
-                &self.ctx.stores.cluster_static_entries,
-                &mut self.static_records,
-                &mut self.desired,
-                &mut touched,
-            );
+            self.recompute_statics(&mut touched);
+        }
+        if resync {
+            self.check_drift(&mut touched, &mut affected);
+            if self.mask_checked.elapsed() >= MASK_RECHECK {
+                self.mask_checked = Instant::now();
+                self.mask = managed_fields();
+            }
         }
         if retry {
             touched.extend(self.failed_writes.keys().cloned());
@@ -239,27 +257,40 @@ impl Reconciler {
         } else {
             plan_keys(&self.desired, &self.mirror, &touched, &self.mask)
         };
-        let report = self.write(plan).await;
+        let (report, recovered) = self.write(plan).await;
         if report.unreachable {
-            self.ctx.health.set_spire_reachable(false);
+            self.ctx.metrics.spire_reachable.set(0);
         } else if report.reached {
-            self.ctx.health.set_spire_reachable(true);
+            self.ctx.metrics.spire_reachable.set(1);
         }
-        for key in report.failed.iter().filter_map(|f| f.key.as_ref()) {
-            affected.extend(self.owners_of(&KeyId::of(key)));
+        let failed_keys = report
+            .failed
+            .iter()
+            .filter_map(|f| f.key.as_ref().map(KeyId::of));
+        for key in failed_keys.chain(recovered) {
+            affected.extend(self.owners_of(&key));
         }
+        // Failures of keys nobody declares any more (and that are not on the server
+        // waiting for a delete) are moot.
+        let (desired, mirror) = (&self.desired, &self.mirror);
+        self.failed_writes
+            .retain(|key, _| desired.get(key).is_some() || mirror.has(key));
 
         self.persist_adopted().await;
         self.update_gauges();
-        self.write_statuses(&affected, cluster_spiffe_ids || statics)
-            .await;
+        if self.write_statuses(&affected).await {
+            self.status_retry.failed();
+        } else {
+            self.status_retry.succeeded();
+        }
         if resync {
+            self.prune_announced();
             self.ctx.metrics.initial_sync_complete.set(1);
         }
     }
 
-    /// Re-lists the server into the mirror. On failure, schedules another resync.
-    async fn list_entries(&mut self) -> Result<(), ()> {
+    /// Re-lists the server into the mirror; false (and a retry scheduled) on failure.
+    async fn list_entries(&mut self) -> bool {
         let started = Instant::now();
         match self.ctx.spire.list_entries().await {
             Ok(entries) => {
@@ -267,7 +298,11 @@ impl Reconciler {
                     .metrics
                     .observe_rpc("entry.v1.Entry/ListEntries", started.elapsed());
                 self.ctx.metrics.entry_lists.inc();
-                self.ctx.health.set_spire_reachable(true);
+                self.ctx.metrics.spire_reachable.set(1);
+                let failures = self.list_retry.succeeded();
+                if failures > 0 {
+                    tracing::info!(failures, "listing entries works again");
+                }
                 let parsed = entries
                     .iter()
                     .filter_map(|e| match EntrySpec::from_api(e) {
@@ -279,27 +314,78 @@ impl Reconciler {
                         }
                     })
                     .collect();
-                // Desired state is kept current by the watches (a re-listed watch marks
-                // everything), so a resync re-reads only the server.
                 self.mirror = Mirror::from_listing(parsed, &self.ownership);
                 self.listed_once = true;
-                Ok(())
+                true
             }
             Err(e) => {
-                self.ctx.health.set_spire_reachable(false);
-                tracing::warn!(error = %e, "listing entries failed; retrying");
-                self.schedule(Dirty::Resync, self.backoff());
-                Err(())
+                self.ctx.metrics.spire_reachable.set(0);
+                let retry_in = self.list_retry.failed();
+                if let Some(suppressed) = self.list_retry.should_log() {
+                    tracing::warn!(error = %e, ?retry_in, failures = self.list_retry.attempt(), suppressed, "listing entries failed; retrying with backoff");
+                }
+                false
             }
         }
     }
 
+    /// Reloads the ClusterSPIFFEIDs: every pod is recomputed, every status may change.
+    fn reload_cluster_spiffe_ids(
+        &mut self,
+        pod_keys: &mut HashSet<PodKey>,
+        affected: &mut BTreeSet<String>,
+    ) {
+        self.cluster_spiffe_ids = ClusterSpiffeIds::load(&self.ctx.config, &self.ctx.stores);
+        affected.extend(
+            self.ctx
+                .stores
+                .cluster_spiffe_ids
+                .state()
+                .iter()
+                .map(|c| c.name_any()),
+        );
+        pod_keys.extend(self.ctx.stores.pods.keys_where(|_| true));
+        pod_keys.extend(self.pod_records.keys().cloned());
+    }
+
+    /// Re-reads the ClusterStaticEntries; returns how many changed their entry.
+    fn recompute_statics(&mut self, touched: &mut HashSet<KeyId>) -> usize {
+        statics::recompute(
+            &self.ctx.config,
+            &self.ctx.stores.cluster_static_entries,
+            &mut self.static_records,
+            &mut self.desired,
+            touched,
+        )
+    }
+
+    /// The safety net behind the watches: recomputes every pod and static entry from
+    /// the caches and counts the declaring objects whose entries the incremental state
+    /// had wrong (a change the watches did not deliver). Should find nothing.
+    fn check_drift(&mut self, touched: &mut HashSet<KeyId>, affected: &mut BTreeSet<String>) {
+        let mut pod_keys = HashSet::new();
+        self.reload_cluster_spiffe_ids(&mut pod_keys, &mut BTreeSet::new());
+        let mut drift = 0;
+        for key in pod_keys {
+            drift += usize::from(self.recompute_pod(key, touched, affected));
+        }
+        drift += self.recompute_statics(touched);
+        if drift > 0 {
+            tracing::warn!(
+                objects = drift,
+                "desired entries recomputed from the caches differ from the incremental state; corrected"
+            );
+            self.ctx.metrics.desired_drift.inc_by(drift as u64);
+        }
+    }
+
+    /// Recomputes one pod; true when its entries changed.
     fn recompute_pod(
         &mut self,
         key: PodKey,
         touched: &mut HashSet<KeyId>,
         affected: &mut BTreeSet<String>,
-    ) {
+    ) -> bool {
         let (entries, record) = match self.ctx.stores.pods.get(&key.0, &key.1) {
             Some(pod) => PodRenderer {
                 config: &self.ctx.config,
@@ -315,23 +401,25 @@ impl Reconciler {
             namespace: key.0.clone(),
             name: key.1.clone(),
         };
-        if let Some(old) = self.pod_records.get(&key) {
-            affected.extend(old.outcomes.iter().map(|(n, _)| n.clone()));
+        let old = self.pod_records.get(&key);
+        if old != record.as_ref() {
+            let outcomes = old.into_iter().chain(record.as_ref());
+            affected.extend(outcomes.flat_map(|r| r.outcomes.iter().map(|(n, _)| n.clone())));
         }
         match record {
             Some(record) => {
-                affected.extend(record.outcomes.iter().map(|(n, _)| n.clone()));
                 self.pod_records.insert(key, record);
             }
             None => {
                 self.pod_records.remove(&key);
             }
         }
-        self.desired.set(source, entries, touched);
+        self.desired.set(source, entries, touched)
     }
 
     /// Adopts what the plan takes over, writes the rest and records the outcome.
-    async fn write(&mut self, plan: Plan) -> WriteReport {
+    /// Returns the report and the keys whose earlier failure this write cleared.
+    async fn write(&mut self, plan: Plan) -> (WriteReport, Vec<KeyId>) {
         for id in &plan.adopt {
             if self.ownership.adopt(id) {
                 self.ctx.metrics.entries_adopted.inc();
@@ -340,7 +428,7 @@ impl Reconciler {
             self.mirror.set_owned(id);
         }
         if plan.is_empty() {
-            return WriteReport::default();
+            return (WriteReport::default(), Vec::new());
         }
         tracing::info!(
             create = plan.create.len(),
@@ -358,38 +446,39 @@ impl Reconciler {
             |id| mirror.get(id).map(|e| e.spec.key.clone()),
         )
         .await;
-        Books {
+        let recovered = Books {
             mirror: &mut self.mirror,
             ownership: &mut self.ownership,
             failed_writes: &mut self.failed_writes,
             mask: &mut self.mask,
         }
         .record(&mut report);
-        if report.failed.is_empty() {
-            self.retry_attempt = 0;
-        } else {
-            let delay = self.backoff();
-            self.retry_attempt += 1;
-            self.schedule(Dirty::Retry, delay);
+        if self.failed_writes.is_empty() {
+            self.write_retry.succeeded();
+        } else if !report.failed.is_empty() {
+            let retry_in = self.write_retry.failed();
+            if let Some(suppressed) = self.write_retry.should_log() {
+                let first = &report.failed[0].message;
+                tracing::warn!(failed = report.failed.len(), error = %first, ?retry_in, suppressed, "entry writes failed; retrying with backoff");
+            }
         }
         if report.stale_mirror {
-            self.schedule(Dirty::Resync, Duration::from_secs(1));
+            self.conflict_retry.failed();
+        } else {
+            self.conflict_retry.succeeded();
         }
-        report
+        (report, recovered)
     }
 
-    fn backoff(&self) -> Duration {
-        let base = Duration::from_millis(500) * 2u32.saturating_pow(self.retry_attempt.min(7));
-        let base = base.min(Duration::from_secs(60));
-        base + base.mul_f64(fastrand::f64() * 0.5)
+    /// The non-key fields currently compared.
+    pub fn mask(&self) -> &EntryMask {
+        &self.mask
     }
 
-    fn schedule(&self, mark: Dirty, after: Duration) {
-        let dirty = self.ctx.dirty.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(after).await;
-            dirty.mark(mark);
-        });
+    /// Pretends the unsupported-field check ran `ago`.
+    #[cfg(test)]
+    pub(super) fn age_mask_check(&mut self, ago: Duration) {
+        self.mask_checked -= ago;
     }
 
     /// The ClusterSPIFFEIDs whose pods declare `key` as winners.

@@ -63,9 +63,18 @@ pub struct Desired {
 
 impl Desired {
     /// Replaces what `source` declares; keys whose desired state may change are added
-    /// to `touched`.
-    pub fn set(&mut self, source: Source, entries: Vec<EntrySpec>, touched: &mut HashSet<KeyId>) {
+    /// to `touched`. Returns false, touching nothing, when `source` already declares
+    /// exactly `entries`.
+    pub fn set(
+        &mut self,
+        source: Source,
+        entries: Vec<EntrySpec>,
+        touched: &mut HashSet<KeyId>,
+    ) -> bool {
         let new_keys: Vec<KeyId> = entries.iter().map(|e| KeyId::of(&e.key)).collect();
+        if self.declares_exactly(&source, &new_keys, &entries) {
+            return false;
+        }
         if let Some(old_keys) = self.by_source.remove(&source) {
             for key in old_keys {
                 if let Some(claims) = self.by_key.get_mut(&key) {
@@ -89,6 +98,18 @@ impl Desired {
         if !new_keys.is_empty() {
             self.by_source.insert(source, new_keys);
         }
+        true
+    }
+
+    fn declares_exactly(&self, source: &Source, keys: &[KeyId], entries: &[EntrySpec]) -> bool {
+        let old = self.keys_of(source);
+        old == keys
+            && keys.iter().zip(entries).all(|(key, entry)| {
+                self.by_key
+                    .get(key)
+                    .and_then(|claims| claims.iter().find(|(s, _)| s == source))
+                    .is_some_and(|(_, declared)| declared == entry)
+            })
     }
 
     /// The winning declaration of `key`.
@@ -138,23 +159,26 @@ impl Desired {
     fn subset<'a>(
         &'a self,
         keys: &'a HashSet<KeyId>,
-    ) -> impl Iterator<Item = (&'a EntryKey, &'a EntrySpec)> {
-        keys.iter().filter_map(|k| self.get(k).map(|e| (&e.key, e)))
+    ) -> impl Iterator<Item = (&'a KeyId, &'a EntrySpec)> {
+        keys.iter().filter_map(|k| self.get(k).map(|e| (k, e)))
     }
 
-    fn all(&self) -> impl Iterator<Item = (&EntryKey, &EntrySpec)> {
+    fn all(&self) -> impl Iterator<Item = (&KeyId, &EntrySpec)> {
         self.by_key
-            .values()
-            .filter_map(|c| c.first().map(|(_, e)| (&e.key, e)))
+            .iter()
+            .filter_map(|(k, c)| c.first().map(|(_, e)| (k, e)))
     }
 }
 
 /// The server's entries as last listed and then updated from our own writes. Join-token
-/// entries are left out: they are never touched.
+/// entries are never touched: only their keys are kept, so that a desired entry with
+/// the same key is neither created (SPIRE would answer AlreadyExists, forever) nor
+/// adopted.
 #[derive(Debug, Default)]
 pub struct Mirror {
     by_key: HashMap<KeyId, Vec<ActualEntry>>,
     by_id: HashMap<String, KeyId>,
+    join_token_keys: HashSet<KeyId>,
 }
 
 impl Mirror {
@@ -163,7 +187,9 @@ impl Mirror {
         let mut mirror = Self::default();
         for (id, spec) in entries {
             match ownership.classify(&id, &spec) {
-                Class::JoinToken => {}
+                Class::JoinToken => {
+                    mirror.join_token_keys.insert(KeyId::of(&spec.key));
+                }
                 class => mirror.insert(ActualEntry {
                     id,
                     spec,
@@ -234,6 +260,11 @@ impl Mirror {
         self.by_key.contains_key(key)
     }
 
+    /// Whether a join-token agent entry holds `key`.
+    pub fn is_join_token_key(&self, key: &KeyId) -> bool {
+        self.join_token_keys.contains(key)
+    }
+
     fn subset<'a>(&'a self, keys: &'a HashSet<KeyId>) -> impl Iterator<Item = &'a ActualEntry> {
         keys.iter().filter_map(|k| self.by_key.get(k)).flatten()
     }
@@ -250,12 +281,31 @@ pub fn plan_keys(
     touched: &HashSet<KeyId>,
     mask: &EntryMask,
 ) -> Plan {
-    plan(desired.subset(touched), mirror.subset(touched), mask)
+    plan(
+        writable(desired.subset(touched), mirror),
+        mirror.subset(touched),
+        mask,
+    )
 }
 
 /// Plans the writes for every key (after a full listing).
 pub fn plan_all(desired: &Desired, mirror: &Mirror, mask: &EntryMask) -> Plan {
-    plan(desired.all(), mirror.all(), mask)
+    plan(writable(desired.all(), mirror), mirror.all(), mask)
+}
+
+/// Desired entries minus those whose key a join-token agent entry holds.
+fn writable<'a>(
+    desired: impl Iterator<Item = (&'a KeyId, &'a EntrySpec)>,
+    mirror: &'a Mirror,
+) -> impl Iterator<Item = (&'a EntryKey, &'a EntrySpec)> {
+    desired.filter_map(move |(id, entry)| {
+        if mirror.is_join_token_key(id) {
+            tracing::debug!(spiffe_id = %entry.key.spiffe_id, "a join-token agent entry holds this key; not writing it");
+            None
+        } else {
+            Some((&entry.key, entry))
+        }
+    })
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ pub struct StaticRecord {
 }
 
 /// Re-reads every ClusterStaticEntry into `desired`; keys that may change go to `touched`.
+/// Returns how many resources changed what they declare.
 /// Resources gone from the store (or out of class, or all of them when
 /// `reconcile.clusterStaticEntries` is off) withdraw their entries.
 pub fn recompute(
@@ -29,7 +30,8 @@ pub fn recompute(
     records: &mut BTreeMap<String, StaticRecord>,
     desired: &mut Desired,
     touched: &mut HashSet<KeyId>,
-) {
+) -> usize {
+    let mut changed = 0;
     let mut seen = BTreeSet::new();
     if config.reconcile.cluster_static_entries {
         for resource in store.state() {
@@ -60,7 +62,7 @@ pub fn recompute(
             {
                 desired.set(old.source.clone(), Vec::new(), touched);
             }
-            desired.set(source.clone(), entries, touched);
+            changed += usize::from(desired.set(source.clone(), entries, touched));
             records.insert(name, StaticRecord { source, result });
         }
     }
@@ -71,7 +73,8 @@ pub fn recompute(
         .collect();
     for name in gone {
         if let Some(old) = records.remove(&name) {
-            desired.set(old.source, Vec::new(), touched);
+            changed += usize::from(desired.set(old.source, Vec::new(), touched));
         }
     }
+    changed
 }
