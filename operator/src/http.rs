@@ -1,7 +1,6 @@
 //! The metrics and health HTTP servers.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::http::{StatusCode, header};
@@ -10,44 +9,59 @@ use axum::routing::get;
 
 use crate::metrics::Metrics;
 
-/// Readiness inputs, set by the reconciler.
+/// Liveness: which long-lived tasks have ended.
+///
+/// Readiness is deliberately not fed by sync state or SPIRE reachability: the operator
+/// usually runs as a sidecar of the SPIRE server, whose Service drops the pod when any
+/// container is unready, so an unready operator would take identity issuance down with
+/// it. Those states are metrics, conditions and events instead.
 #[derive(Debug, Default)]
 pub struct Health {
-    caches_synced: AtomicBool,
-    spire_reachable: AtomicBool,
+    dead_tasks: Mutex<Vec<&'static str>>,
 }
 
 impl Health {
-    /// Not ready until both inputs are set.
+    /// Every task alive.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Every watch has completed its first listing.
-    pub fn set_caches_synced(&self, synced: bool) {
-        self.caches_synced.store(synced, Ordering::Relaxed);
-    }
-
-    /// The last SPIRE call reached the server.
-    pub fn set_spire_reachable(&self, reachable: bool) {
-        self.spire_reachable.store(reachable, Ordering::Relaxed);
-    }
-
-    /// Whether `/readyz` answers 200.
-    pub fn is_ready(&self) -> bool {
-        self.not_ready_reasons().is_empty()
-    }
-
-    /// Why not ready, one reason per failed check.
-    pub fn not_ready_reasons(&self) -> Vec<&'static str> {
-        let mut reasons = Vec::new();
-        if !self.caches_synced.load(Ordering::Relaxed) {
-            reasons.push("caches not synced");
+    /// A guard for the task `name`: when it is dropped (the task returned or panicked),
+    /// `/healthz` fails naming the task, so the kubelet restarts the process.
+    pub fn task_alive(self: &Arc<Self>, name: &'static str) -> TaskGuard {
+        TaskGuard {
+            health: self.clone(),
+            name,
         }
-        if !self.spire_reachable.load(Ordering::Relaxed) {
-            reasons.push("SPIRE server not reachable");
-        }
-        reasons
+    }
+
+    /// Tasks that ended; empty while the process is healthy.
+    pub fn dead_tasks(&self) -> Vec<&'static str> {
+        self.dead_tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// Marks its task dead when dropped; see [`Health::task_alive`].
+#[derive(Debug)]
+pub struct TaskGuard {
+    health: Arc<Health>,
+    name: &'static str,
+}
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        tracing::error!(
+            task = self.name,
+            "a long-lived task ended; reporting unhealthy"
+        );
+        self.health
+            .dead_tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(self.name);
     }
 }
 
@@ -106,8 +120,8 @@ pub async fn serve_metrics(
     serve(address, app, shutdown).await
 }
 
-/// Serves `liveness_path` (always 200) and `readiness_path` (200 when ready, else 503
-/// with the reasons) until `shutdown` completes.
+/// Serves `liveness_path` (200 while every task lives, else 500 naming the dead ones)
+/// and `readiness_path` (200: the process serves) until `shutdown` completes.
 pub async fn serve_health(
     address: &str,
     health: Arc<Health>,
@@ -116,21 +130,22 @@ pub async fn serve_health(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), HttpError> {
     let app = Router::new()
-        .route(liveness_path, get(|| async { "ok" }))
         .route(
-            readiness_path,
+            liveness_path,
             get(move || {
                 let health = health.clone();
                 async move {
-                    let reasons = health.not_ready_reasons();
-                    if reasons.is_empty() {
+                    let dead = health.dead_tasks();
+                    if dead.is_empty() {
                         (StatusCode::OK, "ok".to_owned()).into_response()
                     } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, reasons.join("\n")).into_response()
+                        let body = format!("task ended: {}", dead.join(", "));
+                        (StatusCode::INTERNAL_SERVER_ERROR, body).into_response()
                     }
                 }
             }),
-        );
+        )
+        .route(readiness_path, get(|| async { "ok" }));
     serve(address, app, shutdown).await
 }
 
@@ -181,7 +196,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn readiness_follows_its_inputs_and_metrics_are_served() {
+    async fn readiness_means_serving_and_a_dead_task_fails_liveness() {
         let health = Arc::new(Health::new());
         let address = free_address();
         let server = {
@@ -205,18 +220,30 @@ mod tests {
             })
         };
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        let not_ready = get_path(&address, "/readyz").await;
-        assert!(not_ready.starts_with("HTTP/1.1 503"), "{not_ready}");
-        assert!(not_ready.contains("caches not synced"));
-        health.set_caches_synced(true);
-        health.set_spire_reachable(true);
+        // Nothing synced, SPIRE never reached: still ready, or the SPIRE server sharing
+        // the pod would leave its Service.
+        let ready = get_path(&address, "/readyz").await;
+        assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
+
+        let watch = tokio::spawn({
+            let guard = health.task_alive("watch pods");
+            async move {
+                let _guard = guard;
+                std::future::pending::<()>().await
+            }
+        });
         assert!(
-            get_path(&address, "/readyz")
+            get_path(&address, "/healthz")
                 .await
                 .starts_with("HTTP/1.1 200")
         );
+        watch.abort();
+        let _ = watch.await;
+        let unhealthy = get_path(&address, "/healthz").await;
+        assert!(unhealthy.starts_with("HTTP/1.1 500"), "{unhealthy}");
+        assert!(unhealthy.contains("watch pods"), "{unhealthy}");
         assert!(
-            get_path(&address, "/healthz")
+            get_path(&address, "/readyz")
                 .await
                 .starts_with("HTTP/1.1 200")
         );

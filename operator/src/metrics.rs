@@ -79,6 +79,15 @@ pub struct Metrics {
     pub leader: Gauge,
     /// 1 once the first full reconcile after start finished.
     pub initial_sync_complete: Gauge,
+    /// 1 once every watch has completed its first listing.
+    pub caches_synced: Gauge,
+    /// 1 while the last SPIRE call reached the server.
+    pub spire_reachable: Gauge,
+    /// Entries whose incrementally kept desired state differed from a recomputation
+    /// from the caches at a resync: changes the watches failed to deliver. Should stay 0.
+    pub desired_drift: Counter,
+    /// Status patches and event publications that failed (retried).
+    pub report_failures: Counter,
 }
 
 impl Default for Metrics {
@@ -132,7 +141,29 @@ impl Metrics {
             "Reconcile pass duration",
             pass_duration.clone(),
         );
+        let desired_drift = counter(
+            &mut registry,
+            "desired_drift",
+            "Desired entries found different when recomputed from the caches at a resync (changes the watches lost; should stay 0)",
+        );
+        let report_failures = counter(
+            &mut registry,
+            "report_failures",
+            "Status patches and Kubernetes Events that failed to be written (retried)",
+        );
         Self {
+            caches_synced: gauge(
+                &mut registry,
+                "caches_synced",
+                "1 once every watch has completed its first listing",
+            ),
+            spire_reachable: gauge(
+                &mut registry,
+                "spire_reachable",
+                "1 while the last SPIRE server call reached the server",
+            ),
+            desired_drift,
+            report_failures,
             entries_desired: gauge(
                 &mut registry,
                 "entries_desired",
@@ -249,6 +280,10 @@ mod tests {
             "spire_operator_dirty_objects",
             "spire_operator_leader",
             "spire_operator_initial_sync_complete",
+            "spire_operator_caches_synced",
+            "spire_operator_spire_reachable",
+            "spire_operator_desired_drift_total",
+            "spire_operator_report_failures_total",
         ] {
             assert!(text.contains(name), "{name} missing from\n{text}");
         }

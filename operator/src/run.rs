@@ -16,7 +16,7 @@ use spire_operator::metrics::Metrics;
 use spire_operator::reconcile::dirty::DirtySet;
 use spire_operator::reconcile::runner::{Context, Reconciler};
 use spire_operator::reconcile::watch;
-use spire_operator::spire::{SpireAddress, SpireClient};
+use spire_operator::spire::{ClientOptions, SpireAddress, SpireClient};
 use tokio::sync::Notify;
 
 /// Kinds whose first listing must be complete before the first pass: deciding on a
@@ -157,7 +157,7 @@ pub async fn run(mut args: RunArgs, config: Config) -> anyhow::Result<()> {
         })
     });
 
-    let spire = connect_spire(&config, args.spire_timeout, &health).await;
+    let spire = connect_spire(&config, args.spire_timeout, &metrics).await;
 
     // Watches run on every replica, so a new leader starts with warm caches.
     let dirty = Arc::new(DirtySet::default());
@@ -166,13 +166,13 @@ pub async fn run(mut args: RunArgs, config: Config) -> anyhow::Result<()> {
     let on_synced = {
         let synced_kinds = synced_kinds.clone();
         let all_synced = all_synced.clone();
-        let health = health.clone();
+        let metrics = metrics.clone();
         Arc::new(move |kind: &'static str| {
             let mut kinds = synced_kinds.lock().unwrap_or_else(|e| e.into_inner());
             kinds.insert(kind);
             tracing::debug!(kind, "watch synced");
             if kinds.len() == WATCHED_KINDS {
-                health.set_caches_synced(true);
+                metrics.caches_synced.set(1);
                 all_synced.notify_one();
             }
         })
@@ -219,7 +219,6 @@ pub async fn run(mut args: RunArgs, config: Config) -> anyhow::Result<()> {
         stores,
         dirty,
         metrics: metrics.clone(),
-        health: health.clone(),
         recorder: Recorder::new(
             kube,
             Reporter {
@@ -250,17 +249,22 @@ pub async fn run(mut args: RunArgs, config: Config) -> anyhow::Result<()> {
 }
 
 /// Waits for the SPIRE server (it may start after us, e.g. as a sibling container).
-async fn connect_spire(config: &Config, timeout: Duration, health: &Health) -> SpireClient {
+async fn connect_spire(config: &Config, timeout: Duration, metrics: &Metrics) -> SpireClient {
     let address = SpireAddress::Unix(config.spire_server_socket_path.clone());
+    // grpc.maxCallRecvMsgSize maps to max_receive_message_size.
+    let options = ClientOptions {
+        timeout,
+        ..ClientOptions::default()
+    };
     let mut delay = Duration::from_millis(200);
     loop {
-        match SpireClient::connect(address.clone(), timeout).await {
+        match SpireClient::connect_with(address.clone(), &options).await {
             Ok(client) => {
-                health.set_spire_reachable(true);
+                metrics.spire_reachable.set(1);
                 return client;
             }
             Err(e) => {
-                health.set_spire_reachable(false);
+                metrics.spire_reachable.set(0);
                 tracing::warn!(error = %e, retry_in = ?delay, "SPIRE server not reachable yet");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(10));

@@ -26,6 +26,16 @@ pub enum Readiness {
 }
 
 impl Readiness {
+    /// The Warning event this readiness deserves (reason, message), if any: invalid
+    /// specs and failed writes. Render failures are announced on the pod instead.
+    pub fn event(&self) -> Option<(&'static str, String)> {
+        match self {
+            Self::InvalidSpec(m) => Some(("InvalidSpec", m.clone())),
+            Self::EntryWriteFailed(m) => Some(("EntryWriteFailed", m.clone())),
+            _ => None,
+        }
+    }
+
     fn parts(&self) -> (&'static str, &'static str, String) {
         match self {
             Self::Reconciled => (

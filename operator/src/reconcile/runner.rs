@@ -1,44 +1,36 @@
 //! The reconcile loop: drains the dirty set, recomputes what changed, writes the
-//! difference to SPIRE, then reports status. The only part that owns clients.
+//! difference to SPIRE, then reports. The only part that owns clients.
+//!
+//! One pass, in order: re-list the server if a resync is due ([`Reconciler::pass`]),
+//! recompute the marked pods ([`super::pods`]) and static entries ([`super::statics`])
+//! into [`Desired`], plan against the [`Mirror`], write ([`super::writer`]), record the
+//! outcome ([`super::bookkeeping`]), save adopted IDs ([`super::adopted`]), then publish
+//! gauges, statuses and events ([`super::report`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder};
-use kube::runtime::reflector::ObjectRef;
-use kube::{Api, Resource, ResourceExt};
+use kube::ResourceExt;
+use kube::runtime::events::Recorder;
 
-use super::desired::{Outcome, pod_entries};
+use super::adopted::{self, ADOPTED_CONFIG_MAP};
+use super::backoff::Retrier;
+use super::bookkeeping::Books;
 use super::diff::Plan;
 use super::dirty::DirtySet;
 use super::ownership::Ownership;
-use super::pod_cache::CachedPod;
+use super::pod_cache::{CachedPod, PodKey};
+use super::pods::{ClusterSpiffeIds, PodRecord, PodRenderer};
 use super::state::{Desired, KeyId, Mirror, Source, plan_all, plan_keys};
+use super::statics::{self, StaticRecord};
 use super::watch::{Dirty, Stores};
 use super::writer::{self, WriteReport};
 use crate::config::Config;
-use crate::crd::{ClusterSPIFFEID, ClusterSPIFFEIDStats, ClusterStaticEntry};
-use crate::http::Health;
 use crate::metrics::Metrics;
-use crate::render::{
-    ParentTemplate, PodIdentity, PodInput, SpecError, StaticEntry, service_dns_names,
-};
+use crate::render::{ParentTemplate, SpecError};
 use crate::spire::api::types::EntryMask;
-use crate::spire::{EntryKey, EntrySpec, SpireClient, managed_fields};
-use crate::status::{self, Readiness};
-use crate::template::TemplateData;
-
-/// ConfigMap (in the operator's namespace) remembering adopted entry IDs.
-pub const ADOPTED_CONFIG_MAP: &str = "spire-operator-adopted-entries";
-const ADOPTED_KEY: &str = "ids";
-const FIELD_MANAGER: &str = "spire-operator";
-/// Events published per pass at most, so a broken template does not flood the API server.
-const EVENTS_PER_PASS: usize = 20;
+use crate::spire::{EntrySpec, SpireClient, managed_fields};
 
 /// Everything the loop needs from outside.
 pub struct Context {
@@ -58,8 +50,6 @@ pub struct Context {
     pub dirty: Arc<DirtySet<Dirty>>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
-    /// Readiness.
-    pub health: Arc<Health>,
     /// Event publisher.
     pub recorder: Recorder,
 }
@@ -81,46 +71,50 @@ pub enum RunError {
     },
 }
 
-#[derive(Debug, Default, Clone)]
-struct PodRecord {
-    outcomes: Vec<(String, Outcome)>,
-    /// (winning ClusterSPIFFEID, key) per entry of the pod.
-    owners: Vec<(String, KeyId)>,
-    /// No node yet (or its Node object not seen yet): no entry, no error.
-    unscheduled: bool,
-}
-
-/// Stats, readiness and the render failures (pod, message) of one ClusterSPIFFEID.
-type IdentityReport = (
-    ClusterSPIFFEIDStats,
-    Readiness,
-    Vec<((String, String), String)>,
-);
-
-struct StaticRecord {
-    source: Source,
-    result: Result<KeyId, SpecError>,
-}
-
-/// The reconciler's state between passes.
+/// The reconciler's state between passes. Only the pass loop mutates it.
 pub struct Reconciler {
-    ctx: Context,
+    pub(super) ctx: Context,
     parent: ParentTemplate,
-    identities: Vec<Arc<PodIdentity>>,
-    invalid: BTreeMap<String, SpecError>,
-    out_of_class: BTreeSet<String>,
-    desired: Desired,
-    mirror: Mirror,
+    /// The ClusterSPIFFEIDs as last loaded (on [`Dirty::ClusterSpiffeIds`]).
+    pub(super) cluster_spiffe_ids: ClusterSpiffeIds,
+    /// Desired entries, by key and by declaring object.
+    pub(super) desired: Desired,
+    /// The server's entries as last listed, updated from our own writes.
+    pub(super) mirror: Mirror,
     ownership: Ownership,
+    /// Non-key fields compared and updated (narrowed for older servers).
     mask: EntryMask,
-    pods: HashMap<(String, String), PodRecord>,
-    statics: BTreeMap<String, StaticRecord>,
-    failed: HashMap<KeyId, String>,
-    retry_attempt: u32,
+    /// Per selected pod: outcomes and owners, for statuses.
+    pub(super) pod_records: HashMap<PodKey, PodRecord>,
+    /// Per ClusterStaticEntry: its source and key, for statuses.
+    pub(super) static_records: BTreeMap<String, StaticRecord>,
+    /// Keys whose last write failed, with the message.
+    pub(super) failed_writes: HashMap<KeyId, String>,
+    /// The adopted IDs last saved to the ConfigMap.
     persisted_adopted: BTreeSet<String>,
-    announced: HashMap<String, String>,
+    /// The last event message per subject, so an event is published once per change.
+    pub(super) announced: HashMap<String, String>,
+    /// Event subjects of desired entries held by entries we may not adopt, with the
+    /// entry's ID (see [`Reconciler::report_conflict`]).
+    pub(super) entry_conflicts: BTreeMap<String, String>,
+    /// ClusterSPIFFEIDs whose last status patch or event failed.
+    pub(super) pending_statuses: BTreeSet<String>,
     listed_once: bool,
+    /// When the mask was last reset to every managed field.
+    mask_checked: Instant,
+    /// A failed ListEntries.
+    list_retry: Retrier,
+    /// Failed entry writes.
+    write_retry: Retrier,
+    /// Creates that found their key taken: the mirror is stale, re-list.
+    conflict_retry: Retrier,
+    /// Failed status patches and events.
+    status_retry: Retrier,
 }
+
+/// How often fields found unsupported are compared again, in case the server was
+/// upgraded (spire-controller-manager re-checks every 10 minutes too).
+const MASK_RECHECK: Duration = Duration::from_secs(600);
 
 impl Reconciler {
     /// Prepares the loop; reads the adopted entry IDs.
@@ -132,40 +126,42 @@ impl Reconciler {
             &ctx.config.cluster_name,
             ctx.config.entry_id_prefix_cleanup.as_deref(),
         );
-        let maps: Api<ConfigMap> = Api::namespaced(ctx.kube.clone(), &ctx.namespace);
-        let adopted: BTreeSet<String> = maps
-            .get_opt(ADOPTED_CONFIG_MAP)
+        let adopted = adopted::load(&ctx.kube, &ctx.namespace)
             .await
             .map_err(|source| RunError::ReadAdopted {
                 namespace: ctx.namespace.clone(),
                 source,
-            })?
-            .and_then(|cm| cm.data)
-            .and_then(|mut d| d.remove(ADOPTED_KEY))
-            .map(|ids| {
-                ids.lines()
-                    .filter(|l| !l.is_empty())
-                    .map(str::to_owned)
-                    .collect()
-            })
-            .unwrap_or_default();
+            })?;
         ownership.set_adopted(adopted.clone());
+        let dirty = ctx.dirty.clone();
+        let retrier = |mark: Dirty, initial: u64, max: u64| {
+            Retrier::new(
+                mark,
+                dirty.clone(),
+                Duration::from_millis(initial),
+                Duration::from_secs(max),
+            )
+        };
         Ok(Self {
+            list_retry: retrier(Dirty::Resync, 1000, 60),
+            write_retry: retrier(Dirty::Retry, 500, 60),
+            conflict_retry: retrier(Dirty::Resync, 1000, 300),
+            status_retry: retrier(Dirty::Retry, 1000, 60),
+            pending_statuses: BTreeSet::new(),
+            mask_checked: Instant::now(),
             ctx,
             parent,
-            identities: Vec::new(),
-            invalid: BTreeMap::new(),
-            out_of_class: BTreeSet::new(),
+            cluster_spiffe_ids: ClusterSpiffeIds::default(),
             desired: Desired::default(),
             mirror: Mirror::default(),
             ownership,
             mask: managed_fields(),
-            pods: HashMap::new(),
-            statics: BTreeMap::new(),
-            failed: HashMap::new(),
-            retry_attempt: 0,
+            pod_records: HashMap::new(),
+            static_records: BTreeMap::new(),
+            failed_writes: HashMap::new(),
             persisted_adopted: adopted,
             announced: HashMap::new(),
+            entry_conflicts: BTreeMap::new(),
             listed_once: false,
         })
     }
@@ -196,18 +192,19 @@ impl Reconciler {
         }
     }
 
-    async fn pass(&mut self, batch: Vec<Dirty>) {
+    /// One pass over everything marked in `batch`.
+    pub(super) async fn pass(&mut self, batch: Vec<Dirty>) {
         let mut resync = false;
-        let mut all_pods = false;
+        let mut cluster_spiffe_ids = false;
         let mut statics = false;
         let mut retry = false;
-        let mut pod_keys: HashSet<(String, String)> = HashSet::new();
+        let mut pod_keys: HashSet<PodKey> = HashSet::new();
         let mut groups = Vec::new();
         for mark in batch {
             match mark {
                 Dirty::Resync => resync = true,
-                Dirty::AllPods => all_pods = true,
-                Dirty::Statics => statics = true,
+                Dirty::ClusterSpiffeIds => cluster_spiffe_ids = true,
+                Dirty::ClusterStaticEntries => statics = true,
                 Dirty::Retry => retry = true,
                 Dirty::Pod(ns, name) => {
                     pod_keys.insert((ns, name));
@@ -216,56 +213,17 @@ impl Reconciler {
             }
         }
 
-        if resync {
-            let started = Instant::now();
-            match self.ctx.spire.list_entries().await {
-                Ok(entries) => {
-                    self.ctx
-                        .metrics
-                        .observe_rpc("entry.v1.Entry/ListEntries", started.elapsed());
-                    self.ctx.metrics.entry_lists.inc();
-                    self.ctx.health.set_spire_reachable(true);
-                    let parsed = entries
-                        .iter()
-                        .filter_map(|e| match EntrySpec::from_api(e) {
-                            Ok(parsed) => Some(parsed),
-                            Err(err) => {
-                                // One odd entry must not stop the others from reconciling.
-                                tracing::warn!(entry = %e.id, error = %err, "skipping an entry with an unparsable SPIFFE ID");
-                                None
-                            }
-                        })
-                        .collect();
-                    // Desired state is kept current by the watches (a re-listed watch marks
-                    // everything), so a resync re-reads only the server.
-                    self.mirror = Mirror::from_listing(parsed, &self.ownership);
-                    self.listed_once = true;
-                }
-                Err(e) => {
-                    self.ctx.health.set_spire_reachable(false);
-                    tracing::warn!(error = %e, "listing entries failed; retrying");
-                    self.schedule(Dirty::Resync, self.backoff());
-                    if !self.listed_once {
-                        return;
-                    }
-                    resync = false;
-                }
+        if resync && !self.list_entries().await {
+            if !self.listed_once {
+                return;
             }
+            resync = false;
         }
 
+        // ClusterSPIFFEIDs whose statuses may change this pass.
         let mut affected: BTreeSet<String> = BTreeSet::new();
-        if all_pods {
-            self.reload_identities();
-            affected.extend(
-                self.ctx
-                    .stores
-                    .identities
-                    .state()
-                    .iter()
-                    .map(|c| c.name_any()),
-            );
-            pod_keys.extend(self.ctx.stores.pods.keys_where(|_| true));
-            pod_keys.extend(self.pods.keys().cloned());
+        if cluster_spiffe_ids {
+            self.reload_cluster_spiffe_ids(&mut pod_keys, &mut affected);
         } else {
             for group in groups {
                 let matches = |pod: &CachedPod| match &group {
@@ -287,8 +245,15 @@ impl Reconciler {
         if statics {
             self.recompute_statics(&mut touched);
         }
+        if resync {
+            self.check_drift(&mut touched, &mut affected);
+            if self.mask_checked.elapsed() >= MASK_RECHECK {
+                self.mask_checked = Instant::now();
+                self.mask = managed_fields();
+            }
+        }
         if retry {
-            touched.extend(self.failed.keys().cloned());
+            touched.extend(self.failed_writes.keys().cloned());
         }
 
         let plan = if resync {
@@ -296,231 +261,169 @@ impl Reconciler {
         } else {
             plan_keys(&self.desired, &self.mirror, &touched, &self.mask)
         };
-        let report = self.write(plan).await;
+        let (report, recovered) = self.write(plan).await;
         if report.unreachable {
-            self.ctx.health.set_spire_reachable(false);
+            self.ctx.metrics.spire_reachable.set(0);
         } else if report.reached {
-            self.ctx.health.set_spire_reachable(true);
+            self.ctx.metrics.spire_reachable.set(1);
         }
-        for key in report.failed.iter().filter_map(|f| f.key.as_ref()) {
-            affected.extend(self.owners_of(&KeyId::of(key)));
+        let failed_keys = report
+            .failed
+            .iter()
+            .filter_map(|f| f.key.as_ref().map(KeyId::of));
+        for key in failed_keys.chain(recovered) {
+            affected.extend(self.owners_of(&key));
         }
+        // Failures of keys nobody declares any more (and that are not on the server
+        // waiting for a delete) are moot.
+        let (desired, mirror) = (&self.desired, &self.mirror);
+        self.failed_writes
+            .retain(|key, _| desired.get(key).is_some() || mirror.has(key));
 
         self.persist_adopted().await;
         self.update_gauges();
-        self.write_statuses(&affected, all_pods || statics).await;
+        if self.write_statuses(&affected).await {
+            self.status_retry.failed();
+        } else {
+            self.status_retry.succeeded();
+        }
         if resync {
+            self.prune_announced();
             self.ctx.metrics.initial_sync_complete.set(1);
         }
     }
 
-    fn reload_identities(&mut self) {
-        let config = &self.ctx.config;
-        self.identities.clear();
-        self.invalid.clear();
-        self.out_of_class.clear();
-        if !config.reconcile.cluster_spiffe_ids {
-            return;
-        }
-        for resource in self.ctx.stores.identities.state() {
-            let name = resource.name_any();
-            if !in_class(config, resource.spec.class_name.as_deref()) {
-                self.out_of_class.insert(name);
-                continue;
-            }
-            match PodIdentity::parse(&resource) {
-                Ok(identity) => self.identities.push(Arc::new(identity)),
-                Err(e) => {
-                    tracing::warn!(clusterspiffeid = %name, error = %e, "invalid ClusterSPIFFEID");
-                    self.invalid.insert(name, e);
+    /// Re-lists the server into the mirror; false (and a retry scheduled) on failure.
+    async fn list_entries(&mut self) -> bool {
+        let started = Instant::now();
+        match self.ctx.spire.list_entries().await {
+            Ok(entries) => {
+                self.ctx
+                    .metrics
+                    .observe_rpc("entry.v1.Entry/ListEntries", started.elapsed());
+                self.ctx.metrics.entry_lists.inc();
+                self.ctx.metrics.spire_reachable.set(1);
+                let failures = self.list_retry.succeeded();
+                if failures > 0 {
+                    tracing::info!(failures, "listing entries works again");
                 }
+                let parsed = entries
+                    .iter()
+                    .filter_map(|e| match EntrySpec::from_api(e) {
+                        Ok(parsed) => Some(parsed),
+                        Err(err) => {
+                            // One odd entry must not stop the others from reconciling.
+                            tracing::warn!(entry = %e.id, error = %err, "skipping an entry with an unparsable SPIFFE ID");
+                            None
+                        }
+                    })
+                    .collect();
+                self.mirror = Mirror::from_listing(parsed, &self.ownership);
+                self.listed_once = true;
+                true
+            }
+            Err(e) => {
+                self.ctx.metrics.spire_reachable.set(0);
+                let retry_in = self.list_retry.failed();
+                if let Some(suppressed) = self.list_retry.should_log() {
+                    tracing::warn!(error = %e, ?retry_in, failures = self.list_retry.attempt(), suppressed, "listing entries failed; retrying with backoff");
+                }
+                false
             }
         }
     }
 
-    fn recompute_pod(
+    /// Reloads the ClusterSPIFFEIDs: every pod is recomputed, every status may change.
+    fn reload_cluster_spiffe_ids(
         &mut self,
-        key: (String, String),
-        touched: &mut HashSet<KeyId>,
+        pod_keys: &mut HashSet<PodKey>,
         affected: &mut BTreeSet<String>,
     ) {
-        let pod = self.ctx.stores.pods.get(&key.0, &key.1);
-        let (entries, record) = match pod {
-            Some(pod) => self.pod_entries(&pod),
+        self.cluster_spiffe_ids = ClusterSpiffeIds::load(&self.ctx.config, &self.ctx.stores);
+        affected.extend(
+            self.ctx
+                .stores
+                .cluster_spiffe_ids
+                .state()
+                .iter()
+                .map(|c| c.name_any()),
+        );
+        pod_keys.extend(self.ctx.stores.pods.keys_where(|_| true));
+        pod_keys.extend(self.pod_records.keys().cloned());
+    }
+
+    /// Re-reads the ClusterStaticEntries; returns how many changed their entry.
+    fn recompute_statics(&mut self, touched: &mut HashSet<KeyId>) -> usize {
+        statics::recompute(
+            &self.ctx.config,
+            &self.ctx.stores.cluster_static_entries,
+            &mut self.static_records,
+            &mut self.desired,
+            touched,
+        )
+    }
+
+    /// The safety net behind the watches: recomputes every pod and static entry from
+    /// the caches and counts the declaring objects whose entries the incremental state
+    /// had wrong (a change the watches did not deliver). Should find nothing.
+    fn check_drift(&mut self, touched: &mut HashSet<KeyId>, affected: &mut BTreeSet<String>) {
+        let mut pod_keys = HashSet::new();
+        self.reload_cluster_spiffe_ids(&mut pod_keys, &mut BTreeSet::new());
+        let mut drift = 0;
+        for key in pod_keys {
+            drift += usize::from(self.recompute_pod(key, touched, affected));
+        }
+        drift += self.recompute_statics(touched);
+        if drift > 0 {
+            tracing::warn!(
+                objects = drift,
+                "desired entries recomputed from the caches differ from the incremental state; corrected"
+            );
+            self.ctx.metrics.desired_drift.inc_by(drift as u64);
+        }
+    }
+
+    /// Recomputes one pod; true when its entries changed.
+    fn recompute_pod(
+        &mut self,
+        key: PodKey,
+        touched: &mut HashSet<KeyId>,
+        affected: &mut BTreeSet<String>,
+    ) -> bool {
+        let (entries, record) = match self.ctx.stores.pods.get(&key.0, &key.1) {
+            Some(pod) => PodRenderer {
+                config: &self.ctx.config,
+                cluster_domain: &self.ctx.cluster_domain,
+                stores: &self.ctx.stores,
+                parent: &self.parent,
+                cluster_spiffe_ids: &self.cluster_spiffe_ids,
+            }
+            .render(&pod),
             None => (Vec::new(), None),
         };
         let source = Source::Pod {
             namespace: key.0.clone(),
             name: key.1.clone(),
         };
-        if let Some(old) = self.pods.get(&key) {
-            affected.extend(old.outcomes.iter().map(|(n, _)| n.clone()));
+        let old = self.pod_records.get(&key);
+        if old != record.as_ref() {
+            let outcomes = old.into_iter().chain(record.as_ref());
+            affected.extend(outcomes.flat_map(|r| r.outcomes.iter().map(|(n, _)| n.clone())));
         }
         match record {
             Some(record) => {
-                affected.extend(record.outcomes.iter().map(|(n, _)| n.clone()));
-                self.pods.insert(key, record);
+                self.pod_records.insert(key, record);
             }
             None => {
-                self.pods.remove(&key);
+                self.pod_records.remove(&key);
             }
         }
-        self.desired.set(source, entries, touched);
+        self.desired.set(source, entries, touched)
     }
 
-    fn pod_entries(&self, cached: &CachedPod) -> (Vec<EntrySpec>, Option<PodRecord>) {
-        let config = &self.ctx.config;
-        let stores = &self.ctx.stores;
-        let namespace_name = cached.namespace.clone();
-        if config.is_namespace_ignored(&namespace_name) {
-            return (Vec::new(), None);
-        }
-        let namespace = stores.namespaces.get(&ObjectRef::new(&namespace_name));
-        let namespace_labels = namespace.as_ref().and_then(|n| n.metadata.labels.as_ref());
-        let selected: Vec<&Arc<PodIdentity>> = self
-            .identities
-            .iter()
-            .filter(|i| {
-                i.namespace_selector.matches(namespace_labels)
-                    && i.pod_selector.matches(cached.labels.as_ref())
-            })
-            .collect();
-        if selected.is_empty() {
-            return (Vec::new(), None);
-        }
-        let node = cached
-            .node_name
-            .as_deref()
-            .and_then(|n| stores.nodes.get(&ObjectRef::new(n)));
-        let Some(node) = node else {
-            let record = PodRecord {
-                unscheduled: true,
-                ..Default::default()
-            };
-            return (Vec::new(), Some(record));
-        };
-        let pod = match cached.pod() {
-            Ok(pod) => pod,
-            Err(e) => {
-                // The JSON was produced by us from a decoded pod; failing here is a bug.
-                tracing::error!(pod = %format!("{}/{}", cached.namespace, cached.name), error = %e, "decoding a cached pod");
-                return (Vec::new(), None);
-            }
-        };
-        let pod = &pod;
-
-        let trust_domain = &config.trust_domain;
-        let node_data =
-            TemplateData::new(trust_domain, &config.cluster_name, &self.ctx.cluster_domain)
-                .with_node(&node);
-        let parent = self.parent.render(&node_data, trust_domain);
-        let mut data = node_data.with_pod(pod);
-        if let Some(namespace) = &namespace {
-            data = data.with_namespace(namespace);
-        }
-        let service_account = pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.service_account_name.as_deref())
-            .unwrap_or("default");
-        if let Some(sa) = stores
-            .service_accounts
-            .get(&ObjectRef::new(service_account).within(&namespace_name))
-        {
-            data = data.with_service_account(&sa);
-        }
-        let dns_names: Vec<String> = if selected.iter().any(|i| i.auto_populate_dns_names) {
-            let services = stores
-                .services
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .services_of(&namespace_name, &pod.name_any());
-            let mut names: Vec<String> = services
-                .iter()
-                .flat_map(|s| service_dns_names(s, &namespace_name, &self.ctx.cluster_domain))
-                .collect();
-            names.sort();
-            names
-        } else {
-            Vec::new()
-        };
-        let uid = pod.uid().unwrap_or_default();
-        let selected_names: HashSet<&str> = selected.iter().map(|i| i.name.as_str()).collect();
-        let result = pod_entries(
-            &self.identities,
-            |i| selected_names.contains(i.name.as_str()),
-            |i| {
-                let parent = parent.as_ref().map_err(Clone::clone)?;
-                let input = PodInput {
-                    data: &data,
-                    pod_uid: &uid,
-                    parent_id: parent,
-                    service_dns_names: &dns_names,
-                };
-                i.render(&input, trust_domain)
-            },
-        );
-        let owners = (result.owners.iter().cloned())
-            .zip(result.entries.iter().map(|e| KeyId::of(&e.key)))
-            .collect();
-        let record = PodRecord {
-            outcomes: result.outcomes,
-            owners,
-            unscheduled: false,
-        };
-        (result.entries, Some(record))
-    }
-
-    fn recompute_statics(&mut self, touched: &mut HashSet<KeyId>) {
-        let config = &self.ctx.config;
-        let mut seen = BTreeSet::new();
-        if config.reconcile.cluster_static_entries {
-            for resource in self.ctx.stores.statics.state() {
-                if !in_class(config, resource.spec.class_name.as_deref()) {
-                    continue;
-                }
-                let name = resource.name_any();
-                seen.insert(name.clone());
-                let (source, entries, result) = match StaticEntry::parse(&resource) {
-                    Ok(entry) => {
-                        let source = Source::Static {
-                            age: entry.age.clone(),
-                            name: name.clone(),
-                        };
-                        let key = KeyId::of(&entry.entry.key);
-                        (source, vec![entry.entry], Ok(key))
-                    }
-                    Err(e) => {
-                        let source = Source::Static {
-                            age: crate::render::Age::default(),
-                            name: name.clone(),
-                        };
-                        (source, Vec::new(), Err(e))
-                    }
-                };
-                if let Some(old) = self.statics.get(&name)
-                    && old.source != source
-                {
-                    self.desired.set(old.source.clone(), Vec::new(), touched);
-                }
-                self.desired.set(source.clone(), entries, touched);
-                self.statics.insert(name, StaticRecord { source, result });
-            }
-        }
-        let gone: Vec<String> = self
-            .statics
-            .keys()
-            .filter(|n| !seen.contains(*n))
-            .cloned()
-            .collect();
-        for name in gone {
-            if let Some(old) = self.statics.remove(&name) {
-                self.desired.set(old.source, Vec::new(), touched);
-            }
-        }
-    }
-
-    async fn write(&mut self, plan: Plan) -> WriteReport {
+    /// Adopts what the plan takes over, writes the rest and records the outcome.
+    /// Returns the report and the keys whose earlier failure this write cleared.
+    async fn write(&mut self, plan: Plan) -> (WriteReport, Vec<KeyId>) {
         for id in &plan.adopt {
             if self.ownership.adopt(id) {
                 self.ctx.metrics.entries_adopted.inc();
@@ -532,7 +435,7 @@ impl Reconciler {
             self.report_conflict(id, key).await;
         }
         if plan.is_empty() {
-            return WriteReport::default();
+            return (WriteReport::default(), Vec::new());
         }
         tracing::info!(
             create = plan.create.len(),
@@ -550,75 +453,48 @@ impl Reconciler {
             |id| mirror.get(id).map(|e| e.spec.key.clone()),
         )
         .await;
-        for (id, spec) in std::mem::take(&mut report.created) {
-            self.failed.remove(&KeyId::of(&spec.key));
-            self.mirror.insert(super::diff::ActualEntry {
-                id,
-                spec,
-                class: super::ownership::Class::Owned,
-            });
+        let recovered = Books {
+            mirror: &mut self.mirror,
+            ownership: &mut self.ownership,
+            failed_writes: &mut self.failed_writes,
+            mask: &mut self.mask,
         }
-        for (id, spec) in std::mem::take(&mut report.updated) {
-            self.failed.remove(&KeyId::of(&spec.key));
-            self.mirror.update(&id, spec);
-        }
-        for id in &report.deleted {
-            if let Some(entry) = self.mirror.remove(id) {
-                self.failed.remove(&KeyId::of(&entry.spec.key));
+        .record(&mut report);
+        if self.failed_writes.is_empty() {
+            self.write_retry.succeeded();
+        } else if !report.failed.is_empty() {
+            let retry_in = self.write_retry.failed();
+            if let Some(suppressed) = self.write_retry.should_log() {
+                let first = &report.failed[0].message;
+                tracing::warn!(failed = report.failed.len(), error = %first, ?retry_in, suppressed, "entry writes failed; retrying with backoff");
             }
-            self.ownership.forget(id);
-        }
-        for field in &report.unsupported {
-            tracing::warn!(
-                field,
-                "the SPIRE server does not keep this entry field; no longer comparing it"
-            );
-            match *field {
-                "jwt_svid_ttl" => self.mask.jwt_svid_ttl = false,
-                "hint" => self.mask.hint = false,
-                "store_svid" => self.mask.store_svid = false,
-                _ => {}
-            }
-        }
-        for failure in &report.failed {
-            tracing::warn!(error = %failure.message, "entry write failed; will retry");
-            if let Some(key) = &failure.key {
-                self.failed.insert(KeyId::of(key), failure.message.clone());
-            }
-        }
-        if report.failed.is_empty() {
-            self.retry_attempt = 0;
-        } else {
-            let delay = self.backoff();
-            self.retry_attempt += 1;
-            self.schedule(Dirty::Retry, delay);
         }
         if report.stale_mirror {
-            self.schedule(Dirty::Resync, Duration::from_secs(1));
+            self.conflict_retry.failed();
+        } else {
+            self.conflict_retry.succeeded();
         }
-        report
+        (report, recovered)
     }
 
-    fn backoff(&self) -> Duration {
-        let base = Duration::from_millis(500) * 2u32.saturating_pow(self.retry_attempt.min(7));
-        let base = base.min(Duration::from_secs(60));
-        base + base.mul_f64(fastrand::f64() * 0.5)
+    /// The non-key fields currently compared.
+    pub fn mask(&self) -> &EntryMask {
+        &self.mask
     }
 
-    fn schedule(&self, mark: Dirty, after: Duration) {
-        let dirty = self.ctx.dirty.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(after).await;
-            dirty.mark(mark);
-        });
+    /// Pretends the unsupported-field check ran `ago`.
+    #[cfg(test)]
+    pub(super) fn age_mask_check(&mut self, ago: Duration) {
+        self.mask_checked -= ago;
     }
 
+    /// The ClusterSPIFFEIDs whose pods declare `key` as winners.
     fn owners_of(&self, key: &KeyId) -> Vec<String> {
         self.desired
             .sources_of(key)
             .filter_map(|s| match s {
                 Source::Pod { namespace, name } => {
-                    self.pods.get(&(namespace.clone(), name.clone()))
+                    self.pod_records.get(&(namespace.clone(), name.clone()))
                 }
                 Source::Static { .. } => None,
             })
@@ -635,295 +511,17 @@ impl Reconciler {
         if *self.ownership.adopted() == self.persisted_adopted {
             return;
         }
-        let ids: Vec<&str> = self
-            .ownership
-            .adopted()
-            .iter()
-            .map(String::as_str)
-            .collect();
-        let map = serde_json::json!({
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": {
-                "name": ADOPTED_CONFIG_MAP,
-                "labels": {"app.kubernetes.io/managed-by": "spire-operator"},
-                "annotations": {"spire.spiffe.io/purpose": "IDs of SPIRE entries spire-operator adopted; deleting this makes it leave them alone"},
-            },
-            "data": {ADOPTED_KEY: ids.join("\n")},
-        });
-        let api: Api<ConfigMap> = Api::namespaced(self.ctx.kube.clone(), &self.ctx.namespace);
-        match api
-            .patch(
-                ADOPTED_CONFIG_MAP,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&map),
-            )
-            .await
+        match adopted::save(
+            &self.ctx.kube,
+            &self.ctx.namespace,
+            self.ownership.adopted(),
+        )
+        .await
         {
-            Ok(_) => self.persisted_adopted = self.ownership.adopted().clone(),
+            Ok(()) => self.persisted_adopted = self.ownership.adopted().clone(),
             Err(e) => {
-                tracing::warn!(namespace = %self.ctx.namespace, error = %e, "saving adopted entry IDs failed; will retry")
+                tracing::warn!(namespace = %self.ctx.namespace, configmap = ADOPTED_CONFIG_MAP, error = %e, "saving adopted entry IDs failed; will retry")
             }
-        }
-    }
-
-    fn update_gauges(&self) {
-        let metrics = &self.ctx.metrics;
-        let (owned, foreign) = self.mirror.counts();
-        metrics.entries_desired.set(self.desired.len() as i64);
-        metrics.entries_owned.set(owned as i64);
-        metrics.entries_foreign.set(foreign as i64);
-        let failed = self
-            .pods
-            .values()
-            .filter(|r| {
-                r.outcomes
-                    .iter()
-                    .any(|(_, o)| matches!(o, Outcome::RenderFailed(_)))
-            })
-            .count();
-        metrics.pods_render_failed.set(failed as i64);
-        metrics
-            .pods_unscheduled
-            .set(self.pods.values().filter(|r| r.unscheduled).count() as i64);
-    }
-
-    async fn write_statuses(&mut self, affected: &BTreeSet<String>, statics: bool) {
-        let now = Time(Timestamp::now());
-        let mut events = 0;
-        for resource in self.ctx.stores.identities.state() {
-            let name = resource.name_any();
-            if !affected.contains(&name) || self.out_of_class.contains(&name) {
-                continue;
-            }
-            let (stats, readiness, render_failures) = self.identity_report(&resource);
-            let status = status::spiffe_id_status(
-                stats,
-                &readiness,
-                resource.metadata.generation,
-                resource.status.as_ref(),
-                &now,
-            );
-            if resource.status.as_ref() != Some(&status) {
-                let api: Api<ClusterSPIFFEID> = Api::all(self.ctx.kube.clone());
-                let patch = serde_json::json!({ "status": status });
-                if let Err(e) = api
-                    .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await
-                {
-                    tracing::warn!(clusterspiffeid = %name, error = %e, "writing status failed");
-                }
-            }
-            if let Readiness::InvalidSpec(message) = &readiness
-                && events < EVENTS_PER_PASS
-                && self.announce(format!("csid/{name}"), message)
-            {
-                events += 1;
-                self.publish(&resource.object_ref(&()), "InvalidSpec", message.clone())
-                    .await;
-            }
-            for (pod, message) in render_failures {
-                if events >= EVENTS_PER_PASS {
-                    break;
-                }
-                if self.announce(format!("pod/{}/{}/{name}", pod.0, pod.1), &message) {
-                    events += 1;
-                    let reference = Pod::object_ref_from(&pod.0, &pod.1);
-                    self.publish(
-                        &reference,
-                        "RenderFailed",
-                        format!("ClusterSPIFFEID {name}: {message}"),
-                    )
-                    .await;
-                }
-            }
-        }
-        if statics {
-            self.write_static_statuses(&now).await;
-        }
-    }
-
-    fn identity_report(&self, resource: &ClusterSPIFFEID) -> IdentityReport {
-        let name = resource.name_any();
-        let mut stats = ClusterSPIFFEIDStats::default();
-        if let Some(e) = self.invalid.get(&name) {
-            return (stats, Readiness::InvalidSpec(e.to_string()), Vec::new());
-        }
-        let Some(identity) = self.identities.iter().find(|i| i.name == name) else {
-            return (stats, Readiness::Reconciled, Vec::new());
-        };
-        for ns in self.ctx.stores.namespaces.state() {
-            if identity
-                .namespace_selector
-                .matches(ns.metadata.labels.as_ref())
-            {
-                stats.namespaces_selected += 1;
-                if self.ctx.config.is_namespace_ignored(&ns.name_any()) {
-                    stats.namespaces_ignored += 1;
-                }
-            }
-        }
-        let mut render_failures = Vec::new();
-        let mut write_failure = None;
-        for (pod, record) in &self.pods {
-            for (owner, outcome) in &record.outcomes {
-                if *owner != name {
-                    continue;
-                }
-                stats.pods_selected += 1;
-                match outcome {
-                    Outcome::Set => stats.entries_to_set += 1,
-                    Outcome::Masked => stats.entries_masked += 1,
-                    Outcome::FallbackSkipped => {}
-                    Outcome::RenderFailed(e) => {
-                        stats.pod_entry_render_failures += 1;
-                        render_failures.push((pod.clone(), e.to_string()));
-                    }
-                }
-            }
-            for (owner, key) in &record.owners {
-                if *owner == name
-                    && let Some(message) = self.failed.get(key)
-                {
-                    stats.entry_failures += 1;
-                    write_failure.get_or_insert_with(|| message.clone());
-                }
-            }
-        }
-        render_failures.sort();
-        let readiness = if let Some(((ns, pod), message)) = render_failures.first() {
-            let more = render_failures.len() - 1;
-            let tail = if more > 0 {
-                format!(" (and {more} more pods)")
-            } else {
-                String::new()
-            };
-            Readiness::RenderFailed(format!("pod {ns}/{pod}: {message}{tail}"))
-        } else if let Some(message) = write_failure {
-            Readiness::EntryWriteFailed(message)
-        } else {
-            Readiness::Reconciled
-        };
-        (stats, readiness, render_failures)
-    }
-
-    async fn write_static_statuses(&mut self, now: &Time) {
-        let api: Api<ClusterStaticEntry> = Api::all(self.ctx.kube.clone());
-        for resource in self.ctx.stores.statics.state() {
-            let name = resource.name_any();
-            let Some(record) = self.statics.get(&name) else {
-                continue;
-            };
-            let (rendered, masked, set, readiness) = match &record.result {
-                Err(e) => (false, false, false, Readiness::InvalidSpec(e.to_string())),
-                Ok(key) => {
-                    let masked = !self.desired.wins(&record.source, key);
-                    let set = !masked && self.mirror.has(key) && !self.failed.contains_key(key);
-                    let readiness = if masked {
-                        Readiness::Masked("an older resource declares the identical entry".into())
-                    } else if let Some(message) = self.failed.get(key) {
-                        Readiness::EntryWriteFailed(message.clone())
-                    } else {
-                        Readiness::Reconciled
-                    };
-                    (true, masked, set, readiness)
-                }
-            };
-            let status = status::static_entry_status(
-                rendered,
-                masked,
-                set,
-                &readiness,
-                resource.metadata.generation,
-                resource.status.as_ref(),
-                now,
-            );
-            if resource.status.as_ref() != Some(&status) {
-                let patch = serde_json::json!({ "status": status });
-                if let Err(e) = api
-                    .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await
-                {
-                    tracing::warn!(clusterstaticentry = %name, error = %e, "writing status failed");
-                }
-            }
-        }
-    }
-
-    /// A desired entry whose key an entry we may not adopt already has (CLI-made, another
-    /// cluster's, a join-token agent's): that entry keeps serving as it is; the pods that
-    /// wanted it get a Warning event, once.
-    async fn report_conflict(&mut self, id: &str, key: &EntryKey) {
-        let message = format!(
-            "SPIRE entry {id} (not created by spire-operator and outside the entries it may adopt) already has this pod's SPIFFE ID {}, parent ID and selectors; it is left as it is, so spire-operator does not manage its other fields",
-            key.spiffe_id
-        );
-        if !self.announce(format!("conflict/{id}"), &message) {
-            return;
-        }
-        self.ctx.metrics.entry_conflicts.inc();
-        tracing::warn!(entry = %id, spiffe_id = %key.spiffe_id, "a desired entry already exists as an entry spire-operator may not adopt; left alone");
-        let pods: Vec<_> = self
-            .desired
-            .sources_of(&KeyId::of(key))
-            .filter_map(|source| match source {
-                Source::Pod { namespace, name } => Some(Pod::object_ref_from(namespace, name)),
-                Source::Static { .. } => None,
-            })
-            .collect();
-        for pod in pods {
-            self.publish(&pod, "EntryNotAdopted", message.clone()).await;
-        }
-    }
-
-    /// Whether `message` is new for `subject` (events are published once per change).
-    fn announce(&mut self, subject: String, message: &str) -> bool {
-        if self.announced.get(&subject).map(String::as_str) == Some(message) {
-            return false;
-        }
-        self.announced.insert(subject, message.to_owned());
-        true
-    }
-
-    async fn publish(
-        &self,
-        reference: &k8s_openapi::api::core::v1::ObjectReference,
-        reason: &str,
-        note: String,
-    ) {
-        let event = Event {
-            type_: EventType::Warning,
-            reason: reason.into(),
-            note: Some(note),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        if let Err(e) = self.ctx.recorder.publish(&event, reference).await {
-            tracing::warn!(error = %e, reason, "publishing event failed");
-        }
-    }
-}
-
-/// spire-controller-manager's class rule: a resource is handled when its className equals
-/// ours, or it has none and classless resources are watched.
-fn in_class(config: &Config, class_name: Option<&str>) -> bool {
-    let class_name = class_name.unwrap_or_default();
-    class_name == config.class_name.as_deref().unwrap_or_default()
-        || (class_name.is_empty() && config.watch_classless)
-}
-
-trait PodRef {
-    fn object_ref_from(namespace: &str, name: &str) -> k8s_openapi::api::core::v1::ObjectReference;
-}
-
-impl PodRef for Pod {
-    fn object_ref_from(namespace: &str, name: &str) -> k8s_openapi::api::core::v1::ObjectReference {
-        k8s_openapi::api::core::v1::ObjectReference {
-            api_version: Some("v1".into()),
-            kind: Some("Pod".into()),
-            namespace: Some(namespace.into()),
-            name: Some(name.into()),
-            ..Default::default()
         }
     }
 }

@@ -63,9 +63,18 @@ pub struct Desired {
 
 impl Desired {
     /// Replaces what `source` declares; keys whose desired state may change are added
-    /// to `touched`.
-    pub fn set(&mut self, source: Source, entries: Vec<EntrySpec>, touched: &mut HashSet<KeyId>) {
+    /// to `touched`. Returns false, touching nothing, when `source` already declares
+    /// exactly `entries`.
+    pub fn set(
+        &mut self,
+        source: Source,
+        entries: Vec<EntrySpec>,
+        touched: &mut HashSet<KeyId>,
+    ) -> bool {
         let new_keys: Vec<KeyId> = entries.iter().map(|e| KeyId::of(&e.key)).collect();
+        if self.declares_exactly(&source, &new_keys, &entries) {
+            return false;
+        }
         if let Some(old_keys) = self.by_source.remove(&source) {
             for key in old_keys {
                 if let Some(claims) = self.by_key.get_mut(&key) {
@@ -89,6 +98,18 @@ impl Desired {
         if !new_keys.is_empty() {
             self.by_source.insert(source, new_keys);
         }
+        true
+    }
+
+    fn declares_exactly(&self, source: &Source, keys: &[KeyId], entries: &[EntrySpec]) -> bool {
+        let old = self.keys_of(source);
+        old == keys
+            && keys.iter().zip(entries).all(|(key, entry)| {
+                self.by_key
+                    .get(key)
+                    .and_then(|claims| claims.iter().find(|(s, _)| s == source))
+                    .is_some_and(|(_, declared)| declared == entry)
+            })
     }
 
     /// The winning declaration of `key`.
@@ -138,19 +159,21 @@ impl Desired {
     fn subset<'a>(
         &'a self,
         keys: &'a HashSet<KeyId>,
-    ) -> impl Iterator<Item = (&'a EntryKey, &'a EntrySpec)> {
-        keys.iter().filter_map(|k| self.get(k).map(|e| (&e.key, e)))
+    ) -> impl Iterator<Item = (&'a KeyId, &'a EntrySpec)> {
+        keys.iter().filter_map(|k| self.get(k).map(|e| (k, e)))
     }
 
-    fn all(&self) -> impl Iterator<Item = (&EntryKey, &EntrySpec)> {
+    fn all(&self) -> impl Iterator<Item = (&KeyId, &EntrySpec)> {
         self.by_key
-            .values()
-            .filter_map(|c| c.first().map(|(_, e)| (&e.key, e)))
+            .iter()
+            .filter_map(|(k, c)| c.first().map(|(_, e)| (k, e)))
     }
 }
 
-/// The server's entries as last listed and then updated from our own writes. Join-token
-/// entries are left out: they are never touched.
+/// The server's entries as last listed and then updated from our own writes. Entries of
+/// every class are kept, join-token ones included: they are never touched, but a
+/// desired entry with the same key must be seen as a conflict, neither created (SPIRE
+/// would answer AlreadyExists, forever) nor adopted.
 #[derive(Debug, Default)]
 pub struct Mirror {
     by_key: HashMap<KeyId, Vec<ActualEntry>>,
@@ -162,8 +185,6 @@ impl Mirror {
     pub fn from_listing(entries: Vec<(String, EntrySpec)>, ownership: &Ownership) -> Self {
         let mut mirror = Self::default();
         for (id, spec) in entries {
-            // Join-token entries stay in the mirror, so that a desired entry with the same
-            // key is seen as a conflict instead of a create SPIRE refuses every pass.
             let class = ownership.classify(&id, &spec);
             mirror.insert(ActualEntry { id, spec, class });
         }
@@ -251,12 +272,16 @@ pub fn plan_keys(
     touched: &HashSet<KeyId>,
     mask: &EntryMask,
 ) -> Plan {
-    plan(desired.subset(touched), mirror.subset(touched), mask)
+    plan(
+        desired.subset(touched).map(|(_, e)| (&e.key, e)),
+        mirror.subset(touched),
+        mask,
+    )
 }
 
 /// Plans the writes for every key (after a full listing).
 pub fn plan_all(desired: &Desired, mirror: &Mirror, mask: &EntryMask) -> Plan {
-    plan(desired.all(), mirror.all(), mask)
+    plan(desired.all().map(|(_, e)| (&e.key, e)), mirror.all(), mask)
 }
 
 #[cfg(test)]

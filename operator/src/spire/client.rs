@@ -10,9 +10,36 @@ use tonic::transport::{Channel, Endpoint, Uri};
 
 use super::api::{agent, bundle, entry, svid, trustdomain, types};
 
-/// Entries requested per ListEntries page. Large pages keep a full resync at 10k+
-/// entries to a handful of round trips; SPIRE streams each page from its datastore.
-const LIST_PAGE_SIZE: i32 = 1000;
+/// Entries requested per ListEntries page by default. Large pages keep a full resync at
+/// 10k+ entries to a handful of round trips; SPIRE streams each page from its datastore.
+pub const DEFAULT_LIST_PAGE_SIZE: i32 = 1000;
+
+/// Largest response accepted by default: 1000 entries with 50 DNS names of 253
+/// characters each (the longest a DNS name can be) fit, about 13 MB.
+pub const DEFAULT_MAX_RECEIVE_MESSAGE_SIZE: usize = 32 * 1024 * 1024;
+
+/// How the client talks to the server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientOptions {
+    /// Upper bound on any single call.
+    pub timeout: Duration,
+    /// Entries (and agents, federation relationships) requested per List page. A page
+    /// that exceeds `max_receive_message_size` is asked for again in halves.
+    pub list_page_size: i32,
+    /// Largest response accepted, in bytes (spire-controller-manager's
+    /// `grpc.maxCallRecvMsgSize`; tonic's own default is 4 MiB).
+    pub max_receive_message_size: usize,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(60),
+            list_page_size: DEFAULT_LIST_PAGE_SIZE,
+            max_receive_message_size: DEFAULT_MAX_RECEIVE_MESSAGE_SIZE,
+        }
+    }
+}
 
 /// Where the SPIRE server API listens.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,6 +94,8 @@ pub enum SpireError {
 #[derive(Clone, Debug)]
 pub struct SpireClient {
     channel: Channel,
+    list_page_size: i32,
+    max_receive_message_size: usize,
 }
 
 impl SpireError {
@@ -85,9 +114,23 @@ impl SpireError {
 }
 
 impl SpireClient {
-    /// Connects to the server, failing if it is not reachable now. Every call made
-    /// through the client gives up after `timeout`.
+    /// Connects to the server with default options, failing if it is not reachable
+    /// now. Every call made through the client gives up after `timeout`.
     pub async fn connect(address: SpireAddress, timeout: Duration) -> Result<Self, SpireError> {
+        let options = ClientOptions {
+            timeout,
+            ..ClientOptions::default()
+        };
+        Self::connect_with(address, &options).await
+    }
+
+    /// Connects to the server, failing if it is not reachable now. Every call made
+    /// through the client gives up after `options.timeout`.
+    pub async fn connect_with(
+        address: SpireAddress,
+        options: &ClientOptions,
+    ) -> Result<Self, SpireError> {
+        let timeout = options.timeout;
         let SpireAddress::Unix(path) = &address;
         let path = path.clone();
         // The URI is required by the HTTP/2 layer but never resolved: the connector dials the socket.
@@ -103,38 +146,49 @@ impl SpireClient {
                 }))
                 .await
                 .map_err(|source| SpireError::Connect { address, source })?;
-        Ok(Self { channel })
+        Ok(Self {
+            channel,
+            list_page_size: options.list_page_size.max(1),
+            max_receive_message_size: options.max_receive_message_size,
+        })
     }
 
     fn entry(&self) -> entry::entry_client::EntryClient<Channel> {
         entry::entry_client::EntryClient::new(self.channel.clone())
+            .max_decoding_message_size(self.max_receive_message_size)
     }
 
     fn trust_domain(&self) -> trustdomain::trust_domain_client::TrustDomainClient<Channel> {
         trustdomain::trust_domain_client::TrustDomainClient::new(self.channel.clone())
+            .max_decoding_message_size(self.max_receive_message_size)
     }
 
     fn agent(&self) -> agent::agent_client::AgentClient<Channel> {
         agent::agent_client::AgentClient::new(self.channel.clone())
+            .max_decoding_message_size(self.max_receive_message_size)
     }
 
     /// Lists every registration entry on the server, following pagination.
     pub async fn list_entries(&self) -> Result<Vec<types::Entry>, SpireError> {
         let client = self.entry();
-        paginate("entry.v1.Entry/ListEntries", |page_token| {
-            let mut client = client.clone();
-            async move {
-                let page = client
-                    .list_entries(entry::ListEntriesRequest {
-                        page_size: LIST_PAGE_SIZE,
-                        page_token,
-                        ..Default::default()
-                    })
-                    .await?
-                    .into_inner();
-                Ok((page.entries, page.next_page_token))
-            }
-        })
+        paginate(
+            "entry.v1.Entry/ListEntries",
+            self.list_page_size,
+            |page_token, page_size| {
+                let mut client = client.clone();
+                async move {
+                    let page = client
+                        .list_entries(entry::ListEntriesRequest {
+                            page_size,
+                            page_token,
+                            ..Default::default()
+                        })
+                        .await?
+                        .into_inner();
+                    Ok((page.entries, page.next_page_token))
+                }
+            },
+        )
         .await
     }
 
@@ -257,14 +311,15 @@ impl SpireClient {
         let client = self.trust_domain();
         paginate(
             "trustdomain.v1.TrustDomain/ListFederationRelationships",
-            |page_token| {
+            self.list_page_size,
+            |page_token, page_size| {
                 let mut client = client.clone();
                 async move {
                     let page = client
                         .list_federation_relationships(
                             trustdomain::ListFederationRelationshipsRequest {
                                 output_mask: None,
-                                page_size: LIST_PAGE_SIZE,
+                                page_size,
                                 page_token,
                             },
                         )
@@ -330,20 +385,24 @@ impl SpireClient {
     /// Lists every attested agent, following pagination.
     pub async fn list_agents(&self) -> Result<Vec<types::Agent>, SpireError> {
         let client = self.agent();
-        paginate("agent.v1.Agent/ListAgents", |page_token| {
-            let mut client = client.clone();
-            async move {
-                let page = client
-                    .list_agents(agent::ListAgentsRequest {
-                        filter: None,
-                        page_size: LIST_PAGE_SIZE,
-                        page_token,
-                    })
-                    .await?
-                    .into_inner();
-                Ok((page.agents, page.next_page_token))
-            }
-        })
+        paginate(
+            "agent.v1.Agent/ListAgents",
+            self.list_page_size,
+            |page_token, page_size| {
+                let mut client = client.clone();
+                async move {
+                    let page = client
+                        .list_agents(agent::ListAgentsRequest {
+                            filter: None,
+                            page_size,
+                            page_token,
+                        })
+                        .await?
+                        .into_inner();
+                    Ok((page.agents, page.next_page_token))
+                }
+            },
+        )
         .await
     }
 }
@@ -357,18 +416,31 @@ fn seconds(ttl: Duration) -> i32 {
     i32::try_from(ttl.as_secs()).unwrap_or(i32::MAX)
 }
 
-/// Drives a paginated List call: `fetch(page_token)` returns one page and the next token.
-async fn paginate<T, F, Fut>(method: &'static str, mut fetch: F) -> Result<Vec<T>, SpireError>
+/// Drives a paginated List call: `fetch(page_token, page_size)` returns one page and the
+/// next token. A page too large to receive (tonic answers OutOfRange) is asked for again
+/// at half the size, down to one item, so a receive limit never stops a listing.
+async fn paginate<T, F, Fut>(
+    method: &'static str,
+    page_size: i32,
+    mut fetch: F,
+) -> Result<Vec<T>, SpireError>
 where
-    F: FnMut(String) -> Fut,
+    F: FnMut(String, i32) -> Fut,
     Fut: Future<Output = Result<(Vec<T>, String), tonic::Status>>,
 {
     let mut all = Vec::new();
     let mut page_token = String::new();
+    let mut page_size = page_size.max(1);
     loop {
-        let (items, next) = fetch(std::mem::take(&mut page_token))
-            .await
-            .map_err(rpc(method))?;
+        let (items, next) = match fetch(page_token.clone(), page_size).await {
+            Ok(page) => page,
+            Err(status) if status.code() == tonic::Code::OutOfRange && page_size > 1 => {
+                page_size /= 2;
+                tracing::debug!(method, page_size, error = %status.message(), "page too large to receive; asking for smaller pages");
+                continue;
+            }
+            Err(status) => return Err(rpc(method)(status)),
+        };
         let got_any = !items.is_empty();
         all.extend(items);
         if next.is_empty() {
@@ -398,5 +470,80 @@ fn check_count<T>(
             method,
             reason: format!("{} results for {sent} items", results.len()),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::spire::fake::{FakeSpire, FakeState};
+
+    /// 1000 entries of 50 DNS names of 100 characters: about 5 MB in one default page,
+    /// over tonic's 4 MiB default receive limit.
+    fn big_entries() -> FakeState {
+        let mut state = FakeState::default();
+        for i in 0..1000 {
+            let entry = types::Entry {
+                id: format!("entry-{i:04}"),
+                spiffe_id: Some(types::Spiffeid {
+                    trust_domain: "td".into(),
+                    path: format!("/workload/{i}"),
+                }),
+                parent_id: Some(types::Spiffeid {
+                    trust_domain: "td".into(),
+                    path: "/agent".into(),
+                }),
+                selectors: vec![types::Selector {
+                    r#type: "k8s".into(),
+                    value: format!("pod-uid:{i}"),
+                }],
+                dns_names: (0..50)
+                    .map(|n| format!("{n:02}-{}.shop.svc.cluster.local", "x".repeat(72)))
+                    .collect(),
+                ..Default::default()
+            };
+            state.entries.insert(entry.id.clone(), entry);
+        }
+        state
+    }
+
+    async fn list_with(name: &str, options: ClientOptions) -> (Result<usize, SpireError>, usize) {
+        let dir = std::env::temp_dir().join(format!(
+            "spire-operator-client-{name}-{}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let state = Arc::new(Mutex::new(big_entries()));
+        let server = FakeSpire::start(&dir.join("api.sock"), state.clone()).await;
+        let client = SpireClient::connect_with(SpireAddress::Unix(dir.join("api.sock")), &options)
+            .await
+            .unwrap();
+        let listed = client.list_entries().await.map(|e| e.len());
+        let calls = state.lock().unwrap().list_calls;
+        server.stop().await;
+        let _ = std::fs::remove_dir_all(&dir);
+        (listed, calls)
+    }
+
+    #[tokio::test]
+    async fn default_options_list_1000_entries_with_50_dns_names_each() {
+        let (listed, calls) = list_with("defaults", ClientOptions::default()).await;
+        assert_eq!(listed.unwrap(), 1000);
+        // One full page, then the empty one its token points to.
+        assert_eq!(calls, 2);
+    }
+
+    #[tokio::test]
+    async fn a_page_over_the_receive_limit_is_asked_for_in_halves() {
+        let options = ClientOptions {
+            max_receive_message_size: 4 * 1024 * 1024,
+            ..ClientOptions::default()
+        };
+        let (listed, calls) = list_with("halves", options).await;
+        assert_eq!(listed.unwrap(), 1000);
+        // 1000 (too large to receive), then two pages of 500 and the empty last one.
+        assert_eq!(calls, 4);
     }
 }

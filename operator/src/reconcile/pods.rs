@@ -1,0 +1,193 @@
+//! Pod entries: which ClusterSPIFFEIDs are in scope, and the entries one pod gets from
+//! them with the objects it depends on (its Node, Namespace, ServiceAccount, Services).
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::Arc;
+
+use kube::ResourceExt;
+use kube::runtime::reflector::ObjectRef;
+
+use super::desired::{Outcome, pod_entries};
+use super::pod_cache::CachedPod;
+use super::state::KeyId;
+use super::watch::Stores;
+use crate::config::Config;
+use crate::render::{ParentTemplate, PodIdentity, PodInput, SpecError, service_dns_names};
+use crate::spire::EntrySpec;
+use crate::template::TemplateData;
+
+/// The ClusterSPIFFEIDs as last loaded from the store, sorted by what the reconciler
+/// does with them.
+#[derive(Debug, Default)]
+pub struct ClusterSpiffeIds {
+    /// Parsed and in our class: these render pod entries.
+    pub valid: Vec<Arc<PodIdentity>>,
+    /// In our class but unusable, with the reason (reported as InvalidSpec).
+    pub invalid: BTreeMap<String, SpecError>,
+    /// Another operator's (className): no entries, no status.
+    pub out_of_class: BTreeSet<String>,
+}
+
+impl ClusterSpiffeIds {
+    /// Loads them from the store; empty when `reconcile.clusterSPIFFEIDs` is off.
+    pub fn load(config: &Config, stores: &Stores) -> Self {
+        let mut loaded = Self::default();
+        if !config.reconcile.cluster_spiffe_ids {
+            return loaded;
+        }
+        for resource in stores.cluster_spiffe_ids.state() {
+            let name = resource.name_any();
+            if !in_class(config, resource.spec.class_name.as_deref()) {
+                loaded.out_of_class.insert(name);
+                continue;
+            }
+            match PodIdentity::parse(&resource) {
+                Ok(identity) => loaded.valid.push(Arc::new(identity)),
+                Err(e) => {
+                    tracing::warn!(clusterspiffeid = %name, error = %e, "invalid ClusterSPIFFEID");
+                    loaded.invalid.insert(name, e);
+                }
+            }
+        }
+        loaded
+    }
+}
+
+/// What the reconciler remembers about one pod between passes (for statuses).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PodRecord {
+    /// What each selecting ClusterSPIFFEID did for the pod.
+    pub outcomes: Vec<(String, Outcome)>,
+    /// (winning ClusterSPIFFEID, key) per entry of the pod.
+    pub owners: Vec<(String, KeyId)>,
+    /// No node yet (or its Node object not seen yet): no entry, no error.
+    pub unscheduled: bool,
+}
+
+/// Everything rendering a pod reads besides the pod.
+pub struct PodRenderer<'a> {
+    /// The configuration.
+    pub config: &'a Config,
+    /// The cluster domain (may be empty).
+    pub cluster_domain: &'a str,
+    /// The watched objects.
+    pub stores: &'a Stores,
+    /// `parentIDTemplate`, parsed.
+    pub parent: &'a ParentTemplate,
+    /// The ClusterSPIFFEIDs in scope.
+    pub cluster_spiffe_ids: &'a ClusterSpiffeIds,
+}
+
+impl PodRenderer<'_> {
+    /// The entries of one pod, and its record (`None` when nothing selects the pod).
+    pub fn render(&self, cached: &CachedPod) -> (Vec<EntrySpec>, Option<PodRecord>) {
+        let config = self.config;
+        let stores = self.stores;
+        let namespace_name = cached.namespace.clone();
+        if config.is_namespace_ignored(&namespace_name) {
+            return (Vec::new(), None);
+        }
+        let namespace = stores.namespaces.get(&ObjectRef::new(&namespace_name));
+        let namespace_labels = namespace.as_ref().and_then(|n| n.metadata.labels.as_ref());
+        let selected: Vec<&Arc<PodIdentity>> = self
+            .cluster_spiffe_ids
+            .valid
+            .iter()
+            .filter(|i| {
+                i.namespace_selector.matches(namespace_labels)
+                    && i.pod_selector.matches(cached.labels.as_ref())
+            })
+            .collect();
+        if selected.is_empty() {
+            return (Vec::new(), None);
+        }
+        let node = cached
+            .node_name
+            .as_deref()
+            .and_then(|n| stores.nodes.get(&ObjectRef::new(n)));
+        let Some(node) = node else {
+            let record = PodRecord {
+                unscheduled: true,
+                ..Default::default()
+            };
+            return (Vec::new(), Some(record));
+        };
+        let pod = match cached.pod() {
+            Ok(pod) => pod,
+            Err(e) => {
+                // The JSON was produced by us from a decoded pod; failing here is a bug.
+                tracing::error!(pod = %format!("{}/{}", cached.namespace, cached.name), error = %e, "decoding a cached pod");
+                return (Vec::new(), None);
+            }
+        };
+        let pod = &pod;
+
+        let trust_domain = &config.trust_domain;
+        let node_data = TemplateData::new(trust_domain, &config.cluster_name, self.cluster_domain)
+            .with_node(&node);
+        let parent = self.parent.render(&node_data, trust_domain);
+        let mut data = node_data.with_pod(pod);
+        if let Some(namespace) = &namespace {
+            data = data.with_namespace(namespace);
+        }
+        let service_account = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.service_account_name.as_deref())
+            .unwrap_or("default");
+        if let Some(sa) = stores
+            .service_accounts
+            .get(&ObjectRef::new(service_account).within(&namespace_name))
+        {
+            data = data.with_service_account(&sa);
+        }
+        let dns_names: Vec<String> = if selected.iter().any(|i| i.auto_populate_dns_names) {
+            let services = stores
+                .services
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .services_of(&namespace_name, &pod.name_any());
+            let mut names: Vec<String> = services
+                .iter()
+                .flat_map(|s| service_dns_names(s, &namespace_name, self.cluster_domain))
+                .collect();
+            names.sort();
+            names
+        } else {
+            Vec::new()
+        };
+        let uid = pod.uid().unwrap_or_default();
+        let selected_names: HashSet<&str> = selected.iter().map(|i| i.name.as_str()).collect();
+        let result = pod_entries(
+            &self.cluster_spiffe_ids.valid,
+            |i| selected_names.contains(i.name.as_str()),
+            |i| {
+                let parent = parent.as_ref().map_err(Clone::clone)?;
+                let input = PodInput {
+                    data: &data,
+                    pod_uid: &uid,
+                    parent_id: parent,
+                    service_dns_names: &dns_names,
+                };
+                i.render(&input, trust_domain)
+            },
+        );
+        let owners = (result.owners.iter().cloned())
+            .zip(result.entries.iter().map(|e| KeyId::of(&e.key)))
+            .collect();
+        let record = PodRecord {
+            outcomes: result.outcomes,
+            owners,
+            unscheduled: false,
+        };
+        (result.entries, Some(record))
+    }
+}
+
+/// spire-controller-manager's class rule: a resource is handled when its className equals
+/// ours, or it has none and classless resources are watched.
+pub fn in_class(config: &Config, class_name: Option<&str>) -> bool {
+    let class_name = class_name.unwrap_or_default();
+    class_name == config.class_name.as_deref().unwrap_or_default()
+        || (class_name.is_empty() && config.watch_classless)
+}
