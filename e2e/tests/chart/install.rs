@@ -7,13 +7,13 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use e2e::WorkDir;
 use e2e::entries::{self, EntryView};
+use e2e::kube_util;
 use e2e::operator::Operator;
 use e2e::world::World;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
-use k8s_openapi::api::authentication::v1::TokenRequest;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use k8s_openapi::api::storage::v1::CSIDriver;
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams};
 use serde_norway::Value;
 use spire_operator::crd::ClusterSPIFFEID;
 
@@ -83,7 +83,8 @@ async fn install_reconcile_as_the_chart_service_account_and_uninstall() -> anyho
     // The operator with the server pod's ServiceAccount token and the chart's config
     // (only the socket and listen addresses differ: no kubelet runs the pod here).
     let dir = WorkDir::new("chart-sa")?;
-    let token = service_account_token(&client, "spire-rs-spire-server").await?;
+    let token =
+        kube_util::service_account_token(&client, NAMESPACE, "spire-rs-spire-server").await?;
     let sa_kubeconfig = dir.join("kubeconfig");
     let sa_client = world
         .control_plane
@@ -199,25 +200,6 @@ async fn install_reconcile_as_the_chart_service_account_and_uninstall() -> anyho
         assert!(gone, "{what} left after helm uninstall");
     }
     Ok(())
-}
-
-/// A token for the ServiceAccount from the TokenRequest API, as the kubelet gets one.
-async fn service_account_token(client: &kube::Client, name: &str) -> anyhow::Result<String> {
-    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), NAMESPACE);
-    let request: TokenRequest = serde_json::from_value(serde_json::json!({
-        "apiVersion": "authentication.k8s.io/v1",
-        "kind": "TokenRequest",
-        "spec": {"audiences": [], "expirationSeconds": 3600}
-    }))?;
-    let response = accounts
-        .create_token_request(name, &PostParams::default(), &request)
-        .await
-        .with_context(|| format!("TokenRequest for {NAMESPACE}/{name}"))?;
-    response
-        .status
-        .and_then(|s| s.token)
-        .filter(|t| !t.is_empty())
-        .context("TokenRequest answered without a token")
 }
 
 /// The operator config the chart rendered, without the keys the harness sets itself
