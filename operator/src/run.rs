@@ -15,13 +15,9 @@ use spire_operator::leader::{self, LeaderConfig};
 use spire_operator::metrics::Metrics;
 use spire_operator::reconcile::dirty::DirtySet;
 use spire_operator::reconcile::runner::{Context, Reconciler};
-use spire_operator::reconcile::watch;
+use spire_operator::reconcile::watch::{self, WatchOptions};
 use spire_operator::spire::{ClientOptions, SpireAddress, SpireClient};
 use tokio::sync::Notify;
-
-/// Kinds whose first listing must be complete before the first pass: deciding on a
-/// partial view would delete entries of pods not listed yet.
-const WATCHED_KINDS: usize = 7;
 
 /// Arguments of `run`.
 #[derive(Args, Debug)]
@@ -159,7 +155,11 @@ pub async fn run(mut args: RunArgs, config: Config) -> anyhow::Result<()> {
 
     let spire = connect_spire(&config, args.spire_timeout, &metrics).await;
 
-    // Watches run on every replica, so a new leader starts with warm caches.
+    // Watches run on every replica, so a new leader starts with warm caches. Every kind's
+    // first listing must be complete before the first pass: deciding on a partial view
+    // would delete entries of pods not listed yet.
+    let watch_options = WatchOptions::from_config(&config);
+    let watched_kinds = watch_options.kinds().len();
     let dirty = Arc::new(DirtySet::default());
     let synced_kinds = Arc::new(Mutex::new(BTreeSet::new()));
     let all_synced = Arc::new(Notify::new());
@@ -171,15 +171,23 @@ pub async fn run(mut args: RunArgs, config: Config) -> anyhow::Result<()> {
             let mut kinds = synced_kinds.lock().unwrap_or_else(|e| e.into_inner());
             kinds.insert(kind);
             tracing::debug!(kind, "watch synced");
-            if kinds.len() == WATCHED_KINDS {
+            if kinds.len() == watched_kinds {
                 metrics.caches_synced.set(1);
                 all_synced.notify_one();
             }
         })
     };
-    let (stores, _watch_tasks) =
-        watch::spawn(kube.clone(), config.clone(), dirty.clone(), on_synced);
-    all_synced.notified().await;
+    let watches = watch::spawn(
+        kube.clone(),
+        config.clone(),
+        watch_options,
+        dirty.clone(),
+        health.clone(),
+        on_synced,
+    );
+    if watched_kinds > 0 {
+        all_synced.notified().await;
+    }
     tracing::info!("caches synced");
 
     let mut leading = if config.leader_election.leader_elect {
@@ -216,7 +224,7 @@ pub async fn run(mut args: RunArgs, config: Config) -> anyhow::Result<()> {
         namespace: namespace.clone(),
         kube: kube.clone(),
         spire,
-        stores,
+        stores: watches.stores,
         dirty,
         metrics: metrics.clone(),
         recorder: Recorder::new(

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::render::{PodIdentity, SpecError};
+use crate::render::{Age, PodIdentity, SpecError};
 use crate::spire::{EntryKey, EntrySpec};
 
 /// What one ClusterSPIFFEID did for one pod that it selects.
@@ -27,6 +27,8 @@ pub struct PodEntries {
     pub entries: Vec<EntrySpec>,
     /// The winning ClusterSPIFFEID of each entry, in the same order.
     pub owners: Vec<String>,
+    /// The age of each entry's winning ClusterSPIFFEID (for masking across objects).
+    pub owner_ages: Vec<Age>,
     /// Per selecting ClusterSPIFFEID (by name), its outcome.
     pub outcomes: Vec<(String, Outcome)>,
 }
@@ -79,6 +81,7 @@ pub fn pod_entries(
             result.outcomes.push((winner.name.clone(), Outcome::Set));
             result.entries.push(entry);
             result.owners.push(winner.name.clone());
+            result.owner_ages.push(winner.age.clone());
         }
         for (loser, _) in claims {
             result.outcomes.push((loser.name.clone(), Outcome::Masked));

@@ -283,6 +283,28 @@ mod tests {
     }
 
     #[test]
+    fn dns_names_in_another_order_are_not_an_update() {
+        let mut web = spec("/ns/a/sa/web", &["k8s:pod-uid:1"]);
+        web.dns_names = vec!["web.a.svc".into(), "web".into()];
+        let mut on_server = web.clone();
+        on_server.dns_names.reverse();
+        let got = plan(
+            &desired(&[web.clone()]),
+            &[actual("e1", on_server, Owned)],
+            &managed_fields(),
+        );
+        assert!(got.is_empty(), "{got:?}");
+        let mut more = web.clone();
+        more.dns_names.push("web.a".into());
+        let got = plan(
+            &desired(&[more]),
+            &[actual("e1", web, Owned)],
+            &managed_fields(),
+        );
+        assert_eq!(got.update.len(), 1);
+    }
+
+    #[test]
     fn api_round_trip_keeps_selector_values_with_colons() {
         let web = spec("/ns/a/sa/web", &["k8s:pod-uid:1", "k8s:ns:a"]);
         let entry = web.to_api("e1".into());

@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::Pod;
 pub type PodKey = (String, String);
 
 /// One pod: what selection needs, decoded; the rest as JSON.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub struct CachedPod {
     /// Namespace.
     pub namespace: String,
@@ -88,9 +88,18 @@ impl PodCache {
             .remove(&(namespace.to_owned(), name.to_owned()));
     }
 
-    /// Replaces everything (after a re-list).
-    pub fn replace(&self, pods: HashMap<PodKey, Arc<CachedPod>>) {
-        *self.write() = pods;
+    /// Replaces everything (after a re-list); returns the pods that changed, appeared
+    /// or vanished.
+    pub fn replace(&self, pods: HashMap<PodKey, Arc<CachedPod>>) -> Vec<PodKey> {
+        let old = std::mem::replace(&mut *self.write(), pods);
+        let new = self.read();
+        let mut changed: Vec<PodKey> = old
+            .iter()
+            .filter(|(key, pod)| new.get(*key) != Some(*pod))
+            .map(|(key, _)| key.clone())
+            .collect();
+        changed.extend(new.keys().filter(|key| !old.contains_key(*key)).cloned());
+        changed
     }
 
     /// How many pods are cached.

@@ -12,7 +12,7 @@ use super::pod_cache::CachedPod;
 use super::state::KeyId;
 use super::watch::Stores;
 use crate::config::Config;
-use crate::render::{ParentTemplate, PodIdentity, PodInput, SpecError, service_dns_names};
+use crate::render::{Age, ParentTemplate, PodIdentity, PodInput, SpecError, service_dns_names};
 use crate::spire::EntrySpec;
 use crate::template::TemplateData;
 
@@ -60,7 +60,7 @@ pub struct PodRecord {
     pub outcomes: Vec<(String, Outcome)>,
     /// (winning ClusterSPIFFEID, key) per entry of the pod.
     pub owners: Vec<(String, KeyId)>,
-    /// No node yet (or its Node object not seen yet): no entry, no error.
+    /// No node yet (no `spec.nodeName`): no entry, no error.
     pub unscheduled: bool,
 }
 
@@ -79,8 +79,9 @@ pub struct PodRenderer<'a> {
 }
 
 impl PodRenderer<'_> {
-    /// The entries of one pod, and its record (`None` when nothing selects the pod).
-    pub fn render(&self, cached: &CachedPod) -> (Vec<EntrySpec>, Option<PodRecord>) {
+    /// The entries of one pod with the age of the ClusterSPIFFEID that declares each,
+    /// and the pod's record (`None` when nothing selects the pod).
+    pub fn render(&self, cached: &CachedPod) -> (Vec<(Age, EntrySpec)>, Option<PodRecord>) {
         let config = self.config;
         let stores = self.stores;
         let namespace_name = cached.namespace.clone();
@@ -101,13 +102,31 @@ impl PodRenderer<'_> {
         if selected.is_empty() {
             return (Vec::new(), None);
         }
-        let node = cached
-            .node_name
-            .as_deref()
-            .and_then(|n| stores.nodes.get(&ObjectRef::new(n)));
-        let Some(node) = node else {
+        let Some(node_name) = cached.node_name.as_deref() else {
+            // Pending: no entry and no error (spire-controller-manager skips pods
+            // without a nodeName since #741).
             let record = PodRecord {
                 unscheduled: true,
+                ..Default::default()
+            };
+            return (Vec::new(), Some(record));
+        };
+        let Some(node) = stores.nodes.get(&ObjectRef::new(node_name)) else {
+            // Scheduled to a node we do not know: the parent ID cannot be rendered, which
+            // spire-controller-manager reports as a render failure.
+            let mut outcomes: Vec<(String, Outcome)> = selected
+                .iter()
+                .map(|i| {
+                    let error = SpecError {
+                        field: "spec.nodeName".into(),
+                        message: format!("Node {node_name} not found"),
+                    };
+                    (i.name.clone(), Outcome::RenderFailed(error))
+                })
+                .collect();
+            outcomes.sort_by(|a, b| a.0.cmp(&b.0));
+            let record = PodRecord {
+                outcomes,
                 ..Default::default()
             };
             return (Vec::new(), Some(record));
@@ -180,7 +199,8 @@ impl PodRenderer<'_> {
             owners,
             unscheduled: false,
         };
-        (result.entries, Some(record))
+        let entries = result.owner_ages.into_iter().zip(result.entries).collect();
+        (entries, Some(record))
     }
 }
 

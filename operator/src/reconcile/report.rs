@@ -156,7 +156,9 @@ impl Reconciler {
                 }
                 stats.pods_selected += 1;
                 match outcome {
-                    Outcome::Set => stats.entries_to_set += 1,
+                    // Counted below: a pod's winning entry may still lose its key to
+                    // an older object (a ClusterStaticEntry, another pod's entry).
+                    Outcome::Set => {}
                     Outcome::Masked => stats.entries_masked += 1,
                     Outcome::FallbackSkipped => {}
                     Outcome::RenderFailed(e) => {
@@ -165,10 +167,20 @@ impl Reconciler {
                     }
                 }
             }
+            let source = Source::Pod {
+                namespace: pod.0.clone(),
+                name: pod.1.clone(),
+            };
             for (owner, key) in &record.owners {
-                if *owner == name
-                    && let Some(message) = self.failed_writes.get(key)
-                {
+                if *owner != name {
+                    continue;
+                }
+                if self.desired.wins(&source, key) {
+                    stats.entries_to_set += 1;
+                } else {
+                    stats.entries_masked += 1;
+                }
+                if let Some(message) = self.failed_writes.get(key) {
                     stats.entry_failures += 1;
                     write_failure.get_or_insert_with(|| message.clone());
                 }

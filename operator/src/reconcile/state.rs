@@ -33,8 +33,7 @@ impl KeyId {
     }
 }
 
-/// The object an entry is declared by. Statics order before pods and by age among
-/// themselves, so the first declarer of a key is the one that wins it.
+/// The object an entry is declared by.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Source {
     /// A ClusterStaticEntry.
@@ -53,11 +52,20 @@ pub enum Source {
     },
 }
 
+/// One declaration of an entry: the age of the resource that owns it (the
+/// ClusterStaticEntry, or the ClusterSPIFFEID that rendered a pod's entry), the
+/// declaring object, and the entry.
+type Claim = (Age, Source, EntrySpec);
+
 /// Desired entries by key and by declaring object.
+///
+/// When several objects declare one key, the claim whose owning resource is oldest wins
+/// (creation time, then UID), whatever its kind: spire-controller-manager sorts a
+/// ClusterStaticEntry and a ClusterSPIFFEID the same way. The others are masked.
 #[derive(Debug, Default)]
 pub struct Desired {
-    /// Declarers of each key, sorted by source; almost always exactly one.
-    by_key: HashMap<KeyId, Vec<(Source, EntrySpec)>>,
+    /// Declarers of each key, oldest owner first; almost always exactly one.
+    by_key: HashMap<KeyId, Vec<Claim>>,
     by_source: HashMap<Source, Vec<KeyId>>,
 }
 
@@ -68,17 +76,17 @@ impl Desired {
     pub fn set(
         &mut self,
         source: Source,
-        entries: Vec<EntrySpec>,
+        entries: Vec<(Age, EntrySpec)>,
         touched: &mut HashSet<KeyId>,
     ) -> bool {
-        let new_keys: Vec<KeyId> = entries.iter().map(|e| KeyId::of(&e.key)).collect();
+        let new_keys: Vec<KeyId> = entries.iter().map(|(_, e)| KeyId::of(&e.key)).collect();
         if self.declares_exactly(&source, &new_keys, &entries) {
             return false;
         }
         if let Some(old_keys) = self.by_source.remove(&source) {
             for key in old_keys {
                 if let Some(claims) = self.by_key.get_mut(&key) {
-                    claims.retain(|(s, _)| *s != source);
+                    claims.retain(|(_, s, _)| *s != source);
                     if claims.is_empty() {
                         self.by_key.remove(&key);
                     }
@@ -86,14 +94,14 @@ impl Desired {
                 touched.insert(key);
             }
         }
-        for (entry, id) in entries.into_iter().zip(&new_keys) {
+        for ((age, entry), id) in entries.into_iter().zip(&new_keys) {
             touched.insert(*id);
             let claims = self
                 .by_key
                 .entry(*id)
                 .or_insert_with(|| Vec::with_capacity(1));
-            let at = claims.partition_point(|(s, _)| *s < source);
-            claims.insert(at, (source.clone(), entry));
+            let at = claims.partition_point(|(a, s, _)| (a, s) < (&age, &source));
+            claims.insert(at, (age, source.clone(), entry));
         }
         if !new_keys.is_empty() {
             self.by_source.insert(source, new_keys);
@@ -101,20 +109,28 @@ impl Desired {
         true
     }
 
-    fn declares_exactly(&self, source: &Source, keys: &[KeyId], entries: &[EntrySpec]) -> bool {
+    fn declares_exactly(
+        &self,
+        source: &Source,
+        keys: &[KeyId],
+        entries: &[(Age, EntrySpec)],
+    ) -> bool {
         let old = self.keys_of(source);
         old == keys
-            && keys.iter().zip(entries).all(|(key, entry)| {
+            && keys.iter().zip(entries).all(|(key, (age, entry))| {
                 self.by_key
                     .get(key)
-                    .and_then(|claims| claims.iter().find(|(s, _)| s == source))
-                    .is_some_and(|(_, declared)| declared == entry)
+                    .and_then(|claims| claims.iter().find(|(_, s, _)| s == source))
+                    .is_some_and(|(a, _, declared)| a == age && declared == entry)
             })
     }
 
     /// The winning declaration of `key`.
     pub fn get(&self, key: &KeyId) -> Option<&EntrySpec> {
-        self.by_key.get(key).and_then(|c| c.first()).map(|(_, e)| e)
+        self.by_key
+            .get(key)
+            .and_then(|c| c.first())
+            .map(|(_, _, e)| e)
     }
 
     /// Whether `source` wins `key` (false when another declares it first).
@@ -122,7 +138,7 @@ impl Desired {
         self.by_key
             .get(key)
             .and_then(|c| c.first())
-            .is_some_and(|(s, _)| s == source)
+            .is_some_and(|(_, s, _)| s == source)
     }
 
     /// Every declaring object.
@@ -143,7 +159,7 @@ impl Desired {
         self.by_key
             .get(key)
             .into_iter()
-            .flat_map(|c| c.iter().map(|(s, _)| s))
+            .flat_map(|c| c.iter().map(|(_, s, _)| s))
     }
 
     /// How many distinct entries are desired.
@@ -166,7 +182,7 @@ impl Desired {
     fn all(&self) -> impl Iterator<Item = (&KeyId, &EntrySpec)> {
         self.by_key
             .iter()
-            .filter_map(|(k, c)| c.first().map(|(_, e)| (k, e)))
+            .filter_map(|(k, c)| c.first().map(|(_, _, e)| (k, e)))
     }
 }
 
@@ -318,15 +334,67 @@ mod tests {
     fn replacing_a_pods_entries_touches_old_and_new_keys() {
         let mut desired = Desired::default();
         let mut touched = HashSet::new();
-        desired.set(pod("a"), vec![spec("/old", "1")], &mut touched);
+        desired.set(
+            pod("a"),
+            vec![(Age::default(), spec("/old", "1"))],
+            &mut touched,
+        );
         touched.clear();
-        desired.set(pod("a"), vec![spec("/new", "1")], &mut touched);
+        desired.set(
+            pod("a"),
+            vec![(Age::default(), spec("/new", "1"))],
+            &mut touched,
+        );
         assert_eq!(touched.len(), 2);
         assert_eq!(desired.len(), 1);
         assert!(desired.get(&KeyId::of(&spec("/new", "1").key)).is_some());
         desired.set(pod("a"), vec![], &mut touched);
         assert!(desired.is_empty());
         assert_eq!(desired.sources().count(), 0);
+    }
+
+    fn age(created: i64, uid: &str) -> Age {
+        let static_entry: crate::crd::ClusterStaticEntry = serde_json::from_value(serde_json::json!({
+            "apiVersion": "spire.spiffe.io/v1alpha1", "kind": "ClusterStaticEntry",
+            "metadata": {"name": uid, "uid": uid,
+                "creationTimestamp": k8s_openapi::jiff::Timestamp::from_second(created).unwrap().to_string()},
+            "spec": {"spiffeID": "spiffe://td/x", "parentID": "spiffe://td/y", "selectors": ["unix:uid:0"]},
+        }))
+        .unwrap();
+        crate::render::StaticEntry::parse(&static_entry)
+            .unwrap()
+            .age
+    }
+
+    #[test]
+    fn the_oldest_owner_wins_a_key_whatever_its_kind() {
+        let shared = spec("/shared", "1");
+        let key = KeyId::of(&shared.key);
+        let static_source = Source::Static {
+            age: age(200, "cse"),
+            name: "cse".into(),
+        };
+        let mut touched = HashSet::new();
+        for (static_created, pod_owner_created, static_wins) in
+            [(200, 100, false), (100, 200, true), (100, 100, true)]
+        {
+            let mut desired = Desired::default();
+            // Same creation time: the UID decides ("cse" < "csid").
+            let pod_owner = age(pod_owner_created, "csid");
+            desired.set(pod("a"), vec![(pod_owner, shared.clone())], &mut touched);
+            let static_age = age(static_created, "cse");
+            desired.set(
+                static_source.clone(),
+                vec![(static_age, shared.clone())],
+                &mut touched,
+            );
+            assert_eq!(
+                desired.wins(&static_source, &key),
+                static_wins,
+                "static created {static_created}, ClusterSPIFFEID {pod_owner_created}"
+            );
+            assert_eq!(desired.wins(&pod("a"), &key), !static_wins);
+        }
     }
 
     #[test]
@@ -342,7 +410,11 @@ mod tests {
         );
         let mut desired = Desired::default();
         let mut touched = HashSet::new();
-        desired.set(pod("b"), vec![spec("/b", "2")], &mut touched);
+        desired.set(
+            pod("b"),
+            vec![(Age::default(), spec("/b", "2"))],
+            &mut touched,
+        );
         let p = plan_keys(&desired, &mirror, &touched, &managed_fields());
         assert_eq!(p.create.len(), 1);
         assert!(

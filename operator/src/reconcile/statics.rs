@@ -47,7 +47,7 @@ pub fn recompute(
                         name: name.clone(),
                     };
                     let key = KeyId::of(&entry.entry.key);
-                    (source, vec![entry.entry], Ok(key))
+                    (source, vec![(entry.age, entry.entry)], Ok(key))
                 }
                 Err(e) => {
                     let source = Source::Static {

@@ -195,9 +195,13 @@ impl Harness {
     }
 
     fn add_static(&mut self, name: &str, spec: Value) {
+        self.add_static_created(name, "2026-01-01T00:00:00Z", spec);
+    }
+
+    fn add_static_created(&mut self, name: &str, created: &str, spec: Value) {
         let entry: ClusterStaticEntry = serde_json::from_value(json!({
             "apiVersion": "spire.spiffe.io/v1alpha1", "kind": "ClusterStaticEntry",
-            "metadata": {"name": name, "uid": format!("uid-{name}"), "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "metadata": {"name": name, "uid": format!("uid-{name}"), "creationTimestamp": created},
             "spec": spec,
         }))
         .unwrap();
@@ -230,6 +234,17 @@ impl Harness {
             .values()
             .cloned()
             .collect()
+    }
+
+    /// The last status patched on `name`.
+    fn last_status(&self, name: &str) -> Value {
+        let log = self.kube.lock().unwrap();
+        log.status_patches
+            .iter()
+            .rev()
+            .find(|(path, _)| path.contains(&format!("/{name}/status")))
+            .map(|(_, patch)| patch["status"].clone())
+            .unwrap_or(Value::Null)
     }
 
     /// The reason of the Ready condition in the last status patch of `name`.
@@ -423,4 +438,84 @@ async fn a_resync_repairs_and_counts_drift_instead_of_deleting() {
         1,
         "no drift when nothing was lost"
     );
+}
+
+/// The pod entry the workload's ClusterSPIFFEID (created 2026-01-01) renders, as a
+/// ClusterStaticEntry spec.
+fn same_key_as_the_pod_entry() -> Value {
+    json!({"spiffeID": "spiffe://td/ns/shop/web-0",
+           "parentID": "spiffe://td/spire/agent/k8s_psat/c/node-uid",
+           "selectors": ["k8s:pod-uid:pod-uid"], "hint": "static"})
+}
+
+#[tokio::test]
+async fn a_younger_static_entry_is_masked_by_an_older_cluster_spiffe_id() {
+    let mut h = Harness::new("mask-static", FakeState::default()).await;
+    h.add_workload();
+    h.add_static_created("late", "2026-06-01T00:00:00Z", same_key_as_the_pod_entry());
+    h.pass(&[
+        Dirty::Resync,
+        Dirty::ClusterSpiffeIds,
+        Dirty::ClusterStaticEntries,
+    ])
+    .await;
+    let entries = h.entries();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(
+        entries[0].hint, "",
+        "the ClusterSPIFFEID's entry is the one written"
+    );
+    let late = h.last_status("late");
+    assert_eq!(
+        (&late["masked"], &late["set"]),
+        (&json!(true), &json!(false)),
+        "{late}"
+    );
+    let web = h.last_status("web");
+    assert_eq!(web["stats"]["entriesToSet"], 1, "{web}");
+    assert_eq!(web["stats"]["entriesMasked"], 0, "{web}");
+}
+
+#[tokio::test]
+async fn an_older_static_entry_masks_the_pod_entry_which_is_not_counted_as_set() {
+    let mut h = Harness::new("mask-pod", FakeState::default()).await;
+    h.add_workload();
+    h.add_static_created("early", "2025-06-01T00:00:00Z", same_key_as_the_pod_entry());
+    h.pass(&[
+        Dirty::Resync,
+        Dirty::ClusterSpiffeIds,
+        Dirty::ClusterStaticEntries,
+    ])
+    .await;
+    let entries = h.entries();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].hint, "static");
+    let early = h.last_status("early");
+    assert_eq!(
+        (&early["masked"], &early["set"]),
+        (&json!(false), &json!(true)),
+        "{early}"
+    );
+    let web = h.last_status("web");
+    assert_eq!(web["stats"]["entriesToSet"], 0, "{web}");
+    assert_eq!(web["stats"]["entriesMasked"], 1, "{web}");
+}
+
+#[tokio::test]
+async fn a_pod_on_an_unknown_node_is_a_render_failure() {
+    let mut h = Harness::new("ghost-node", FakeState::default()).await;
+    h.add_workload();
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "web-1", "namespace": "shop", "uid": "pod-uid-1"},
+        "spec": {"nodeName": "ghost", "containers": [{"name": "app"}]}
+    }))
+    .unwrap();
+    h.pods.insert(CachedPod::new(&pod).unwrap());
+    h.pass(&[Dirty::Resync, Dirty::ClusterSpiffeIds]).await;
+    assert_eq!(h.entries().len(), 1, "only the pod on a known node");
+    assert_eq!(h.last_reason("web").as_deref(), Some("RenderFailed"));
+    let web = h.last_status("web");
+    assert_eq!(web["stats"]["podEntryRenderFailures"], 1, "{web}");
+    assert_eq!(h.metrics.pods_render_failed.get(), 1);
+    assert_eq!(h.metrics.pods_unscheduled.get(), 0);
 }

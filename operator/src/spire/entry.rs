@@ -152,10 +152,16 @@ impl EntrySpec {
             || (mask.federates_with && self.federates_with != other.federates_with)
             || (mask.admin && self.admin != other.admin)
             || (mask.downstream && self.downstream != other.downstream)
-            || (mask.dns_names && self.dns_names != other.dns_names)
+            || (mask.dns_names && !same_set(&self.dns_names, &other.dns_names))
             || (mask.hint && self.hint != other.hint)
             || (mask.store_svid && self.store_svid != other.store_svid)
     }
+}
+
+/// Whether two lists hold the same names, in any order (spire-controller-manager compares
+/// DNS names as sets; an order change alone rewrites nothing).
+fn same_set(a: &[String], b: &[String]) -> bool {
+    a.iter().collect::<BTreeSet<_>>() == b.iter().collect::<BTreeSet<_>>()
 }
 
 /// The mask of every non-key field the operator manages: what it compares and updates
