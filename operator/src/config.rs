@@ -485,6 +485,13 @@ impl Config {
             .iter()
             .any(|re| re.is_match(namespace))
     }
+
+    /// Whether pods in `namespace` are considered at all: inside `cacheNamespaces`
+    /// (when set) and not ignored.
+    pub fn watches_namespace(&self, namespace: &str) -> bool {
+        (self.cache_namespaces.is_empty() || self.cache_namespaces.iter().any(|ns| ns == namespace))
+            && !self.is_namespace_ignored(namespace)
+    }
 }
 
 /// `metrics.bindAddres` for a path serde_ignored reports, without its `?` markers for

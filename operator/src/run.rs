@@ -13,6 +13,7 @@ use spire_operator::config::Config;
 use spire_operator::http::{self, Health};
 use spire_operator::leader::{self, LeaderConfig};
 use spire_operator::metrics::Metrics;
+use spire_operator::reconcile::access;
 use spire_operator::reconcile::dirty::DirtySet;
 use spire_operator::reconcile::runner::{Context, Reconciler};
 use spire_operator::reconcile::watch::{self, WatchOptions};
@@ -158,7 +159,10 @@ pub async fn run(mut args: RunArgs, config: Config) -> anyhow::Result<()> {
     // Watches run on every replica, so a new leader starts with warm caches. Every kind's
     // first listing must be complete before the first pass: deciding on a partial view
     // would delete entries of pods not listed yet.
-    let watch_options = WatchOptions::from_config(&config);
+    let mut watch_options = WatchOptions::from_config(&config);
+    if config.reconcile.cluster_spiffe_ids {
+        watch_options.access = access::probe(&kube).await;
+    }
     let watched_kinds = watch_options.kinds().len();
     let dirty = Arc::new(DirtySet::default());
     let synced_kinds = Arc::new(Mutex::new(BTreeSet::new()));

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use e2e::entries::{self, EntryView};
-use e2e::kube_util::{apply_crds, ensure_namespace};
+use e2e::kube_util::{self, apply_crds, ensure_namespace};
 use e2e::operator::{Deployment, Operator};
 use e2e::reference::ReferenceControllerManager;
 use e2e::world::World;
@@ -202,6 +202,17 @@ async fn the_charts_overrides_with_expand_env() -> anyhow::Result<()> {
         csid_spec("payments", Some("payments")),
     )
     .await?;
+    // filterByClassName: the watch selects the class label, so a resource of the class
+    // without the label is not seen, and neither is a classless one (though
+    // watchClassless is on), as with spire-controller-manager.
+    csid(
+        &world,
+        "unlabelled",
+        json!({}),
+        csid_spec("unlabelled", Some("payments")),
+    )
+    .await?;
+    csid(&world, "classless", json!({}), csid_spec("classless", None)).await?;
 
     let kubeconfig = world
         .control_plane
@@ -229,6 +240,13 @@ async fn the_charts_overrides_with_expand_env() -> anyhow::Result<()> {
     })
     .await
     .with_context(|| operator.log_tail(40))?;
+    entries::holds_for(
+        &world.spire,
+        "only the labelled resource is reconciled",
+        Duration::from_secs(3),
+        |e| ids(e).len() == 1,
+    )
+    .await?;
     let entry = listed
         .iter()
         .find(|e| e.is_pod_entry())
@@ -248,7 +266,12 @@ async fn the_charts_overrides_with_expand_env() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn an_external_cluster_config_with_its_kubeconfig_flag() -> anyhow::Result<()> {
-    let world = world("shop.example", &[("checkout", "cart-0")]).await?;
+    // cacheNamespaces: checkout only, so the pod in "other" is not considered.
+    let world = world(
+        "shop.example",
+        &[("checkout", "cart-0"), ("other", "cart-1")],
+    )
+    .await?;
     // Classless: this config watches classless resources.
     csid(&world, "classless", json!({}), csid_spec("edge", None)).await?;
 
@@ -278,5 +301,144 @@ async fn an_external_cluster_config_with_its_kubeconfig_flag() -> anyhow::Result
     let (spiffe_id, id) = ids(&listed)[0];
     assert_eq!(spiffe_id, "spiffe://shop.example/edge/checkout/cart-0");
     assert!(id.starts_with("edge."), "{id}");
+    entries::holds_for(
+        &world.spire,
+        "no entry for the pod outside cacheNamespaces",
+        Duration::from_secs(3),
+        |e| ids(e).len() == 1,
+    )
+    .await?;
+    Ok(())
+}
+
+/// The rules the hardened chart grants the server pod's ServiceAccount, which
+/// spire-controller-manager's container (and so our image in its place) runs as: core
+/// Endpoints but no EndpointSlices, no ServiceAccounts, events only in its namespace.
+async fn grant_the_charts_rbac(
+    world: &World,
+    namespace: &str,
+    account: &str,
+) -> anyhow::Result<()> {
+    let spire = |resource: &str, verbs: &[&str]| json!({"apiGroups": ["spire.spiffe.io"], "resources": [resource], "verbs": verbs});
+    let all = [
+        "get", "list", "watch", "create", "update", "patch", "delete",
+    ];
+    let status = ["get", "patch", "update"];
+    let read = ["get", "list", "watch"];
+    let objects = [
+        json!({"apiVersion": "v1", "kind": "ServiceAccount",
+               "metadata": {"name": account, "namespace": namespace}}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+        "metadata": {"name": "chart-controller-manager"},
+        "rules": [
+            {"apiGroups": [""], "resources": ["namespaces", "nodes", "endpoints", "pods"], "verbs": read},
+            {"apiGroups": ["admissionregistration.k8s.io"], "resources": ["validatingwebhookconfigurations"], "verbs": ["get", "list", "patch", "watch"]},
+            spire("clusterfederatedtrustdomains", &all),
+            spire("clusterfederatedtrustdomains/status", &status),
+            spire("clusterspiffeids", &all),
+            spire("clusterspiffeids/status", &status),
+            spire("clusterstaticentries", &all),
+            spire("clusterstaticentries/status", &status),
+        ]}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+               "metadata": {"name": "chart-controller-manager"},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "chart-controller-manager"},
+               "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": namespace}]}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+        "metadata": {"name": "chart-leader-election", "namespace": namespace},
+        "rules": [
+            {"apiGroups": [""], "resources": ["configmaps"], "verbs": all},
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": all},
+            {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
+        ]}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+               "metadata": {"name": "chart-leader-election", "namespace": namespace},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "chart-leader-election"},
+               "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": namespace}]}),
+    ];
+    for object in objects {
+        let object: DynamicObject = serde_json::from_value(object)?;
+        let types = object
+            .types
+            .clone()
+            .context("object without apiVersion/kind")?;
+        let gvk = GroupVersionKind::try_from(&types)?;
+        let resource = ApiResource::from_gvk(&gvk);
+        let api: Api<DynamicObject> = match object.metadata.namespace.as_deref() {
+            Some(ns) => Api::namespaced_with(world.client.clone(), ns, &resource),
+            None => Api::all_with(world.client.clone(), &resource),
+        };
+        let name = object.metadata.name.clone().unwrap_or_default();
+        api.patch(
+            &name,
+            &PatchParams::apply("e2e").force(),
+            &Patch::Apply(&object),
+        )
+        .await
+        .with_context(|| format!("applying {} {name}", types.kind))?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn under_the_charts_rbac_with_endpoints_and_no_service_accounts() -> anyhow::Result<()> {
+    let world = world("shop.example", &[]).await?;
+    world.namespace("shop", &[]).await?;
+    let pod = world
+        .pod("shop", "web-0", "default", "node-a", &[("app", "web")])
+        .await?;
+    // The chart's RBAC lets it read core Endpoints only, so DNS names come from them.
+    world.endpoints("shop", "web", &[&pod]).await?;
+    let mut spec = csid_spec("chart", Some("identity-id"));
+    spec["autoPopulateDNSNames"] = true.into();
+    csid(
+        &world,
+        "chart-default",
+        json!({"spire.spiffe.io/class-name": "identity-id"}),
+        spec,
+    )
+    .await?;
+    grant_the_charts_rbac(&world, "identity", "spire-server").await?;
+    let token = kube_util::service_account_token(&world.client, "identity", "spire-server").await?;
+    let dir = e2e::WorkDir::new("chart-rbac")?;
+    let kubeconfig = dir.join("kubeconfig");
+    world
+        .control_plane
+        .token_kubeconfig(&token, &kubeconfig)
+        .await?;
+    let kubeconfig = kubeconfig.to_string_lossy().into_owned();
+
+    let config = |metrics: &str, health: &str| adapt("default.yaml", metrics, health, &world);
+    let args = ["--config=controller-manager-config.yaml".to_owned()];
+    let mut operator = Operator::spawn_deployed(&Deployment {
+        file_name: "controller-manager-config.yaml",
+        config: &config,
+        args: &args,
+        // In the pod the namespace comes from the service account's namespace file,
+        // which this process has not: the same value, given the other way.
+        env: &[
+            ("ENABLE_WEBHOOKS", "true"),
+            ("KUBECONFIG", &kubeconfig),
+            ("POD_NAMESPACE", "identity"),
+        ],
+    })?;
+    operator.wait_ready(Duration::from_secs(60)).await?;
+    let listed = entries::wait_for(
+        &world.spire,
+        "the pod's entry, with its Service's DNS names",
+        |e| {
+            e.iter()
+                .any(|e| e.is_pod_entry() && e.dns_names.iter().any(|n| n == "web.shop.svc"))
+        },
+    )
+    .await
+    .with_context(|| operator.log_tail(40))?;
+    let entry = listed
+        .iter()
+        .find(|e| e.is_pod_entry())
+        .context("pod entry")?;
+    assert_eq!(entry.spiffe_id, "spiffe://shop.example/chart/shop/web-0");
+    let status = wait_status(&world, "chart-default").await?;
+    assert_eq!(status["stats"]["entriesToSet"], 1, "{status}");
     Ok(())
 }

@@ -476,3 +476,24 @@ mod hardened_chart {
         );
     }
 }
+
+#[test]
+fn cache_namespaces_restrict_the_pods_considered() {
+    let all = Config::from_yaml(MINIMAL).unwrap();
+    assert!(all.watches_namespace("shop") && !all.watches_namespace("kube-system"));
+    let some = Config::from_yaml(&format!(
+        "{MINIMAL}cacheNamespaces: {{shop: {{}}, kube-system: null}}\n"
+    ))
+    .unwrap();
+    assert!(some.watches_namespace("shop"));
+    assert!(!some.watches_namespace("bank"), "outside cacheNamespaces");
+    assert!(!some.watches_namespace("kube-system"), "still ignored");
+    let one = Config::from_yaml(&format!("{MINIMAL}cacheNamespace: bank\n")).unwrap();
+    assert!(one.watches_namespace("bank") && !one.watches_namespace("shop"));
+    assert!(
+        Config::from_yaml(&format!(
+            "{MINIMAL}cacheNamespace: bank\ncacheNamespaces: {{shop: {{}}}}\n"
+        ))
+        .is_err()
+    );
+}

@@ -24,6 +24,7 @@
 //! - No mark is lost: a mark made during a pass waits for the next drain.
 //! - Entries are deleted only when [`ownership`] says they are ours.
 
+pub mod access;
 pub mod adopted;
 pub mod backoff;
 pub mod bookkeeping;

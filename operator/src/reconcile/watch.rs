@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{Endpoints, Namespace, Node, Pod, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, Store, store::Writer};
@@ -27,6 +27,7 @@ use kube::{Api, Client, Resource};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::access::{Access, slice_from_endpoints};
 use super::backoff::LogLimiter;
 use super::dirty::DirtySet;
 use super::pod_cache::{CachedPod, PodCache, PodKey};
@@ -77,22 +78,30 @@ pub struct Stores {
 
 /// Which kinds to watch: what a disabled `reconcile.*` switch does not need is not
 /// watched, so a deployment without pod RBAC, or a cluster without one of the CRDs,
-/// still converges.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// still converges; and what the credentials allow (see [`Access`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WatchOptions {
     /// ClusterSPIFFEIDs and what pod entries are rendered from: pods, nodes,
     /// namespaces, service accounts, EndpointSlices (`reconcile.clusterSPIFFEIDs`).
     pub cluster_spiffe_ids: bool,
     /// ClusterStaticEntries (`reconcile.clusterStaticEntries`).
     pub cluster_static_entries: bool,
+    /// What the credentials may list: EndpointSlices or else core Endpoints, and
+    /// whether ServiceAccounts are watched at all.
+    pub access: Access,
+    /// The label selector of the ClusterSPIFFEID watch (`filterByClassName`,
+    /// `clusterSPIFFEIDLabelSelectorConfig`); `None` watches them all.
+    pub cluster_spiffe_id_selector: Option<String>,
 }
 
 impl WatchOptions {
-    /// The kinds `config` reconciles.
+    /// The kinds `config` reconciles, with everything readable.
     pub fn from_config(config: &Config) -> Self {
         Self {
             cluster_spiffe_ids: config.reconcile.cluster_spiffe_ids,
             cluster_static_entries: config.reconcile.cluster_static_entries,
+            access: Access::default(),
+            cluster_spiffe_id_selector: config.cluster_spiffe_id_label_selector.clone(),
         }
     }
 
@@ -100,14 +109,15 @@ impl WatchOptions {
     pub fn kinds(&self) -> Vec<&'static str> {
         let mut kinds = Vec::new();
         if self.cluster_spiffe_ids {
-            kinds.extend([
-                "pods",
-                "nodes",
-                "namespaces",
-                "serviceaccounts",
-                "clusterspiffeids",
-                "endpointslices",
-            ]);
+            kinds.extend(["pods", "nodes", "namespaces", "clusterspiffeids"]);
+            if self.access.service_accounts {
+                kinds.push("serviceaccounts");
+            }
+            kinds.push(if self.access.endpoint_slices {
+                "endpointslices"
+            } else {
+                "endpoints"
+            });
         }
         if self.cluster_static_entries {
             kinds.push("clusterstaticentries");
@@ -195,37 +205,54 @@ pub fn spawn(
             "namespaces",
             &shared,
         );
-        watches.stores.service_accounts = watches.start_store(
+        if options.access.service_accounts {
+            watches.stores.service_accounts = watches.start_store(
+                Api::all(client.clone()),
+                |sa: &mut ServiceAccount| {
+                    sa.secrets = None;
+                    trim_meta(&mut sa.metadata);
+                },
+                |sa| {
+                    Some(Dirty::ServiceAccount(
+                        sa.metadata.namespace.clone()?,
+                        sa.metadata.name.clone()?,
+                    ))
+                },
+                "serviceaccounts",
+                &shared,
+            );
+        }
+        let mut selected = watcher::Config::default();
+        if let Some(selector) = &options.cluster_spiffe_id_selector {
+            selected = selected.labels(selector);
+        }
+        watches.stores.cluster_spiffe_ids = watches.start_store_with(
             Api::all(client.clone()),
-            |sa: &mut ServiceAccount| {
-                sa.secrets = None;
-                trim_meta(&mut sa.metadata);
-            },
-            |sa| {
-                Some(Dirty::ServiceAccount(
-                    sa.metadata.namespace.clone()?,
-                    sa.metadata.name.clone()?,
-                ))
-            },
-            "serviceaccounts",
-            &shared,
-        );
-        watches.stores.cluster_spiffe_ids = watches.start_store(
-            Api::all(client.clone()),
+            selected,
             |csid: &mut ClusterSPIFFEID| trim_meta(&mut csid.metadata),
             |_| Some(Dirty::ClusterSpiffeIds),
             "clusterspiffeids",
             &shared,
         );
-        // EndpointSlices are not stored: only which pods each one lists.
+        // EndpointSlices (or Endpoints) are not stored: only which pods each one lists.
         let slices = SliceSink(watches.stores.services.clone());
-        watches.start(
-            Api::<EndpointSlice>::all(client.clone()),
-            |_| {},
-            slices,
-            "endpointslices",
-            &shared,
-        );
+        if options.access.endpoint_slices {
+            watches.start(
+                Api::<EndpointSlice>::all(client.clone()),
+                |_| {},
+                slices,
+                "endpointslices",
+                &shared,
+            );
+        } else {
+            watches.start(
+                Api::<Endpoints>::all(client.clone()),
+                |_| {},
+                EndpointsSink(slices),
+                "endpoints",
+                &shared,
+            );
+        }
     }
     if options.cluster_static_entries {
         watches.stores.cluster_static_entries = watches.start_store(
@@ -251,9 +278,22 @@ impl Watches {
         K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
         S: Sink<K>,
     {
-        let stream = watcher::watcher(api, watcher::Config::default())
-            .default_backoff()
-            .modify(trim);
+        self.start_with(api, watcher::Config::default(), trim, sink, kind, shared);
+    }
+
+    fn start_with<K, S>(
+        &mut self,
+        api: Api<K>,
+        config: watcher::Config,
+        trim: fn(&mut K),
+        sink: S,
+        kind: &'static str,
+        shared: &Shared,
+    ) where
+        K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
+        S: Sink<K>,
+    {
+        let stream = watcher::watcher(api, config).default_backoff().modify(trim);
         self.kinds.push(kind);
         self.tasks
             .push(tokio::spawn(drive(stream, sink, kind, shared.clone())));
@@ -277,6 +317,28 @@ impl Watches {
             + Sync
             + 'static,
     {
+        self.start_store_with(api, watcher::Config::default(), trim, mark, kind, shared)
+    }
+
+    fn start_store_with<K>(
+        &mut self,
+        api: Api<K>,
+        config: watcher::Config,
+        trim: fn(&mut K),
+        mark: fn(&K) -> Option<Dirty>,
+        kind: &'static str,
+        shared: &Shared,
+    ) -> Store<K>
+    where
+        K: Resource<DynamicType = ()>
+            + Clone
+            + DeserializeOwned
+            + Serialize
+            + std::fmt::Debug
+            + Send
+            + Sync
+            + 'static,
+    {
         let (store, writer) = reflector::store();
         let sink = StoreSink {
             writer,
@@ -284,7 +346,7 @@ impl Watches {
             seen: HashMap::new(),
             relist: None,
         };
-        self.start(api, trim, sink, kind, shared);
+        self.start_with(api, config, trim, sink, kind, shared);
         store
     }
 }
@@ -342,7 +404,7 @@ impl PodSink {
             .metadata
             .namespace
             .as_deref()
-            .is_some_and(|ns| self.config.is_namespace_ignored(ns));
+            .is_some_and(|ns| !self.config.watches_namespace(ns));
         if ignored {
             return None;
         }
@@ -457,6 +519,23 @@ impl Sink<EndpointSlice> for SliceSink {
             .unwrap_or_else(|e| e.into_inner())
             .apply(&event);
         marks.extend(changed.into_iter().map(|(ns, name)| Dirty::Pod(ns, name)));
+    }
+}
+
+/// Core Endpoints, read as the EndpointSlices they stand for (when the credentials
+/// allow no EndpointSlices; see [`Access`]).
+struct EndpointsSink(SliceSink);
+
+impl Sink<Endpoints> for EndpointsSink {
+    fn apply(&mut self, event: Event<Endpoints>, marks: &mut Vec<Dirty>) {
+        let event = match event {
+            Event::Init => Event::Init,
+            Event::InitApply(e) => Event::InitApply(slice_from_endpoints(&e)),
+            Event::InitDone => Event::InitDone,
+            Event::Apply(e) => Event::Apply(slice_from_endpoints(&e)),
+            Event::Delete(e) => Event::Delete(slice_from_endpoints(&e)),
+        };
+        self.0.apply(event, marks);
     }
 }
 
