@@ -4,5 +4,6 @@
 
 mod daemonsets;
 mod driver;
+mod repair;
 mod sanity;
 mod spire_agent;
