@@ -281,5 +281,13 @@ async fn run_case(case: &Case, binary: &Path) -> anyhow::Result<()> {
         .node_unpublish_volume(pod.unpublish_request(Path::new(&target)))
         .await?;
     anyhow::ensure!(!node.path(&target).exists(), "target left behind");
+
+    // The log (stderr, a file here) is plain text or JSON, without colour codes.
+    let log = std::fs::read_to_string(work.join("driver.log"))?;
+    anyhow::ensure!(log.contains("serving CSI Identity and Node"), "log: {log}");
+    anyhow::ensure!(
+        !log.contains('\x1b'),
+        "ANSI escape codes in a log file: {log}"
+    );
     Ok(())
 }
