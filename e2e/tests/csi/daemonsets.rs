@@ -1,7 +1,7 @@
 //! Our driver image under the DaemonSet shapes users run: spiffe/helm-charts-hardened
-//! (every values file that changes the driver container: its defaults and `ci/` files,
-//! the `upstream-spiffe-csi-driver` copy, a custom `kubeletPath` as on OpenShift on IBM
-//! Cloud, k0s or microk8s, another agent socket name) and our own chart. Each fixture
+//! (every distinct driver container it renders: its defaults and `ci/` files, the
+//! `upstream-spiffe-csi-driver` copy, a custom plugin name, agent socket and extra env,
+//! the `kubeletPath` of k0s, k3s and OpenShift on IBM Cloud) and our own chart. Each fixture
 //! below is written from the chart's templates: the container's args, env and hostPath
 //! mounts. The driver runs chrooted in a private mount namespace laid out like the node
 //! (see `e2e::daemonset`), and the harness calls it as kubelet does.
@@ -120,34 +120,52 @@ pub fn ours(name: &'static str) -> ContainerShape {
 
 const UID: &str = "0b1c2d3e-4f50-4a6b-8c7d-9e0f1a2b3c4d";
 
-/// One drop-in case: the shape, its plugin name, agent dir and socket name, kubelet path.
+/// One drop-in case: the shape, its plugin name, agent dir and socket name (plus the
+/// symlink aliases the hardened spire-agent chart adds), kubelet path.
 struct Case {
     shape: ContainerShape,
     plugin: &'static str,
     agent_dir: &'static str,
     socket_name: &'static str,
+    aliases: &'static [&'static str],
     kubelet_path: &'static str,
 }
 
+/// The driver containers spiffe/helm-charts-hardened renders, one per distinct shape
+/// (renders of the chart's defaults, its ci/ values files and the values below).
 fn cases() -> Vec<Case> {
     let hardened_case = |name, plugin, agent_dir, socket_name, kubelet_path| Case {
         shape: hardened(name, plugin, agent_dir, kubelet_path),
         plugin,
         agent_dir,
         socket_name,
+        aliases: &[],
         kubelet_path,
     };
+    let mut custom = hardened_case(
+        "hardened-custom",
+        "my.csi.example",
+        "/run/custom-agent",
+        "agent.sock",
+        "/var/lib/kubelet",
+    );
+    custom.shape.env.push(("EXTRA".into(), "1".into()));
     vec![
-        // Chart defaults; every ci/*.yaml renders this same container (namespace-override
-        // only moves it to another namespace).
-        hardened_case(
-            "hardened-defaults",
-            "csi.spiffe.io",
-            "/run/spire/agent-sockets",
-            "spire-agent.sock",
-            "/var/lib/kubelet",
-        ),
-        // The second copy the parent chart deploys for the upstream agent.
+        // Chart defaults. Every ci/*.yaml file, namespaceOverride, the production
+        // recommendations and global.openshift / selinux.enabled render this same driver
+        // container (they change the namespace, priorityClassName, or add the chcon
+        // init container). The agent chart adds the alias `socket`.
+        Case {
+            aliases: &["socket"],
+            ..hardened_case(
+                "hardened-defaults",
+                "csi.spiffe.io",
+                "/run/spire/agent-sockets",
+                "spire-agent.sock",
+                "/var/lib/kubelet",
+            )
+        },
+        // upstream.enabled: the second copy for the upstream agent.
         hardened_case(
             "hardened-upstream",
             "upstream.csi.spiffe.io",
@@ -155,8 +173,24 @@ fn cases() -> Vec<Case> {
             "spire-agent.sock",
             "/var/lib/kubelet",
         ),
-        // examples/openshift/values-ibm-cloud.yaml: kubeletPath /var/data/kubelet, and no
-        // /var/lib/kubelet/pods anywhere.
+        // pluginName, agentSocketPath /run/custom-agent/agent.sock, extraEnvVars.
+        custom,
+        // kubeletPath for k0s and k3s.
+        hardened_case(
+            "hardened-k0s",
+            "csi.spiffe.io",
+            "/run/spire/agent-sockets",
+            "spire-agent.sock",
+            "/var/lib/k0s/kubelet",
+        ),
+        hardened_case(
+            "hardened-k3s",
+            "csi.spiffe.io",
+            "/run/spire/agent-sockets",
+            "spire-agent.sock",
+            "/var/lib/rancher/k3s/agent/kubelet",
+        ),
+        // examples/openshift/values-ibm-cloud.yaml: kubeletPath /var/data/kubelet.
         hardened_case(
             "hardened-ibm-openshift",
             "csi.spiffe.io",
@@ -164,19 +198,12 @@ fn cases() -> Vec<Case> {
             "spire-agent.sock",
             "/var/data/kubelet",
         ),
-        // k0s kubelet root and an agent socket called agent.sock.
-        hardened_case(
-            "hardened-k0s-agent-sock",
-            "csi.spiffe.io",
-            "/run/spire/sockets",
-            "agent.sock",
-            "/var/lib/k0s/kubelet",
-        ),
         Case {
             shape: ours("ours-defaults"),
             plugin: "csi.spiffe.io",
             agent_dir: "/run/spire/agent-sockets",
             socket_name: "spire-agent.sock",
+            aliases: &[],
             kubelet_path: "/var/lib/kubelet",
         },
     ]
@@ -207,6 +234,9 @@ async fn run_case(case: &Case, binary: &Path) -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(node.path(case.agent_dir))?;
     let _agent = UnixListener::bind(node.path(case.agent_dir).join(case.socket_name))?;
+    for alias in case.aliases {
+        std::os::unix::fs::symlink(case.socket_name, node.path(case.agent_dir).join(alias))?;
+    }
     let driver = node
         .start(
             &case.shape,
