@@ -111,7 +111,7 @@ impl LinuxMounter {
 impl Mounter for LinuxMounter {
     fn mounts_at(&self, path: &Path) -> io::Result<Vec<MountEntry>> {
         let text = std::fs::read_to_string(mountinfo::THREAD_MOUNTINFO)?;
-        Ok(mountinfo::mounts_at(&mountinfo::parse(&text), path))
+        Ok(mountinfo::mounts_at_in(&text, path))
     }
 
     fn same_directory(&self, target: &OpenTarget, source: &Path) -> io::Result<bool> {
