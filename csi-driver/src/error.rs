@@ -56,9 +56,9 @@ pub enum PublishError {
     #[error("an operation on volume {0} is already in progress")]
     Busy(String),
     /// The agent socket did not appear within the configured wait.
-    #[error("SPIRE agent socket {path:?} not present after {waited:?}")]
+    #[error("no SPIRE agent socket in {path:?} after waiting {waited:?}")]
     AgentNotReady {
-        /// The socket that was awaited.
+        /// The agent socket directory that was watched.
         path: PathBuf,
         /// How long we waited.
         waited: Duration,

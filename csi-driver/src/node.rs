@@ -63,6 +63,21 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// What a publish found on its target.
+#[derive(Debug, Clone, Copy)]
+enum OnTarget {
+    /// Not a mount point.
+    Nothing,
+    /// Exactly one read-only (or per `--node-mount`) mount of the agent directory as it
+    /// is now: nothing to do.
+    Live,
+    /// Mounts that show a deleted or other directory, the wrong flags, or several.
+    Stale {
+        /// How many mounts are stacked there.
+        mounts: usize,
+    },
+}
+
 /// A NodePublishVolume request that passed validation.
 #[derive(Debug)]
 struct Publish {
@@ -179,16 +194,18 @@ impl<M: Mounter> NodeService<M> {
         let _guard = self
             .claim(&req.volume_id)
             .ok_or_else(|| PublishError::Busy(req.volume_id.clone()))?;
-        self.wait_for_agent().await?;
         // Mount syscalls are fast and must run on this thread: the integration tests
         // give only the calling thread a private mount namespace.
-        let changed = self.mount(&req.volume_id, &target)?;
-        if changed {
-            info!(volume_id = %req.volume_id, pod = %req.context.pod(), target = %target.path.display(), "published");
-        } else {
-            // kubelet republishes every sync when the CSIDriver asks for it: stay quiet.
+        let on_target = self.inspect(&req.volume_id, &target)?;
+        if let OnTarget::Live = on_target {
+            // kubelet republishes every sync when the CSIDriver asks for it: a live mount
+            // needs nothing, not even the agent (which may be restarting right now).
             tracing::debug!(volume_id = %req.volume_id, target = %target.path.display(), "already published");
+            return Ok(());
         }
+        self.wait_for_agent().await?;
+        self.mount(&req.volume_id, &target, on_target)?;
+        info!(volume_id = %req.volume_id, pod = %req.context.pod(), target = %target.path.display(), "published");
         Ok(())
     }
 
@@ -217,9 +234,9 @@ impl<M: Mounter> NodeService<M> {
         Ok(())
     }
 
-    /// Returns whether anything was mounted (false: the live mount was already there).
-    fn mount(&self, volume_id: &str, target: &OpenTarget) -> Result<bool, PublishError> {
-        let source = &self.config.agent_socket_dir;
+    /// Creates the target directory and says what is mounted there; a mount that belongs
+    /// to another volume is AlreadyExists.
+    fn inspect(&self, volume_id: &str, target: &OpenTarget) -> Result<OnTarget, PublishError> {
         let path = &target.path;
         target
             .create_dir()
@@ -228,42 +245,63 @@ impl<M: Mounter> NodeService<M> {
             .mounter
             .mounts_at(path)
             .map_err(io_err("reading mountinfo for", path))?;
-        if let Some(top) = stacked.last() {
-            // Whose mount is this? Ours from memory, or, after a restart, the volume kubelet
-            // names for this path (its handle is derived from the pod uid and volume name).
-            let owner = lock(&self.published)
-                .get(path)
-                .cloned()
-                .unwrap_or_else(|| target.target.kubelet_volume_id());
-            if owner != volume_id {
-                return Err(PublishError::AlreadyPublished {
-                    target: path.to_owned(),
-                    existing: owner,
-                });
-            }
-            let live = !top.is_deleted()
-                && top.read_only == self.config.host_mount.read_only()
-                && self.mounter.same_directory(target, source).unwrap_or(false);
-            if live && stacked.len() == 1 {
-                lock(&self.published).insert(path.to_owned(), volume_id.to_owned());
-                return Ok(false);
-            }
-            // Only replace what we can replace with something better.
-            self.check_source()?;
-            warn!(volume_id, target = %path.display(), mounts = stacked.len(), "replacing stale or foreign mount");
+        let Some(top) = stacked.last() else {
+            return Ok(OnTarget::Nothing);
+        };
+        // Whose mount is this? Ours from memory, or, after a restart, the volume kubelet
+        // names for this path (its handle is derived from the pod uid and volume name).
+        let owner = lock(&self.published)
+            .get(path)
+            .cloned()
+            .unwrap_or_else(|| target.target.kubelet_volume_id());
+        if owner != volume_id {
+            return Err(PublishError::AlreadyPublished {
+                target: path.to_owned(),
+                existing: owner,
+            });
+        }
+        let live = !top.is_deleted()
+            && top.read_only == self.config.host_mount.read_only()
+            && self
+                .mounter
+                .same_directory(target, &self.config.agent_socket_dir)
+                .unwrap_or(false);
+        if live && stacked.len() == 1 {
+            lock(&self.published).insert(path.to_owned(), volume_id.to_owned());
+            return Ok(OnTarget::Live);
+        }
+        Ok(OnTarget::Stale {
+            mounts: stacked.len(),
+        })
+    }
+
+    /// Binds the agent directory onto the target, replacing stale mounts first.
+    fn mount(
+        &self,
+        volume_id: &str,
+        target: &OpenTarget,
+        on_target: OnTarget,
+    ) -> Result<(), PublishError> {
+        let path = &target.path;
+        // Only replace what we can replace with something better.
+        self.check_source()?;
+        if let OnTarget::Stale { mounts } = on_target {
+            warn!(volume_id, target = %path.display(), mounts, "replacing stale or foreign mount");
             self.unmount_all(target)
                 .map_err(io_err("unmounting stale mount", path))?;
-        } else {
-            self.check_source()?;
         }
         self.mounter
-            .bind(source, target, self.config.host_mount)
+            .bind(
+                &self.config.agent_socket_dir,
+                target,
+                self.config.host_mount,
+            )
             .map_err(io_err(
                 "bind-mounting the agent socket directory onto",
                 path,
             ))?;
         lock(&self.published).insert(path.to_owned(), volume_id.to_owned());
-        Ok(true)
+        Ok(())
     }
 
     /// The agent directory must exist and, seen from this process, not be a dead mount.

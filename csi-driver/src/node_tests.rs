@@ -344,6 +344,25 @@ async fn missing_agent_socket_after_the_wait_is_unavailable() {
 }
 
 #[tokio::test]
+async fn republishing_a_live_mount_does_not_wait_for_the_agent() {
+    let f = fixture(Duration::from_millis(300));
+    let agent = socket_at(&f.agent_dir.join("spire-agent.sock"));
+    f.publish(f.request()).await.unwrap();
+    // The agent restarts: its socket is gone for a moment. kubelet's periodic republish
+    // of a live mount must neither wait nor fail (it would put an event on the pod).
+    drop(agent);
+    std::fs::remove_file(f.agent_dir.join("spire-agent.sock")).unwrap();
+    let start = std::time::Instant::now();
+    f.publish(f.request()).await.unwrap();
+    assert!(
+        start.elapsed() < Duration::from_millis(200),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(f.fake.binds.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
 async fn concurrent_publish_of_one_volume_is_aborted() {
     let f = fixture(Duration::from_millis(500));
     let (first, second) = tokio::join!(f.publish(f.request()), async {
