@@ -266,10 +266,17 @@ impl OpenTarget {
         ))
     }
 
-    /// Removes the `mount` directory; NotFound is fine.
+    /// Removes the `mount` directory; NotFound is fine. Something else in its place (a
+    /// symlink) is removed itself, never what it points to, so that teardown finishes.
     pub fn remove_dir(&self) -> io::Result<()> {
         match unlinkat(&self.parent, MOUNT_DIR, AtFlags::REMOVEDIR) {
             Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
+            Err(rustix::io::Errno::NOTDIR) => {
+                match unlinkat(&self.parent, MOUNT_DIR, AtFlags::empty()) {
+                    Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
+                    Err(e) => Err(e.into()),
+                }
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -431,7 +438,12 @@ mod tests {
         let err = opened.create_dir().unwrap_err();
         assert!(err.to_string().contains("symbolic link"), "{err}");
         // remove_dir unlinks the link itself, never what it points to.
-        opened.remove_dir().unwrap_err();
-        assert!(dir.path().join("secret").is_dir());
+        std::fs::write(dir.path().join("secret/keep"), "x").unwrap();
+        opened.remove_dir().unwrap();
+        assert!(
+            std::fs::symlink_metadata(vol.join("mount")).is_err(),
+            "link left"
+        );
+        assert!(dir.path().join("secret/keep").is_file());
     }
 }
