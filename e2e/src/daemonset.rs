@@ -8,7 +8,8 @@
 //!   hosts, so `Bidirectional` propagation has a peer to reach.
 //! - `<work>/rootfs` is the container's root: a tmpfs with the system directories bound
 //!   in (for the binary's libraries), `/proc`, the driver binary at `/spiffe-csi-driver`,
-//!   and each volume mount bound from the node path to the container path.
+//!   and each volume mount bound from the node path to the container path; the tmpfs is
+//!   then made read-only (`readOnlyRootFilesystem: true`).
 //!
 //! kubelet sends target paths in its own (the node's) namespace; the charts mount the
 //! pods directory at the same path in the container, so the harness sends the container
@@ -136,6 +137,8 @@ impl Node {
                 line(format!("mount -o remount,bind,ro {}", q(&inside)));
             }
         }
+        // Both charts set readOnlyRootFilesystem: true.
+        line(format!("mount -o remount,ro {}", q(&rootfs)));
         line(format!(
             "exec chroot {} /spiffe-csi-driver \"$@\"",
             q(&rootfs)
