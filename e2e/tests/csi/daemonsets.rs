@@ -321,3 +321,60 @@ async fn run_case(case: &Case, binary: &Path) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Control for the fixtures: the binary the hardened chart ships (the Go driver v0.2.6)
+/// starts and publishes under the same shapes, so a failure of ours above is ours.
+#[tokio::test]
+async fn the_go_driver_runs_under_the_same_hardened_shapes() -> anyhow::Result<()> {
+    let go = e2e::tools::tool("spiffe-csi-driver")?;
+    for case in cases()
+        .into_iter()
+        .filter(|c| c.shape.name.starts_with("hardened-"))
+    {
+        let work = WorkDir::new("ds-go")?;
+        let node = Node::new(work.path())?;
+        for m in &case.shape.mounts {
+            std::fs::create_dir_all(node.path(&m.host))?;
+        }
+        let _agent = UnixListener::bind(node.path(case.agent_dir).join(case.socket_name))?;
+        let driver = node
+            .start(
+                &case.shape,
+                &go,
+                "/spiffe-csi/csi.sock",
+                &work.join("driver.log"),
+            )
+            .await?;
+        let mut client = csi::node_client::NodeClient::new(driver.channel().await?);
+        let target = format!(
+            "{}/pods/{UID}/volumes/kubernetes.io~csi/spiffe/mount",
+            case.kubelet_path
+        );
+        std::fs::create_dir_all(node.path(&target).parent().unwrap_or(Path::new("/")))?;
+        let pod = PodVolume {
+            pod: "web-0",
+            namespace: "default",
+            uid: UID,
+            service_account: "web",
+            volume: "spiffe",
+        };
+        client
+            .node_publish_volume(pod.publish_request(Path::new(&target)))
+            .await?;
+        let on_node = node.path(&target).join(case.socket_name);
+        anyhow::ensure!(
+            Node::in_namespace(
+                &driver,
+                "test",
+                &["-S", on_node.to_str().unwrap_or_default()]
+            )?,
+            "{}: the Go driver's mount is not visible on the node",
+            case.shape.name
+        );
+        client
+            .node_unpublish_volume(pod.unpublish_request(Path::new(&target)))
+            .await?;
+        println!("{}: the Go driver started and published", case.shape.name);
+    }
+    Ok(())
+}
