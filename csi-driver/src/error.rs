@@ -56,13 +56,23 @@ pub enum PublishError {
     #[error("an operation on volume {0} is already in progress")]
     Busy(String),
     /// The agent socket did not appear within the configured wait.
-    #[error("SPIRE agent socket {path:?} not present after {waited:?}")]
+    #[error("no SPIRE agent socket in {path:?} after waiting {waited:?}")]
     AgentNotReady {
-        /// The socket that was awaited.
+        /// The agent socket directory that was watched.
         path: PathBuf,
         /// How long we waited.
         waited: Duration,
     },
+    /// The agent's socket directory does not exist (yet): kubelet retries.
+    #[error("SPIRE agent socket directory {0:?} does not exist")]
+    AgentDirMissing(PathBuf),
+    /// The driver's own mount of the agent directory shows a deleted directory.
+    #[error(
+        "the driver's mount of the agent socket directory {0:?} shows a deleted directory \
+         (it was re-created on the node): restart this driver pod, or mount the directory's \
+         parent into the driver (our chart does) so that re-creation is seen"
+    )]
+    AgentDirStale(PathBuf),
     /// The target is already published for another volume.
     #[error("target {target:?} is already published for volume {existing}")]
     AlreadyPublished {
@@ -135,8 +145,11 @@ impl From<PublishError> for Status {
             | PublishError::VolumeContext(_)
             | PublishError::TargetPath(_) => Code::InvalidArgument,
             PublishError::Busy(_) => Code::Aborted,
-            PublishError::AgentNotReady { .. } => Code::Unavailable,
+            PublishError::AgentNotReady { .. } | PublishError::AgentDirMissing(_) => {
+                Code::Unavailable
+            }
             PublishError::AlreadyPublished { .. } => Code::AlreadyExists,
+            PublishError::AgentDirStale(_) => Code::FailedPrecondition,
             PublishError::Io(_) => Code::Internal,
         };
         Status::new(code, full_message(&err))

@@ -6,6 +6,7 @@
 //! - [`mount`]: the read-only bind, behind the [`mount::Mounter`] trait.
 //! - [`volume_context`], [`target_path`], [`mountinfo`]: parsing kubelet's inputs.
 //! - [`server`]: the private Unix socket and the gRPC server.
+//! - [`selinux`]: what SELinux on the node means for the agent directory.
 #![warn(missing_docs)]
 
 pub mod csi;
@@ -15,6 +16,7 @@ pub mod identity;
 pub mod mount;
 pub mod mountinfo;
 pub mod node;
+pub mod selinux;
 pub mod server;
 pub mod target_path;
 pub mod volume_context;

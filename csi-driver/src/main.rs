@@ -7,9 +7,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{CommandFactory, Parser, ValueEnum};
 use spiffe_csi_driver::identity::IdentityService;
-use spiffe_csi_driver::mount::LinuxMounter;
+use spiffe_csi_driver::mount::{HostMount, LinuxMounter};
 use spiffe_csi_driver::node::{NodeConfig, NodeService};
-use spiffe_csi_driver::target_path::KubeletRoot;
+use spiffe_csi_driver::target_path::PodsDir;
 use spiffe_csi_driver::{duration, server};
 
 /// CSI node plugin that mounts the SPIRE agent's Workload API socket directory into
@@ -24,9 +24,11 @@ struct Cli {
     /// Directory holding the SPIRE agent's Workload API socket; it is what pods get.
     #[arg(long, env, default_value = "/spire-agent-socket")]
     workload_api_socket_dir: PathBuf,
-    /// File name of the agent socket inside that directory (Probe, readiness wait).
-    #[arg(long, env, default_value = "spire-agent.sock")]
-    agent_socket_name: String,
+    /// File name of the agent socket inside that directory, for Probe, the readiness wait
+    /// and volume health. Default: any socket in the directory counts (SPIRE names it
+    /// `spire-agent.sock`, Istio `socket`).
+    #[arg(long, env)]
+    agent_socket_name: Option<String>,
     /// CSI plugin name (several instances need distinct names).
     #[arg(long, env, default_value = spiffe_csi_driver::DEFAULT_PLUGIN_NAME)]
     plugin_name: String,
@@ -37,9 +39,16 @@ struct Cli {
     /// Environment variable holding the node id when --node-id is not given.
     #[arg(long, default_value = "MY_NODE_NAME")]
     node_id_env: String,
-    /// Kubelet's pods directory; target paths outside it are refused.
-    #[arg(long, env, default_value = "/var/lib/kubelet/pods")]
-    kubelet_pods_dir: PathBuf,
+    /// Kubelet's pods directory (it must exist); target paths in other pods directories
+    /// are refused. Default: any directory named `pods`, as the Go driver's DaemonSets do
+    /// not say where kubelet lives. Either way only kubelet's inline-volume path shape
+    /// `<pods>/<uid>/volumes/kubernetes.io~csi/<volume>/mount` is accepted.
+    #[arg(long, env)]
+    kubelet_pods_dir: Option<PathBuf>,
+    /// How the agent directory is mounted on the node: `read-only` (default; pods and
+    /// runtimes cannot write into it) or `read-write` (the Go driver's behaviour).
+    #[arg(long, env, value_enum, default_value_t = NodeMount::ReadOnly)]
+    node_mount: NodeMount,
     /// How long NodePublishVolume waits for the agent socket before answering
     /// Unavailable (kubelet retries), e.g. `30s`; `0` publishes without waiting.
     #[arg(long, env, default_value = "0", value_parser = duration::parse)]
@@ -59,28 +68,71 @@ enum LogFormat {
     Json,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum NodeMount {
+    ReadOnly,
+    ReadWrite,
+}
+
+impl From<NodeMount> for HostMount {
+    fn from(m: NodeMount) -> Self {
+        match m {
+            NodeMount::ReadOnly => HostMount::ReadOnly,
+            NodeMount::ReadWrite => HostMount::ReadWrite,
+        }
+    }
+}
+
+/// The node id: `--node-id`, else `$<node_id_env>`; empty is refused, since kubelet
+/// would register the plugin under an empty node id.
+fn node_id(cli: &Cli, env: impl Fn(&str) -> Option<String>) -> anyhow::Result<String> {
+    let id = match &cli.node_id {
+        Some(id) => id.clone(),
+        None => env(&cli.node_id_env).unwrap_or_default(),
+    };
+    anyhow::ensure!(
+        !id.is_empty(),
+        "node id is empty: pass --node-id or set ${} (e.g. from the downward API, spec.nodeName)",
+        cli.node_id_env
+    );
+    Ok(id)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse_from(go_style_flags(std::env::args_os().collect()));
-    let node_id = match &cli.node_id {
-        Some(id) => id.clone(),
-        None => std::env::var(&cli.node_id_env).map_err(|_| {
-            anyhow::anyhow!(
-                "no node id: pass --node-id or set ${} (e.g. from spec.nodeName)",
-                cli.node_id_env
-            )
-        })?,
-    };
+    let node_id = node_id(&cli, |name| std::env::var(name).ok())?;
+    // RUST_LOG (e.g. `info`, `spiffe_csi_driver=debug`) filters; logs go to stderr, with
+    // colours only when stderr is a terminal.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match cli.log_format {
         LogFormat::Console => logs.init(),
         LogFormat::Json => logs.json().init(),
     }
 
-    let kubelet_root = KubeletRoot::new(&cli.kubelet_pods_dir)
-        .with_context(|| format!("kubelet pods dir {:?}", cli.kubelet_pods_dir))?;
+    let selinux = spiffe_csi_driver::selinux::state(std::path::Path::new(
+        spiffe_csi_driver::selinux::SELINUXFS,
+    ));
+    let agent_label = spiffe_csi_driver::selinux::label(&cli.workload_api_socket_dir);
+    tracing::info!(?selinux, agent_dir_label = agent_label.as_deref().unwrap_or("-"), node_mount = ?cli.node_mount, "SELinux");
+    if let Some(warning) = spiffe_csi_driver::selinux::check_agent_dir(
+        &selinux,
+        &cli.workload_api_socket_dir,
+        agent_label.as_deref(),
+    ) {
+        tracing::warn!("{warning}");
+    }
+    let pods_dir = match &cli.kubelet_pods_dir {
+        Some(dir) => {
+            PodsDir::configured(dir).with_context(|| format!("--kubelet-pods-dir {dir:?}"))?
+        }
+        None => PodsDir::Any,
+    };
     // First, so that the socket's directory is created 0700 before anything else is
     // put into it.
     let listener = server::bind_private(&cli.csi_socket_path)?;
@@ -102,8 +154,9 @@ async fn main() -> anyhow::Result<()> {
             node_id: node_id.clone(),
             agent_socket_dir: cli.workload_api_socket_dir.clone(),
             agent_socket_name: cli.agent_socket_name.clone(),
-            kubelet_root,
+            pods_dir,
             agent_socket_wait: cli.agent_socket_wait,
+            host_mount: cli.node_mount.into(),
         },
         mounter,
     );
@@ -186,6 +239,49 @@ mod tests {
         assert_eq!(cli.csi_socket_path, PathBuf::from("/spiffe-csi/csi.sock"));
         assert_eq!(cli.node_id_env, "NODE");
         assert_eq!(cli.node_id, None);
+    }
+
+    /// The container args spiffe/helm-charts-hardened renders for its two DaemonSets (the
+    /// default driver and `upstream-spiffe-csi-driver`): no kubelet path, no node id flag.
+    #[test]
+    fn the_hardened_charts_daemonset_args_parse_with_defaults_for_the_rest() {
+        for plugin in ["csi.spiffe.io", "upstream.csi.spiffe.io"] {
+            let cli = parse(&[
+                "spiffe-csi-driver",
+                "-workload-api-socket-dir",
+                "/spire-agent-socket",
+                "-plugin-name",
+                plugin,
+                "-csi-socket-path",
+                "/spiffe-csi/csi.sock",
+            ]);
+            assert_eq!(cli.plugin_name, plugin);
+            assert_eq!(cli.kubelet_pods_dir, None, "no kubelet path assumed");
+            assert_eq!(cli.agent_socket_name, None, "any socket name");
+            assert_eq!(cli.node_mount, NodeMount::ReadOnly);
+            let env = |name: &str| (name == "MY_NODE_NAME").then(|| "node-a".to_owned());
+            assert_eq!(node_id(&cli, env).unwrap(), "node-a");
+        }
+    }
+
+    #[test]
+    fn an_empty_or_missing_node_id_is_refused() {
+        let unset = parse(&["spiffe-csi-driver"]);
+        let empty_flag = parse(&["spiffe-csi-driver", "--node-id", ""]);
+        for (cli, env) in [
+            (&unset, None),
+            (&unset, Some(String::new())),
+            (&empty_flag, Some("node-a".to_owned())),
+        ] {
+            let err = node_id(cli, |_| env.clone()).unwrap_err();
+            assert!(
+                err.to_string().contains("node id is empty")
+                    && err.to_string().contains("$MY_NODE_NAME"),
+                "{err}"
+            );
+        }
+        let flag = parse(&["spiffe-csi-driver", "-node-id=node-b"]);
+        assert_eq!(node_id(&flag, |_| None).unwrap(), "node-b");
     }
 
     #[test]

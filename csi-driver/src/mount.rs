@@ -12,18 +12,61 @@ use rustix::mount::{
 };
 
 use crate::mountinfo::{self, MountEntry};
+use crate::target_path::{OpenTarget, fd_handle};
+
+/// How the agent's directory is mounted on the node (`--node-mount`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostMount {
+    /// Read-only on the node and in every propagated copy (the default).
+    ReadOnly,
+    /// Read-write on the node, like the Go driver; containers still get it read-only
+    /// because the pod spec says `readOnly: true`.
+    ReadWrite,
+}
+
+impl HostMount {
+    /// Whether the mount carries `ro`.
+    pub fn read_only(self) -> bool {
+        self == Self::ReadOnly
+    }
+
+    /// The per-mount flags applied to the staged bind before it reaches the target.
+    pub fn flags(self) -> MountFlags {
+        let base = MountFlags::BIND | MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
+        match self {
+            Self::ReadOnly => base | MountFlags::RDONLY,
+            Self::ReadWrite => base,
+        }
+    }
+}
 
 /// What the node service needs from the kernel.
 pub trait Mounter: Send + Sync + 'static {
-    /// The mounts stacked on `target`, bottom first; empty when it is not a mount point.
-    fn mounts_at(&self, target: &Path) -> io::Result<Vec<MountEntry>>;
-    /// Whether `a` and `b` are the same directory right now (device and inode).
-    fn same_directory(&self, a: &Path, b: &Path) -> io::Result<bool>;
-    /// Bind-mounts `source` onto `target` so that the new mount is read-only from the
-    /// moment it appears, in this namespace and in every peer it propagates to.
-    fn bind_read_only(&self, source: &Path, target: &Path) -> io::Result<()>;
+    /// The mounts stacked on `path`, bottom first; empty when it is not a mount point.
+    fn mounts_at(&self, path: &Path) -> io::Result<Vec<MountEntry>>;
+    /// Whether `target` (as it is now, through any mount on it) and `source` are the same
+    /// directory (device and inode).
+    fn same_directory(&self, target: &OpenTarget, source: &Path) -> io::Result<bool>;
+    /// Bind-mounts `source` onto `target` with `mode`'s flags in effect from the moment
+    /// the mount appears, in this namespace and in every peer it propagates to.
+    fn bind(&self, source: &Path, target: &OpenTarget, mode: HostMount) -> io::Result<()>;
     /// Removes the top mount on `target`.
-    fn unmount(&self, target: &Path) -> io::Result<()>;
+    fn unmount(&self, target: &OpenTarget) -> io::Result<()>;
+}
+
+impl<M: Mounter> Mounter for std::sync::Arc<M> {
+    fn mounts_at(&self, path: &Path) -> io::Result<Vec<MountEntry>> {
+        (**self).mounts_at(path)
+    }
+    fn same_directory(&self, target: &OpenTarget, source: &Path) -> io::Result<bool> {
+        (**self).same_directory(target, source)
+    }
+    fn bind(&self, source: &Path, target: &OpenTarget, mode: HostMount) -> io::Result<()> {
+        (**self).bind(source, target, mode)
+    }
+    fn unmount(&self, target: &OpenTarget) -> io::Result<()> {
+        (**self).unmount(target)
+    }
 }
 
 /// The real mounter (rustix syscalls, `/proc/thread-self/mountinfo`).
@@ -66,21 +109,25 @@ impl LinuxMounter {
 }
 
 impl Mounter for LinuxMounter {
-    fn mounts_at(&self, target: &Path) -> io::Result<Vec<MountEntry>> {
+    fn mounts_at(&self, path: &Path) -> io::Result<Vec<MountEntry>> {
         let text = std::fs::read_to_string(mountinfo::THREAD_MOUNTINFO)?;
-        Ok(mountinfo::mounts_at(&mountinfo::parse(&text), target))
+        Ok(mountinfo::mounts_at_in(&text, path))
     }
 
-    fn same_directory(&self, a: &Path, b: &Path) -> io::Result<bool> {
-        let (a, b) = (std::fs::metadata(a)?, std::fs::metadata(b)?);
-        Ok(a.dev() == b.dev() && a.ino() == b.ino())
+    fn same_directory(&self, target: &OpenTarget, source: &Path) -> io::Result<bool> {
+        let a = rustix::fs::fstat(target.open_dir()?)?;
+        let b = std::fs::metadata(source)?;
+        Ok(a.st_dev == b.dev() && a.st_ino == b.ino())
     }
 
-    fn bind_read_only(&self, source: &Path, target: &Path) -> io::Result<()> {
+    fn bind(&self, source: &Path, target: &OpenTarget, mode: HostMount) -> io::Result<()> {
+        // Mount onto the directory that was validated, by its descriptor: a symlink put
+        // at the path after validation cannot redirect the bind.
+        let target_fd = target.open_dir()?;
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let stage = self.staging_dir.join(format!("{}-{n}", std::process::id()));
         std::fs::create_dir_all(&stage)?;
-        let result = stage_and_bind(source, &stage, target);
+        let result = stage_and_bind(source, &stage, &fd_handle(&target_fd), mode);
         // Detach: nothing should hold the staging mount, and it must never linger.
         if !self.mounts_at(&stage)?.is_empty() {
             unmount(&stage, UnmountFlags::DETACH)?;
@@ -89,11 +136,13 @@ impl Mounter for LinuxMounter {
         result
     }
 
-    fn unmount(&self, target: &Path) -> io::Result<()> {
-        // NOFOLLOW: the target lives in a directory pods can influence.
-        match unmount(target, UnmountFlags::NOFOLLOW) {
+    fn unmount(&self, target: &OpenTarget) -> io::Result<()> {
+        // Through the held volume directory, and NOFOLLOW for the last component: the
+        // target lives in a directory pods can influence.
+        let handle = target.handle();
+        match unmount(&handle, UnmountFlags::NOFOLLOW) {
             Err(rustix::io::Errno::BUSY) => {
-                unmount(target, UnmountFlags::NOFOLLOW | UnmountFlags::DETACH)?
+                unmount(&handle, UnmountFlags::NOFOLLOW | UnmountFlags::DETACH)?
             }
             other => other?,
         }
@@ -101,17 +150,9 @@ impl Mounter for LinuxMounter {
     }
 }
 
-fn stage_and_bind(source: &Path, stage: &Path, target: &Path) -> io::Result<()> {
+fn stage_and_bind(source: &Path, stage: &Path, target: &Path, mode: HostMount) -> io::Result<()> {
     mount_bind(source, stage)?;
-    mount_remount(
-        stage,
-        MountFlags::BIND
-            | MountFlags::RDONLY
-            | MountFlags::NOSUID
-            | MountFlags::NODEV
-            | MountFlags::NOEXEC,
-        "",
-    )?;
+    mount_remount(stage, mode.flags(), "")?;
     mount_bind(stage, target)?;
     Ok(())
 }
@@ -149,15 +190,16 @@ pub(crate) mod fake {
     }
 
     impl Mounter for FakeMounter {
-        fn mounts_at(&self, target: &Path) -> io::Result<Vec<MountEntry>> {
-            Ok(self.lock().get(target).cloned().unwrap_or_default())
+        fn mounts_at(&self, path: &Path) -> io::Result<Vec<MountEntry>> {
+            Ok(self.lock().get(path).cloned().unwrap_or_default())
         }
 
-        fn same_directory(&self, _a: &Path, _b: &Path) -> io::Result<bool> {
+        fn same_directory(&self, _target: &OpenTarget, _source: &Path) -> io::Result<bool> {
             Ok(true)
         }
 
-        fn bind_read_only(&self, source: &Path, target: &Path) -> io::Result<()> {
+        fn bind(&self, source: &Path, target: &OpenTarget, mode: HostMount) -> io::Result<()> {
+            let target = &target.path;
             if self.fail_bind.load(Ordering::Relaxed) {
                 return Err(io::Error::from_raw_os_error(1));
             }
@@ -169,14 +211,14 @@ pub(crate) mod fake {
                     mount_id: id,
                     root: source.display().to_string(),
                     mount_point: target.to_owned(),
-                    read_only: true,
+                    read_only: mode.read_only(),
                 });
             Ok(())
         }
 
-        fn unmount(&self, target: &Path) -> io::Result<()> {
+        fn unmount(&self, target: &OpenTarget) -> io::Result<()> {
             let mut mounts = self.lock();
-            match mounts.get_mut(target).and_then(Vec::pop) {
+            match mounts.get_mut(&target.path).and_then(Vec::pop) {
                 Some(_) => Ok(()),
                 None => Err(io::Error::from_raw_os_error(22)),
             }

@@ -44,6 +44,33 @@ pub fn mounts_at(entries: &[MountEntry], mount_point: &Path) -> Vec<MountEntry> 
         .collect()
 }
 
+/// Like [`mounts_at`] over [`parse`]d text, but only lines whose mount point matches are
+/// parsed: kubelet republishes every volume on every pod sync, and a busy node's
+/// mountinfo has thousands of lines.
+pub fn mounts_at_in(text: &str, mount_point: &Path) -> Vec<MountEntry> {
+    let want = escape(&mount_point.to_string_lossy());
+    text.lines()
+        .filter(|line| line.split(' ').nth(4) == Some(want.as_str()))
+        .filter_map(parse_line)
+        .collect()
+}
+
+/// The kernel's escaping of a path in mountinfo (`show_path`: space, tab, newline,
+/// backslash as `\ooo`).
+fn escape(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for c in path.chars() {
+        match c {
+            ' ' => out.push_str("\\040"),
+            '\t' => out.push_str("\\011"),
+            '\n' => out.push_str("\\012"),
+            '\\' => out.push_str("\\134"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 fn parse_line(line: &str) -> Option<MountEntry> {
     let mut fields = line.split(' ');
     let mount_id = fields.next()?.parse().ok()?;
@@ -121,6 +148,24 @@ garbage
             stacked.iter().map(|e| e.mount_id).collect::<Vec<_>>(),
             [42, 43]
         );
+    }
+
+    #[test]
+    fn filtering_by_mount_point_agrees_with_parsing_everything() {
+        for point in [
+            "/mnt/with space",
+            "/var/lib/kubelet/pods/u1/volumes/kubernetes.io~csi/spiffe/mount",
+            "/",
+            "/nothing/here",
+        ] {
+            let point = Path::new(point);
+            assert_eq!(
+                mounts_at_in(SAMPLE, point),
+                mounts_at(&parse(SAMPLE), point),
+                "{point:?}"
+            );
+        }
+        assert_eq!(escape("a b\\c\td"), "a\\040b\\134c\\011d");
     }
 
     #[test]

@@ -14,8 +14,9 @@ use crate::csi::v1::{
     volume_capability::access_mode::Mode,
 };
 use crate::error::{PublishError, StatsError, UnpublishError, io_err};
-use crate::mount::Mounter;
-use crate::target_path::KubeletRoot;
+use crate::identity::holds_socket;
+use crate::mount::{HostMount, Mounter};
+use crate::target_path::{OpenTarget, PodsDir};
 use crate::volume_context::VolumeContext;
 
 /// Settings of the Node service.
@@ -25,12 +26,14 @@ pub struct NodeConfig {
     pub node_id: String,
     /// The directory holding the agent's Workload API socket; this is what gets mounted.
     pub agent_socket_dir: PathBuf,
-    /// The socket's file name inside that directory.
-    pub agent_socket_name: String,
-    /// Targets must live under this directory.
-    pub kubelet_root: KubeletRoot,
+    /// The socket's file name inside that directory; `None`: any socket will do.
+    pub agent_socket_name: Option<String>,
+    /// Which kubelet pods directories targets may live in.
+    pub pods_dir: PodsDir,
     /// How long NodePublishVolume waits for the agent socket; zero means not at all.
     pub agent_socket_wait: Duration,
+    /// Read-only or read-write on the node (`--node-mount`).
+    pub host_mount: HostMount,
 }
 
 /// The Node service.
@@ -58,6 +61,21 @@ impl Drop for VolumeGuard {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic elsewhere must not wedge every later call.
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What a publish found on its target.
+#[derive(Debug, Clone, Copy)]
+enum OnTarget {
+    /// Not a mount point.
+    Nothing,
+    /// Exactly one read-only (or per `--node-mount`) mount of the agent directory as it
+    /// is now: nothing to do.
+    Live,
+    /// Mounts that show a deleted or other directory, the wrong flags, or several.
+    Stale {
+        /// How many mounts are stacked there.
+        mounts: usize,
+    },
 }
 
 /// A NodePublishVolume request that passed validation.
@@ -166,18 +184,36 @@ impl<M: Mounter> NodeService<M> {
         let req = Publish::parse(req)?;
         let target = self
             .config
-            .kubelet_root
-            .confine(&req.target_path)
+            .pods_dir
+            .open(&req.target_path)
+            .map_err(PublishError::TargetPath)?;
+        target
+            .target
+            .check_pod_uid(req.context.pod_uid.as_deref())
             .map_err(PublishError::TargetPath)?;
         let _guard = self
             .claim(&req.volume_id)
             .ok_or_else(|| PublishError::Busy(req.volume_id.clone()))?;
-        self.wait_for_agent().await?;
         // Mount syscalls are fast and must run on this thread: the integration tests
         // give only the calling thread a private mount namespace.
-        self.mount(&req.volume_id, &target)?;
-        info!(volume_id = %req.volume_id, pod = %req.context.pod(), target = %target.display(), "published");
+        let on_target = self.inspect(&req.volume_id, &target)?;
+        if let OnTarget::Live = on_target {
+            // kubelet republishes every sync when the CSIDriver asks for it: a live mount
+            // needs nothing, not even the agent (which may be restarting right now).
+            tracing::debug!(volume_id = %req.volume_id, target = %target.path.display(), "already published");
+            return Ok(());
+        }
+        self.wait_for_agent().await?;
+        self.mount(&req.volume_id, &target, on_target)?;
+        info!(volume_id = %req.volume_id, pod = %req.context.pod(), target = %target.path.display(), "published");
         Ok(())
+    }
+
+    fn agent_ready(&self) -> bool {
+        holds_socket(
+            &self.config.agent_socket_dir,
+            self.config.agent_socket_name.as_deref(),
+        )
     }
 
     async fn wait_for_agent(&self) -> Result<(), PublishError> {
@@ -185,15 +221,11 @@ impl<M: Mounter> NodeService<M> {
         if wait.is_zero() {
             return Ok(());
         }
-        let socket = self
-            .config
-            .agent_socket_dir
-            .join(&self.config.agent_socket_name);
         let deadline = tokio::time::Instant::now() + wait;
-        while !socket.exists() {
+        while !self.agent_ready() {
             if tokio::time::Instant::now() >= deadline {
                 return Err(PublishError::AgentNotReady {
-                    path: socket,
+                    path: self.config.agent_socket_dir.clone(),
                     waited: wait,
                 });
             }
@@ -202,48 +234,98 @@ impl<M: Mounter> NodeService<M> {
         Ok(())
     }
 
-    fn mount(&self, volume_id: &str, target: &Path) -> Result<(), PublishError> {
-        let source = &self.config.agent_socket_dir;
-        match std::fs::create_dir(target) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && target.is_dir() => {}
-            Err(e) => return Err(io_err("creating target directory", target)(e).into()),
-        }
+    /// Creates the target directory and says what is mounted there; a mount that belongs
+    /// to another volume is AlreadyExists.
+    fn inspect(&self, volume_id: &str, target: &OpenTarget) -> Result<OnTarget, PublishError> {
+        let path = &target.path;
+        target
+            .create_dir()
+            .map_err(io_err("creating target directory", path))?;
         let stacked = self
             .mounter
-            .mounts_at(target)
-            .map_err(io_err("reading mountinfo for", target))?;
-        if let Some(top) = stacked.last() {
-            if let Some(existing) = lock(&self.published).get(target)
-                && existing != volume_id
-            {
-                return Err(PublishError::AlreadyPublished {
-                    target: target.to_owned(),
-                    existing: existing.clone(),
-                });
-            }
-            let live = !top.is_deleted()
-                && top.read_only
-                && self.mounter.same_directory(target, source).unwrap_or(false);
-            if live && stacked.len() == 1 {
-                lock(&self.published).insert(target.to_owned(), volume_id.to_owned());
-                return Ok(());
-            }
-            warn!(volume_id, target = %target.display(), mounts = stacked.len(), "replacing stale or foreign mount");
-            self.unmount_all(target)
-                .map_err(io_err("unmounting stale mount", target))?;
+            .mounts_at(path)
+            .map_err(io_err("reading mountinfo for", path))?;
+        let Some(top) = stacked.last() else {
+            return Ok(OnTarget::Nothing);
+        };
+        // Whose mount is this? Ours from memory, or, after a restart, the volume kubelet
+        // names for this path (its handle is derived from the pod uid and volume name).
+        let owner = lock(&self.published)
+            .get(path)
+            .cloned()
+            .unwrap_or_else(|| target.target.kubelet_volume_id());
+        if owner != volume_id {
+            return Err(PublishError::AlreadyPublished {
+                target: path.to_owned(),
+                existing: owner,
+            });
         }
-        self.mounter.bind_read_only(source, target).map_err(io_err(
-            "bind-mounting the agent socket directory onto",
-            target,
-        ))?;
-        lock(&self.published).insert(target.to_owned(), volume_id.to_owned());
+        let live = !top.is_deleted()
+            && top.read_only == self.config.host_mount.read_only()
+            && self
+                .mounter
+                .same_directory(target, &self.config.agent_socket_dir)
+                .unwrap_or(false);
+        if live && stacked.len() == 1 {
+            lock(&self.published).insert(path.to_owned(), volume_id.to_owned());
+            return Ok(OnTarget::Live);
+        }
+        Ok(OnTarget::Stale {
+            mounts: stacked.len(),
+        })
+    }
+
+    /// Binds the agent directory onto the target, replacing stale mounts first.
+    fn mount(
+        &self,
+        volume_id: &str,
+        target: &OpenTarget,
+        on_target: OnTarget,
+    ) -> Result<(), PublishError> {
+        let path = &target.path;
+        // Only replace what we can replace with something better.
+        self.check_source()?;
+        if let OnTarget::Stale { mounts } = on_target {
+            warn!(volume_id, target = %path.display(), mounts, "replacing stale or foreign mount");
+            self.unmount_all(target)
+                .map_err(io_err("unmounting stale mount", path))?;
+        }
+        self.mounter
+            .bind(
+                &self.config.agent_socket_dir,
+                target,
+                self.config.host_mount,
+            )
+            .map_err(io_err(
+                "bind-mounting the agent socket directory onto",
+                path,
+            ))?;
+        lock(&self.published).insert(path.to_owned(), volume_id.to_owned());
+        Ok(())
+    }
+
+    /// The agent directory must exist and, seen from this process, not be a dead mount.
+    fn check_source(&self) -> Result<(), PublishError> {
+        let source = &self.config.agent_socket_dir;
+        if !source.is_dir() {
+            return Err(PublishError::AgentDirMissing(source.clone()));
+        }
+        // When the driver's own view of the agent directory is a mount of that directory
+        // (the Go driver's DaemonSets), re-creating it on the node leaves that view dead;
+        // binding it would only hand pods the dead directory.
+        let own_view = self
+            .mounter
+            .mounts_at(source)
+            .map_err(io_err("reading mountinfo for", source))?;
+        if own_view.last().is_some_and(|m| m.is_deleted()) {
+            return Err(PublishError::AgentDirStale(source.clone()));
+        }
         Ok(())
     }
 
     /// Unmounts every mount stacked on `target`; a mount that vanished meanwhile is fine.
-    fn unmount_all(&self, target: &Path) -> io::Result<()> {
-        let stacked = self.mounter.mounts_at(target)?;
+    fn unmount_all(&self, target: &OpenTarget) -> io::Result<()> {
+        let stacked = self.mounter.mounts_at(&target.path)?;
         for _ in 0..stacked.len() {
             match self.mounter.unmount(target) {
                 Ok(()) => {}
@@ -253,7 +335,7 @@ impl<M: Mounter> NodeService<M> {
                 Err(e) => return Err(e),
             }
         }
-        if self.mounter.mounts_at(target)?.is_empty() {
+        if self.mounter.mounts_at(&target.path)?.is_empty() {
             Ok(())
         } else {
             Err(io::Error::other("mounts remain after unmounting"))
@@ -268,7 +350,7 @@ impl<M: Mounter> NodeService<M> {
         if req.target_path.is_empty() {
             return Err(UnpublishError::Missing("target_path"));
         }
-        let target = match self.config.kubelet_root.confine(&req.target_path) {
+        let target = match self.config.pods_dir.open(&req.target_path) {
             Ok(target) => target,
             // After a reboot or a finished teardown the pod dir may be gone: nothing to do.
             Err(e) if e.is_missing() => return Ok(()),
@@ -277,22 +359,14 @@ impl<M: Mounter> NodeService<M> {
         let _guard = self
             .claim(&req.volume_id)
             .ok_or_else(|| UnpublishError::Busy(req.volume_id.clone()))?;
+        let path = &target.path;
         self.unmount_all(&target)
-            .map_err(io_err("unmounting", &target))?;
-        match std::fs::remove_dir(&target) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err("removing target directory", &target)(e).into()),
-        }
-        lock(&self.published).remove(&target);
-        // kubelet sends no pod info here; the pod UID is the first component under the root.
-        let pod_uid = target
-            .strip_prefix(self.config.kubelet_root.path())
-            .ok()
-            .and_then(|p| p.components().next())
-            .map(|c| c.as_os_str().to_string_lossy().into_owned())
-            .unwrap_or_default();
-        info!(volume_id = %req.volume_id, %pod_uid, target = %target.display(), "unpublished");
+            .map_err(io_err("unmounting", path))?;
+        target
+            .remove_dir()
+            .map_err(io_err("removing target directory", path))?;
+        lock(&self.published).remove(path);
+        info!(volume_id = %req.volume_id, pod_uid = %target.target.pod_uid, target = %path.display(), "unpublished");
         Ok(())
     }
 
@@ -316,15 +390,15 @@ impl<M: Mounter> NodeService<M> {
         }
         let target = self
             .config
-            .kubelet_root
-            .confine(&req.volume_path)
+            .pods_dir
+            .open(&req.volume_path)
             .map_err(StatsError::VolumePath)?;
+        let path = &target.path;
         let stacked = self
             .mounter
-            .mounts_at(&target)
-            .map_err(io_err("reading mountinfo for", &target))?;
+            .mounts_at(path)
+            .map_err(io_err("reading mountinfo for", path))?;
         let source = &self.config.agent_socket_dir;
-        let socket = target.join(&self.config.agent_socket_name);
         let problem = match stacked.last() {
             None => Some("target is not a mount point".to_owned()),
             Some(top) if top.is_deleted() => Some(format!(
@@ -339,13 +413,15 @@ impl<M: Mounter> NodeService<M> {
             {
                 Some(format!("mount no longer shows {}", source.display()))
             }
-            Some(_) if !socket.exists() => Some(format!(
-                "agent socket {} not present",
-                self.config.agent_socket_name
-            )),
+            Some(_) if !holds_socket(path, self.config.agent_socket_name.as_deref()) => {
+                Some(match &self.config.agent_socket_name {
+                    Some(name) => format!("agent socket {name} not present"),
+                    None => "no agent socket present".to_owned(),
+                })
+            }
             Some(_) => None,
         };
-        let usage = usage(&target).map_err(io_err("statvfs", &target))?;
+        let usage = usage(path).map_err(io_err("statvfs", path))?;
         Ok(csi::NodeGetVolumeStatsResponse {
             usage,
             volume_condition: Some(csi::VolumeCondition {

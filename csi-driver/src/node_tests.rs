@@ -11,7 +11,9 @@ struct Fixture {
     _dir: tempfile::TempDir,
     root: PathBuf,
     agent_dir: PathBuf,
-    node: NodeService<FakeMounter>,
+    config: NodeConfig,
+    fake: Arc<FakeMounter>,
+    node: NodeService<Arc<FakeMounter>>,
 }
 
 fn fixture(wait: Duration) -> Fixture {
@@ -20,23 +22,30 @@ fn fixture(wait: Duration) -> Fixture {
     std::fs::create_dir_all(root.join("uid/volumes/kubernetes.io~csi/spiffe")).unwrap();
     let agent_dir = dir.path().join("agent");
     std::fs::create_dir_all(&agent_dir).unwrap();
-    let node = NodeService::new(
-        NodeConfig {
-            node_id: "node-a".into(),
-            agent_socket_dir: agent_dir.clone(),
-            agent_socket_name: "spire-agent.sock".into(),
-            kubelet_root: KubeletRoot::new(&root).unwrap(),
-            agent_socket_wait: wait,
-        },
-        FakeMounter::default(),
-    );
+    let config = NodeConfig {
+        node_id: "node-a".into(),
+        agent_socket_dir: agent_dir.clone(),
+        agent_socket_name: Some("spire-agent.sock".into()),
+        pods_dir: PodsDir::configured(&root).unwrap(),
+        agent_socket_wait: wait,
+        host_mount: HostMount::ReadOnly,
+    };
+    let fake = Arc::new(FakeMounter::default());
+    let node = NodeService::new(config.clone(), fake.clone());
     let root = root.canonicalize().unwrap();
     Fixture {
         _dir: dir,
         root,
         agent_dir,
+        config,
+        fake,
         node,
     }
+}
+
+/// A listening socket at `path`, like the agent's (a plain file is not a socket).
+fn socket_at(path: &std::path::Path) -> std::os::unix::net::UnixListener {
+    std::os::unix::net::UnixListener::bind(path).unwrap()
 }
 
 impl Fixture {
@@ -162,17 +171,34 @@ async fn each_invalid_publish_request_is_invalid_argument_naming_the_field() {
         (
             "dotdot target",
             |r| r.target_path.push_str("/../../../../../../../etc"),
-            "'..'",
+            "not in normal form",
         ),
         (
-            "outside root",
+            "not kubelet's shape",
             |r| r.target_path = "/tmp/mount".into(),
-            "outside the kubelet pods directory",
+            "is not kubelet's path for an inline CSI volume",
+        ),
+        (
+            "another plugin's volume dir",
+            |r| {
+                r.target_path = r
+                    .target_path
+                    .replace("kubernetes.io~csi", "kubernetes.io~secret")
+            },
+            "is not kubelet's path for an inline CSI volume",
         ),
         (
             "parent missing",
             |r| r.target_path = r.target_path.replace("/uid/", "/other-uid/"),
             "is not accessible: No such file or directory",
+        ),
+        (
+            "pod uid differs from the context",
+            |r| {
+                r.volume_context
+                    .insert("csi.storage.k8s.io/pod.uid".into(), "other-uid".into());
+            },
+            "belongs to pod uid uid, but volume_context[\"csi.storage.k8s.io/pod.uid\"] is other-uid",
         ),
     ];
     let f = fixture(Duration::ZERO);
@@ -193,7 +219,7 @@ async fn each_invalid_publish_request_is_invalid_argument_naming_the_field() {
             status.message()
         );
     }
-    assert_eq!(f.node.mounter.binds.load(Ordering::Relaxed), 0);
+    assert_eq!(f.fake.binds.load(Ordering::Relaxed), 0);
 }
 
 #[tokio::test]
@@ -223,8 +249,8 @@ async fn repeated_publish_is_ok_without_a_second_mount() {
     for _ in 0..5 {
         f.publish(f.request()).await.unwrap();
     }
-    assert_eq!(f.node.mounter.count(&f.target()), 1);
-    assert_eq!(f.node.mounter.binds.load(Ordering::Relaxed), 1);
+    assert_eq!(f.fake.count(&f.target()), 1);
+    assert_eq!(f.fake.binds.load(Ordering::Relaxed), 1);
 }
 
 #[tokio::test]
@@ -238,21 +264,67 @@ async fn another_volume_on_a_published_target_is_already_exists() {
 }
 
 #[tokio::test]
+async fn another_volume_on_a_published_target_is_already_exists_after_a_restart() {
+    let f = fixture(Duration::ZERO);
+    // kubelet's own handle for pod "uid", volume "spiffe".
+    let mut kubelets = f.request();
+    kubelets.volume_id = crate::target_path::KubeletTarget::parse(&kubelets.target_path)
+        .unwrap()
+        .kubelet_volume_id();
+    f.publish(kubelets.clone()).await.unwrap();
+    // A new process: nothing in memory, the mount is still there.
+    let restarted = NodeService::new(f.config.clone(), f.fake.clone());
+    let mut other = f.request();
+    other.volume_id = "csi-other".into();
+    let status = restarted
+        .publish(other)
+        .await
+        .map_err(Status::from)
+        .unwrap_err();
+    assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
+    assert!(status.message().contains(&kubelets.volume_id), "{status:?}");
+    // kubelet's republish after the restart is still a no-op.
+    restarted.publish(kubelets).await.unwrap();
+    assert_eq!(f.fake.binds.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn any_pods_dir_in_kubelets_shape_is_accepted_without_a_configured_root() {
+    let f = fixture(Duration::ZERO);
+    let node = NodeService::new(
+        NodeConfig {
+            pods_dir: PodsDir::Any,
+            ..f.config.clone()
+        },
+        FakeMounter::default(),
+    );
+    node.publish(f.request()).await.unwrap();
+    let mut bad = f.request();
+    bad.target_path = f
+        .root
+        .join("uid/volumes/kubernetes.io~csi/spiffe/data")
+        .display()
+        .to_string();
+    let status = Status::from(node.publish(bad).await.unwrap_err());
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+}
+
+#[tokio::test]
 async fn stale_mount_is_replaced_on_republish() {
     let f = fixture(Duration::ZERO);
     f.publish(f.request()).await.unwrap();
-    f.node.mounter.mark_deleted(&f.target());
+    f.fake.mark_deleted(&f.target());
     f.publish(f.request()).await.unwrap();
-    let mounts = f.node.mounter.mounts_at(&f.target()).unwrap();
+    let mounts = f.fake.mounts_at(&f.target()).unwrap();
     assert_eq!(mounts.len(), 1);
     assert!(!mounts[0].is_deleted());
-    assert_eq!(f.node.mounter.binds.load(Ordering::Relaxed), 2);
+    assert_eq!(f.fake.binds.load(Ordering::Relaxed), 2);
 }
 
 #[tokio::test]
 async fn mount_failure_is_internal() {
     let f = fixture(Duration::ZERO);
-    f.node.mounter.fail_bind.store(true, Ordering::Relaxed);
+    f.fake.fail_bind.store(true, Ordering::Relaxed);
     let status = f.publish(f.request()).await.unwrap_err();
     assert_eq!(status.code(), Code::Internal, "{status:?}");
     assert!(status.message().contains("bind-mounting"), "{status:?}");
@@ -264,7 +336,30 @@ async fn missing_agent_socket_after_the_wait_is_unavailable() {
     let status = f.publish(f.request()).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     std::fs::write(f.agent_dir.join("spire-agent.sock"), "").unwrap();
+    let status = f.publish(f.request()).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "a plain file: {status:?}");
+    std::fs::remove_file(f.agent_dir.join("spire-agent.sock")).unwrap();
+    let _agent = socket_at(&f.agent_dir.join("spire-agent.sock"));
     f.publish(f.request()).await.unwrap();
+}
+
+#[tokio::test]
+async fn republishing_a_live_mount_does_not_wait_for_the_agent() {
+    let f = fixture(Duration::from_millis(300));
+    let agent = socket_at(&f.agent_dir.join("spire-agent.sock"));
+    f.publish(f.request()).await.unwrap();
+    // The agent restarts: its socket is gone for a moment. kubelet's periodic republish
+    // of a live mount must neither wait nor fail (it would put an event on the pod).
+    drop(agent);
+    std::fs::remove_file(f.agent_dir.join("spire-agent.sock")).unwrap();
+    let start = std::time::Instant::now();
+    f.publish(f.request()).await.unwrap();
+    assert!(
+        start.elapsed() < Duration::from_millis(200),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(f.fake.binds.load(Ordering::Relaxed), 1);
 }
 
 #[tokio::test]
@@ -297,7 +392,7 @@ async fn unpublish_unmounts_and_removes_the_target_and_is_idempotent() {
     let target = f.target().display().to_string();
     for _ in 0..2 {
         f.node.unpublish(unpublish_req("csi-abc", &target)).unwrap();
-        assert_eq!(f.node.mounter.count(&f.target()), 0);
+        assert_eq!(f.fake.count(&f.target()), 0);
         assert!(!f.target().exists());
     }
     // Whole pod dir gone (reboot): still OK.
@@ -308,13 +403,27 @@ async fn unpublish_unmounts_and_removes_the_target_and_is_idempotent() {
 }
 
 #[test]
+fn unpublish_refuses_another_pods_secret_volume_and_leaves_it_alone() {
+    let f = fixture(Duration::ZERO);
+    let secret = f.root.join("uid2/volumes/kubernetes.io~secret/token");
+    std::fs::create_dir_all(&secret).unwrap();
+    let status = Status::from(
+        f.node
+            .unpublish(unpublish_req("csi-abc", &secret.display().to_string()))
+            .unwrap_err(),
+    );
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(secret.is_dir(), "another volume's directory was removed");
+}
+
+#[test]
 fn invalid_unpublish_requests_are_invalid_argument() {
     let f = fixture(Duration::ZERO);
     let target = f.target().display().to_string();
     for (req, want) in [
         (unpublish_req("", &target), "volume_id is required"),
         (unpublish_req("v", ""), "target_path is required"),
-        (unpublish_req("v", "/etc/passwd"), "outside"),
+        (unpublish_req("v", "/etc/passwd"), "kubelet's path"),
         (unpublish_req("v", "relative"), "not absolute"),
     ] {
         let status = Status::from(f.node.unpublish(req).unwrap_err());
@@ -358,10 +467,10 @@ async fn volume_stats_codes_and_conditions() {
     );
     f.publish(f.request()).await.unwrap();
     // The fake mount does not show the agent dir's contents, so give the target a socket.
-    std::fs::write(f.target().join("spire-agent.sock"), "").unwrap();
+    let _socket = socket_at(&f.target().join("spire-agent.sock"));
     let c = condition(&f);
     assert!(!c.abnormal, "{c:?}");
-    f.node.mounter.mark_deleted(&f.target());
+    f.fake.mark_deleted(&f.target());
     let c = condition(&f);
     assert!(c.abnormal && c.message.contains("deleted"), "{c:?}");
 }

@@ -2,7 +2,7 @@
 
 use std::future::Future;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use tokio::net::UnixListener;
@@ -33,8 +33,10 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
-/// Creates the socket: parent made 0700 if we create it, a stale socket replaced, the
-/// socket itself 0600 from the start (umask), so no other user can ever connect.
+/// Creates the socket: parent 0700 (created so, or tightened when it already exists and
+/// is ours: under a chart it is a hostPath kubelet created 0755), a stale socket
+/// replaced, the socket itself 0600 from the start (umask), so no other user can ever
+/// connect.
 pub fn bind_private(path: &Path) -> Result<UnixListener, ServeError> {
     let bind_err = |source| ServeError::Bind {
         path: path.to_owned(),
@@ -42,13 +44,22 @@ pub fn bind_private(path: &Path) -> Result<UnixListener, ServeError> {
     };
     if let Some(parent) = path.parent()
         && !parent.as_os_str().is_empty()
-        && !parent.exists()
     {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(parent)
-            .map_err(bind_err)?;
+        if parent.exists() {
+            let meta = std::fs::metadata(parent).map_err(bind_err)?;
+            if meta.uid() == rustix::process::geteuid().as_raw()
+                && meta.permissions().mode() & 0o777 != 0o700
+            {
+                std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o700))
+                    .map_err(bind_err)?;
+            }
+        } else {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent)
+                .map_err(bind_err)?;
+        }
     }
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path).map_err(bind_err)?,
@@ -100,5 +111,17 @@ mod tests {
             Err(ServeError::NotASocket(_))
         ));
         assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
+    }
+
+    #[tokio::test]
+    async fn an_existing_socket_dir_is_made_private() {
+        // Under a chart the socket's directory is a hostPath kubelet created 0755.
+        let dir = tempfile::tempdir().unwrap();
+        let plugin_dir = dir.path().join("plugins/csi.spiffe.io");
+        std::fs::create_dir_all(&plugin_dir).unwrap();
+        std::fs::set_permissions(&plugin_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        drop(bind_private(&plugin_dir.join("csi.sock")).unwrap());
+        let mode = std::fs::metadata(&plugin_dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
     }
 }

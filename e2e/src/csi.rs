@@ -40,8 +40,17 @@ impl Driver {
             .arg(binary)
             .args(args)
             .env("MY_NODE_NAME", "e2e-node");
-        let mut process = Process::spawn(name, cmd, log)?;
-        let socket_path = socket.to_owned();
+        let process = Process::spawn(name, cmd, log)?;
+        Self::wait_for(name, process, socket.to_owned()).await
+    }
+
+    /// Waits until `socket` accepts connections, failing early if `process` exits.
+    pub async fn wait_for(
+        name: &str,
+        mut process: Process,
+        socket: PathBuf,
+    ) -> anyhow::Result<Self> {
+        let socket_path = socket.clone();
         crate::wait::until(
             &format!("{name} CSI socket"),
             Duration::from_secs(30),
@@ -56,10 +65,7 @@ impl Driver {
             },
         )
         .await?;
-        Ok(Self {
-            process,
-            socket: socket.to_owned(),
-        })
+        Ok(Self { process, socket })
     }
 
     /// Resident set size from `/proc/<pid>/status`, in KiB.

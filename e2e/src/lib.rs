@@ -12,6 +12,7 @@
 
 pub mod control_plane;
 pub mod csi;
+pub mod daemonset;
 pub mod entries;
 pub mod http;
 pub mod kube_util;

@@ -79,6 +79,11 @@ async fn install_reconcile_as_the_chart_service_account_and_uninstall() -> anyho
         driver.volume_lifecycle_modes,
         Some(vec!["Ephemeral".to_owned()])
     );
+    // kubelet republishes every pod sync, which is what repairs a stale mount.
+    assert_eq!(driver.requires_republish, Some(true));
+    // No seLinuxMount (the API server defaults it to false): kubelet would pass
+    // `context=` mount flags, which a bind mount cannot honour (docs/troubleshooting.md).
+    assert_eq!(driver.se_linux_mount, Some(false));
 
     // The operator with the server pod's ServiceAccount token and the chart's config
     // (only the socket and listen addresses differ: no kubelet runs the pod here).

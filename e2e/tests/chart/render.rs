@@ -201,6 +201,15 @@ async fn wrong_values_fail_with_a_message_naming_them() -> anyhow::Result<()> {
         ),
         (&["--set", "csiDriver.pluginNmae=x"], "pluginNmae"),
         (
+            &["--set", "csiDriver.agentSocketDir=/sockets"],
+            "csiDriver.agentSocketDir (or spireAgent.socketDir) \"/sockets\"",
+        ),
+        (
+            &["--set", "csiDriver.agentSocketWait=90"],
+            "/csiDriver/agentSocketWait",
+        ),
+        (&["--set", "csiDriver.nodeMount=rw"], "/csiDriver/nodeMount"),
+        (
             &["--set", "spireServer.dataStore.type=oracle"],
             "/spireServer/dataStore/type",
         ),

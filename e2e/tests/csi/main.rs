@@ -2,6 +2,8 @@
 //! driver serving a real spire-agent's Workload API into a "pod" volume. Needs root
 //! (mount namespaces, real bind mounts).
 
+mod daemonsets;
 mod driver;
+mod repair;
 mod sanity;
 mod spire_agent;

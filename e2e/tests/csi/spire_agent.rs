@@ -32,7 +32,7 @@ const POD: PodVolume<'static> = PodVolume {
 /// `endpoint_dir` is a short symlink to the target: the full kubelet target path plus
 /// the socket name exceeds the 108-byte `sun_path`, just as a pod reaches the same mount
 /// through a short container path.
-async fn fetch_svids(
+pub(crate) async fn fetch_svids(
     driver_pid: u32,
     endpoint_dir: &Path,
     timeout_secs: u32,
@@ -53,7 +53,7 @@ async fn fetch_svids(
     Ok(serde_json::from_slice(&output.stdout)?)
 }
 
-fn assert_svids(got: &serde_json::Value, id: &SpiffeId) {
+pub(crate) fn assert_svids(got: &serde_json::Value, id: &SpiffeId) {
     assert_eq!(got["x509_svid"]["spiffe_id"], id.to_string(), "{got}");
     assert!(
         got["x509_svid"]["chain_length"].as_u64() >= Some(1),
