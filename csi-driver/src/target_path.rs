@@ -198,14 +198,7 @@ impl PodsDir {
             "{}/volumes/{CSI_PLUGIN_DIR}/{}",
             target.pod_uid, target.volume
         );
-        let parent = openat2(
-            &pods,
-            below.as_str(),
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS,
-        )
-        .map_err(|e| match e {
+        let parent = open_dir_beneath(&pods, &below).map_err(|e| match e {
             rustix::io::Errno::LOOP => TargetPathError::Symlink(raw.to_owned()),
             e => parent_err(e.into()),
         })?;
@@ -243,14 +236,7 @@ impl OpenTarget {
     /// Opens `mount` itself (the top mount's root when something is mounted there),
     /// refusing a symlink; NotFound when it does not exist.
     pub fn open_dir(&self) -> io::Result<OwnedFd> {
-        openat2(
-            &self.parent,
-            MOUNT_DIR,
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS,
-        )
-        .map_err(|e| match e {
+        open_dir_beneath(&self.parent, MOUNT_DIR).map_err(|e| match e {
             rustix::io::Errno::LOOP => io::Error::other("target is a symbolic link"),
             e => e.into(),
         })
@@ -282,6 +268,55 @@ impl OpenTarget {
     }
 }
 
+/// Opens directory `relative` (plain names joined by `/`, already validated: no `..`,
+/// no empty part) below `dir` as an `O_PATH` descriptor, following no symlink: `LOOP`
+/// when a component is one. `openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS` does
+/// it in one call on Linux 5.6 and later; older kernels (RHEL 8's 4.18) answer `NOSYS`,
+/// and then the same is done a component at a time.
+fn open_dir_beneath(dir: &OwnedFd, relative: &str) -> Result<OwnedFd, rustix::io::Errno> {
+    match openat2(
+        dir,
+        relative,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS,
+    ) {
+        Err(rustix::io::Errno::NOSYS) => open_dir_by_components(dir, relative),
+        result => result,
+    }
+}
+
+/// The fallback of [`open_dir_beneath`]: `O_NOFOLLOW` on each component opens a symlink
+/// itself, which `O_DIRECTORY` then refuses with `NOTDIR`; a look at what refused tells
+/// a symlink (`LOOP`, as `openat2` says it) from a file.
+fn open_dir_by_components(dir: &OwnedFd, relative: &str) -> Result<OwnedFd, rustix::io::Errno> {
+    let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let mut current: Option<OwnedFd> = None;
+    for name in relative.split('/') {
+        if name.is_empty() || name == "." || name == ".." {
+            return Err(rustix::io::Errno::INVAL);
+        }
+        let at = current.as_ref().unwrap_or(dir);
+        let next = match rustix::fs::openat(at, name, flags, Mode::empty()) {
+            Err(rustix::io::Errno::NOTDIR) => {
+                let stat = rustix::fs::statat(at, name, AtFlags::SYMLINK_NOFOLLOW)?;
+                return Err(
+                    if rustix::fs::FileType::from_raw_mode(stat.st_mode)
+                        == rustix::fs::FileType::Symlink
+                    {
+                        rustix::io::Errno::LOOP
+                    } else {
+                        rustix::io::Errno::NOTDIR
+                    },
+                );
+            }
+            result => result?,
+        };
+        current = Some(next);
+    }
+    current.ok_or(rustix::io::Errno::INVAL)
+}
+
 /// The path an open file descriptor refers to, as the kernel resolved it.
 pub fn fd_path(fd: &OwnedFd) -> io::Result<PathBuf> {
     std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
@@ -294,6 +329,45 @@ pub fn fd_handle(fd: &OwnedFd) -> PathBuf {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_pre_openat2_walk_refuses_symlinks_and_files_and_opens_directories() {
+        let root = tempfile::tempdir().unwrap();
+        let base = root.path();
+        std::fs::create_dir_all(base.join("uid/volumes/kubernetes.io~csi/vol")).unwrap();
+        std::fs::create_dir_all(base.join("elsewhere/vol")).unwrap();
+        std::os::unix::fs::symlink(base.join("elsewhere"), base.join("uid/volumes/link")).unwrap();
+        std::fs::write(base.join("uid/volumes/file"), "").unwrap();
+        let dir = rustix::fs::open(base, OFlags::PATH | OFlags::DIRECTORY, Mode::empty()).unwrap();
+        let opened =
+            super::open_dir_by_components(&dir, "uid/volumes/kubernetes.io~csi/vol").unwrap();
+        assert_eq!(
+            super::fd_path(&opened).unwrap(),
+            base.canonicalize()
+                .unwrap()
+                .join("uid/volumes/kubernetes.io~csi/vol")
+        );
+        for (relative, errno) in [
+            ("uid/volumes/link/vol", rustix::io::Errno::LOOP),
+            ("uid/volumes/file", rustix::io::Errno::NOTDIR),
+            ("uid/volumes/missing", rustix::io::Errno::NOENT),
+            ("uid/../uid", rustix::io::Errno::INVAL),
+        ] {
+            assert_eq!(
+                super::open_dir_by_components(&dir, relative).unwrap_err(),
+                errno,
+                "{relative}"
+            );
+            // The one-call form says the same where the kernel has it.
+            if relative != "uid/../uid" {
+                assert_eq!(
+                    super::open_dir_beneath(&dir, relative).unwrap_err(),
+                    errno,
+                    "{relative}"
+                );
+            }
+        }
+    }
+
     use super::*;
 
     const UID: &str = "6f3c2a9e-1b7d-4e55-9a0c-2d8f4b1e7c31";
