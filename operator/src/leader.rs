@@ -20,8 +20,10 @@ pub struct LeaderConfig {
     pub lease_duration: Duration,
     /// How long the leader keeps trying to renew before giving up (`renewDeadline`).
     pub renew_deadline: Duration,
-    /// How often candidates retry (`retryPeriod`); kube-lease-manager paces its own
-    /// retries, so this only bounds the first attempt's delay.
+    /// How often client-go's candidates poll (`retryPeriod`). Checked against
+    /// `renewDeadline` as client-go does, but not used for pacing: kube-lease-manager's
+    /// candidates wake when the holder's lease would expire instead of polling, which
+    /// takes over no later than polling would.
     pub retry_period: Duration,
 }
 

@@ -263,10 +263,13 @@ pub async fn run(mut args: RunArgs, config: Config) -> anyhow::Result<()> {
 /// Waits for the SPIRE server (it may start after us, e.g. as a sibling container).
 async fn connect_spire(config: &Config, timeout: Duration, metrics: &Metrics) -> SpireClient {
     let address = SpireAddress::Unix(config.spire_server_socket_path.clone());
-    // grpc.maxCallRecvMsgSize maps to max_receive_message_size.
+    let defaults = ClientOptions::default();
     let options = ClientOptions {
         timeout,
-        ..ClientOptions::default()
+        max_receive_message_size: config
+            .grpc_max_call_recv_msg_size
+            .unwrap_or(defaults.max_receive_message_size),
+        ..defaults
     };
     let mut delay = Duration::from_millis(200);
     loop {
