@@ -198,18 +198,9 @@ enum LogFormat {
     Json,
 }
 
+/// Flag durations in Go's grammar (`60s`, `1m30s`, `500ms`), as the config file's.
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 10s, 5m or 1h"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        "h" => Ok(Duration::from_secs(n * 3600)),
-        _ => Err(format!("{s:?} has no unit: use ms, s, m or h")),
-    }
+    go_duration::parse_std(s).map_err(|e| e.to_string())
 }
 
 fn init_logging(format: LogFormat, filter: &str) -> anyhow::Result<()> {
