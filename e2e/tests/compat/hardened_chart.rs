@@ -47,6 +47,36 @@ fn adapt(fixture: &str, metrics: &str, health: &str, world: &World) -> String {
         .join("\n")
 }
 
+/// Starts our binary as the chart's Deployment would: `fixture` adapted (see [`adapt`])
+/// as its config file `file_name` in the working directory, `args` verbatim, only `env`;
+/// returns it once ready.
+async fn deploy(
+    world: &World,
+    fixture: &str,
+    file_name: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> anyhow::Result<Operator> {
+    let config = |metrics: &str, health: &str| adapt(fixture, metrics, health, world);
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    let mut operator = Operator::spawn_deployed(&Deployment {
+        file_name,
+        config: &config,
+        args: &args,
+        env,
+    })?;
+    operator.wait_ready(Duration::from_secs(60)).await?;
+    Ok(operator)
+}
+
+fn admin_kubeconfig(world: &World) -> String {
+    world
+        .control_plane
+        .kubeconfig()
+        .to_string_lossy()
+        .into_owned()
+}
+
 /// A world with spire-controller-manager's CRDs, the chart's namespace, a node and pods.
 async fn world(trust_domain: &str, pods: &[(&str, &str)]) -> anyhow::Result<World> {
     let world = World::start_without_crds(trust_domain).await?;
@@ -124,20 +154,15 @@ async fn the_charts_default_config_and_args_start_it_unchanged() -> anyhow::Resu
     // Classless, and the chart's config does not watch classless resources.
     csid(&world, "classless", json!({}), csid_spec("classless", None)).await?;
 
-    let kubeconfig = world
-        .control_plane
-        .kubeconfig()
-        .to_string_lossy()
-        .into_owned();
-    let config = |metrics: &str, health: &str| adapt("default.yaml", metrics, health, &world);
-    let args = ["--config=controller-manager-config.yaml".to_owned()];
-    let mut operator = Operator::spawn_deployed(&Deployment {
-        file_name: "controller-manager-config.yaml",
-        config: &config,
-        args: &args,
-        env: &[("ENABLE_WEBHOOKS", "true"), ("KUBECONFIG", &kubeconfig)],
-    })?;
-    operator.wait_ready(Duration::from_secs(60)).await?;
+    let kubeconfig = admin_kubeconfig(&world);
+    let mut operator = deploy(
+        &world,
+        "default.yaml",
+        "controller-manager-config.yaml",
+        &["--config=controller-manager-config.yaml"],
+        &[("ENABLE_WEBHOOKS", "true"), ("KUBECONFIG", &kubeconfig)],
+    )
+    .await?;
 
     let listed = entries::wait_for(&world.spire, "the chart's class gets its entry", |e| {
         ids(e).len() == 1
@@ -214,27 +239,19 @@ async fn the_charts_overrides_with_expand_env() -> anyhow::Result<()> {
     .await?;
     csid(&world, "classless", json!({}), csid_spec("classless", None)).await?;
 
-    let kubeconfig = world
-        .control_plane
-        .kubeconfig()
-        .to_string_lossy()
-        .into_owned();
-    let config = |metrics: &str, health: &str| adapt("overrides.yaml", metrics, health, &world);
-    let args = [
-        "--config=controller-manager-config.yaml".to_owned(),
-        "--expand-env".to_owned(),
-    ];
-    let mut operator = Operator::spawn_deployed(&Deployment {
-        file_name: "controller-manager-config.yaml",
-        config: &config,
-        args: &args,
-        env: &[
+    let kubeconfig = admin_kubeconfig(&world);
+    let operator = deploy(
+        &world,
+        "overrides.yaml",
+        "controller-manager-config.yaml",
+        &["--config=controller-manager-config.yaml", "--expand-env"],
+        &[
             ("ENABLE_WEBHOOKS", "true"),
             ("KUBECONFIG", &kubeconfig),
             ("CLUSTER_NAME", "bank-eu"),
         ],
-    })?;
-    operator.wait_ready(Duration::from_secs(60)).await?;
+    )
+    .await?;
     let listed = entries::wait_for(&world.spire, "the labelled class gets its entry", |e| {
         ids(e).len() == 1
     })
@@ -275,24 +292,18 @@ async fn an_external_cluster_config_with_its_kubeconfig_flag() -> anyhow::Result
     // Classless: this config watches classless resources.
     csid(&world, "classless", json!({}), csid_spec("edge", None)).await?;
 
-    let kubeconfig = world
-        .control_plane
-        .kubeconfig()
-        .to_string_lossy()
-        .into_owned();
-    let config =
-        |metrics: &str, health: &str| adapt("external-cluster.yaml", metrics, health, &world);
-    let args = [
-        format!("--kubeconfig={kubeconfig}"),
-        "--config=controller-manager-config-edge.yaml".to_owned(),
-    ];
-    let mut operator = Operator::spawn_deployed(&Deployment {
-        file_name: "controller-manager-config-edge.yaml",
-        config: &config,
-        args: &args,
-        env: &[("ENABLE_WEBHOOKS", "false")],
-    })?;
-    operator.wait_ready(Duration::from_secs(60)).await?;
+    let kubeconfig = admin_kubeconfig(&world);
+    let operator = deploy(
+        &world,
+        "external-cluster.yaml",
+        "controller-manager-config-edge.yaml",
+        &[
+            &format!("--kubeconfig={kubeconfig}"),
+            "--config=controller-manager-config-edge.yaml",
+        ],
+        &[("ENABLE_WEBHOOKS", "false")],
+    )
+    .await?;
     let listed = entries::wait_for(&world.spire, "the classless resource gets its entry", |e| {
         ids(e).len() == 1
     })
@@ -408,21 +419,20 @@ async fn under_the_charts_rbac_with_endpoints_and_no_service_accounts() -> anyho
         .await?;
     let kubeconfig = kubeconfig.to_string_lossy().into_owned();
 
-    let config = |metrics: &str, health: &str| adapt("default.yaml", metrics, health, &world);
-    let args = ["--config=controller-manager-config.yaml".to_owned()];
-    let mut operator = Operator::spawn_deployed(&Deployment {
-        file_name: "controller-manager-config.yaml",
-        config: &config,
-        args: &args,
-        // In the pod the namespace comes from the service account's namespace file,
-        // which this process has not: the same value, given the other way.
-        env: &[
+    // In the pod the namespace comes from the service account's namespace file,
+    // which this process has not: the same value, given the other way.
+    let operator = deploy(
+        &world,
+        "default.yaml",
+        "controller-manager-config.yaml",
+        &["--config=controller-manager-config.yaml"],
+        &[
             ("ENABLE_WEBHOOKS", "true"),
             ("KUBECONFIG", &kubeconfig),
             ("POD_NAMESPACE", "identity"),
         ],
-    })?;
-    operator.wait_ready(Duration::from_secs(60)).await?;
+    )
+    .await?;
     let listed = entries::wait_for(
         &world.spire,
         "the pod's entry, with its Service's DNS names",
