@@ -332,6 +332,58 @@ impl Operator {
     }
 }
 
+/// Creates ServiceAccount `spire-system/<name>` bound to a ClusterRole granting exactly
+/// `rules` (RBAC PolicyRule objects), and writes a kubeconfig authenticating as it to
+/// `path`: for running the operator with less than admin rights.
+pub async fn restricted_kubeconfig(
+    control_plane: &ControlPlane,
+    name: &str,
+    rules: serde_json::Value,
+    path: &Path,
+) -> anyhow::Result<()> {
+    use k8s_openapi::api::authentication::v1::TokenRequest;
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+    use kube::Api;
+    use kube::api::PostParams;
+
+    let client = control_plane.client();
+    kube_util::ensure_namespace(&client, OPERATOR_NAMESPACE).await?;
+    kube_util::ensure_service_account(&client, OPERATOR_NAMESPACE, name).await?;
+    let role: ClusterRole = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "rules": rules,
+    }))?;
+    Api::<ClusterRole>::all(client.clone())
+        .create(&PostParams::default(), &role)
+        .await
+        .with_context(|| format!("creating ClusterRole {name}"))?;
+    let binding: ClusterRoleBinding = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": OPERATOR_NAMESPACE}],
+    }))?;
+    Api::<ClusterRoleBinding>::all(client.clone())
+        .create(&PostParams::default(), &binding)
+        .await
+        .with_context(|| format!("creating ClusterRoleBinding {name}"))?;
+    let request: TokenRequest = serde_json::from_value(serde_json::json!({
+        "apiVersion": "authentication.k8s.io/v1",
+        "kind": "TokenRequest",
+        "spec": {"audiences": [], "expirationSeconds": 3600}
+    }))?;
+    let token = Api::<ServiceAccount>::namespaced(client, OPERATOR_NAMESPACE)
+        .create_token_request(name, &PostParams::default(), &request)
+        .await
+        .with_context(|| format!("TokenRequest for {OPERATOR_NAMESPACE}/{name}"))?
+        .status
+        .and_then(|s| s.token)
+        .filter(|t| !t.is_empty())
+        .context("TokenRequest answered without a token")?;
+    control_plane.token_kubeconfig(&token, path).await?;
+    Ok(())
+}
+
 fn build_binary() -> anyhow::Result<PathBuf> {
     if let Some(path) = std::env::var_os("SPIRE_OPERATOR_BIN") {
         return Ok(path.into());

@@ -4,3 +4,4 @@ mod dns_names;
 mod identities;
 mod leader_election;
 mod pod_entries;
+mod reconcile_switches;
