@@ -2,6 +2,7 @@
 
 mod dns_names;
 mod identities;
+mod large_entries;
 mod leader_election;
 mod pod_entries;
 mod reconcile_switches;
