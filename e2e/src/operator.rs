@@ -27,6 +27,9 @@ pub const OPERATOR_NAMESPACE: &str = "spire-system";
 /// for the first full reconcile. Generous: tests share two cores.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Starts tried when a listener fails to bind its port.
+const BIND_ATTEMPTS: u32 = 3;
+
 /// A running `spire-operator run`. Dropping it stops the process; its directory (config
 /// and `operator.log`) is kept when the test fails.
 pub struct Operator {
@@ -63,15 +66,23 @@ impl Operator {
     /// `leaderElection` mapping replaces the generated `leaderElection: {leaderElect:
     /// false}` as a whole. Each start has its own directory and ports, so an operator
     /// can be stopped and another started on the same control plane.
+    ///
+    /// Its ports are found free by binding and releasing them, so another process may
+    /// take one first: a start whose listener fails to bind is retried with new ports.
     pub async fn start(
         control_plane: &ControlPlane,
         spire: &Spire,
         cluster_name: &str,
         extra_config: &str,
     ) -> anyhow::Result<Self> {
-        let mut operator = Self::spawn(control_plane, spire, cluster_name, extra_config).await?;
-        operator.wait_ready(READY_TIMEOUT).await?;
-        Ok(operator)
+        Self::start_as(
+            control_plane,
+            spire,
+            cluster_name,
+            extra_config,
+            control_plane.kubeconfig(),
+        )
+        .await
     }
 
     /// Like [`Operator::start`] without waiting for readiness: for replicas that are
@@ -101,10 +112,53 @@ impl Operator {
         extra_config: &str,
         kubeconfig: &Path,
     ) -> anyhow::Result<Self> {
-        let mut operator =
-            Self::spawn_with(control_plane, spire, cluster_name, extra_config, kubeconfig).await?;
-        operator.wait_ready(READY_TIMEOUT).await?;
-        Ok(operator)
+        let mut attempt = 1;
+        loop {
+            let mut operator =
+                Self::spawn_with(control_plane, spire, cluster_name, extra_config, kubeconfig)
+                    .await?;
+            match operator.wait_serving(READY_TIMEOUT).await {
+                Ok(()) => return Ok(operator),
+                Err(e) if attempt < BIND_ATTEMPTS && operator.bind_failed() => {
+                    eprintln!("spire-operator could not bind a port (attempt {attempt}): {e:#}");
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Whether a listener of the operator failed (a port taken since it was found free).
+    fn bind_failed(&self) -> bool {
+        self.log_tail(200).contains("server failed")
+    }
+
+    /// Waits until the readiness endpoint answers 200 and the metrics endpoint serves;
+    /// fails at once if a listener could not bind or the process exits.
+    async fn wait_serving(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        self.wait_ready(timeout).await?;
+        let (addr, log_path) = (self.metrics_addr.clone(), self.log_path.clone());
+        let process = &mut self.process;
+        let result = wait::until(
+            &format!("spire-operator /metrics on {addr}"),
+            timeout,
+            Duration::from_millis(200),
+            || {
+                let running = process.ensure_running();
+                let bind_failed = std::fs::read_to_string(&log_path)
+                    .is_ok_and(|log| log.contains("server failed"));
+                let addr = addr.clone();
+                async move {
+                    running?;
+                    if bind_failed {
+                        bail!("a listener failed to bind");
+                    }
+                    Ok(scrape(&addr).await.ok().map(|_| ()))
+                }
+            },
+        )
+        .await;
+        result.with_context(|| self.log_context())
     }
 
     async fn spawn_with(
@@ -181,6 +235,7 @@ impl Operator {
     pub async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
         let health_addr = self.health_addr.clone();
         let path = self.readiness_path.clone();
+        let log_path = self.log_path.clone();
         let process = &mut self.process;
         let result = wait::until(
             &format!("spire-operator {path} on {health_addr}"),
@@ -188,9 +243,14 @@ impl Operator {
             Duration::from_millis(200),
             || {
                 let running = process.ensure_running();
+                let bind_failed = std::fs::read_to_string(&log_path)
+                    .is_ok_and(|log| log.contains("server failed"));
                 let (addr, path) = (health_addr.clone(), path.clone());
                 async move {
                     running?;
+                    if bind_failed {
+                        bail!("a listener failed to bind");
+                    }
                     Ok(match http::get(&addr, &path).await? {
                         (200, _) => Some(()),
                         (status, body) => {
@@ -255,6 +315,21 @@ impl Operator {
                 self.log_context()
             )
         })
+    }
+
+    /// Waits until two more full resyncs have started (so one ran from start to end,
+    /// writes included) and returns how many entry writes (any operation, any result)
+    /// happened meanwhile: for "rewrites nothing" checks, which must span a resync.
+    pub async fn writes_across_a_resync(&mut self, timeout: Duration) -> anyhow::Result<f64> {
+        let before = self.metrics().await?;
+        let lists = before.value("spire_operator_entry_lists_total", &[]);
+        let writes = before.value("spire_operator_entry_writes_total", &[]);
+        self.wait_metric("spire_operator_entry_lists_total", &[], timeout, |v| {
+            v >= lists + 2.0
+        })
+        .await?;
+        let after = self.metrics().await?;
+        Ok(after.value("spire_operator_entry_writes_total", &[]) - writes)
     }
 
     /// One scrape of `GET /metrics`.
