@@ -66,3 +66,36 @@ async fn static_entries_converge_without_pod_rbac_or_the_cluster_spiffe_id_crd()
     operator.ensure_running()?;
     Ok(())
 }
+
+#[tokio::test]
+async fn pod_entries_converge_on_a_cluster_without_the_static_entry_crd() -> anyhow::Result<()> {
+    let world = World::start_without_crds(TRUST_DOMAIN).await?;
+    let csid_crd: Vec<_> = spire_operator::crd::all()
+        .into_iter()
+        .filter(|crd| crd.spec.names.kind == "ClusterSPIFFEID")
+        .collect();
+    apply_crd_objects(&world.client, &csid_crd).await?;
+    world.node("node-a").await?;
+    world.namespace("shop", &[]).await?;
+    let pod = world.pod("shop", "web-0", "default", "node-a", &[]).await?;
+    let mut operator = Operator::start(
+        &world.control_plane,
+        &world.spire,
+        "pods",
+        "reconcile:\n  clusterSPIFFEIDs: true\n",
+    )
+    .await?;
+    operator.wait_initial_sync().await?;
+    world
+        .apply_csid(
+            "per-pod",
+            json!({"spiffeIDTemplate": "spiffe://{{ .TrustDomain }}/pod/{{ .PodMeta.Name }}"}),
+        )
+        .await?;
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    entries::wait_for(&world.spire, "web-0's entry", |all| {
+        entries::for_pod(all, &uid).len() == 1
+    })
+    .await?;
+    Ok(())
+}
