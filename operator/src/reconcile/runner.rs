@@ -275,6 +275,9 @@ impl Reconciler {
         let (desired, mirror) = (&self.desired, &self.mirror);
         self.failed_writes
             .retain(|key, _| desired.get(key).is_some() || mirror.has(key));
+        if self.failed_writes.is_empty() {
+            self.write_retry.succeeded();
+        }
 
         self.persist_adopted().await;
         self.update_gauges();
@@ -335,7 +338,14 @@ impl Reconciler {
         pod_keys: &mut HashSet<PodKey>,
         affected: &mut BTreeSet<String>,
     ) {
-        self.cluster_spiffe_ids = ClusterSpiffeIds::load(&self.ctx.config, &self.ctx.stores);
+        let loaded = ClusterSpiffeIds::load(&self.ctx.config, &self.ctx.stores);
+        // Warn once per new problem, not at every resync.
+        for (name, error) in &loaded.invalid {
+            if self.cluster_spiffe_ids.invalid.get(name) != Some(error) {
+                tracing::warn!(clusterspiffeid = %name, error = %error, "invalid ClusterSPIFFEID");
+            }
+        }
+        self.cluster_spiffe_ids = loaded;
         affected.extend(
             self.ctx
                 .stores

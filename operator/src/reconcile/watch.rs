@@ -296,8 +296,9 @@ async fn drive<K, S: Sink<K>>(
     kind: &'static str,
     shared: Shared,
 ) {
-    // Dropped when the loop ends or panics: /healthz then reports the dead watch.
-    let _alive = shared.health.task_alive(kind);
+    // A watch stream never ends by itself: if this loop returns or panics, /healthz
+    // reports the dead watch.
+    let alive = shared.health.task_alive(kind);
     let mut stream = std::pin::pin!(stream);
     let mut reported = false;
     let mut errors = LogLimiter::new(Duration::from_secs(60));
@@ -322,4 +323,5 @@ async fn drive<K, S: Sink<K>>(
             }
         }
     }
+    alive.ended();
 }
