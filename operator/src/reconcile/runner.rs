@@ -97,6 +97,8 @@ pub struct Reconciler {
     /// ClusterSPIFFEIDs whose last status patch or event failed.
     pub(super) pending_statuses: BTreeSet<String>,
     listed_once: bool,
+    /// Marks held back until the server has been listed once.
+    deferred: Vec<Dirty>,
     /// When the mask was last reset to every managed field.
     mask_checked: Instant,
     /// A failed ListEntries.
@@ -159,6 +161,7 @@ impl Reconciler {
             persisted_adopted: adopted,
             announced: HashMap::new(),
             listed_once: false,
+            deferred: Vec::new(),
         })
     }
 
@@ -189,8 +192,17 @@ impl Reconciler {
     }
 
     /// One pass over everything marked in `batch`.
-    pub(super) async fn pass(&mut self, batch: Vec<Dirty>) {
-        let mut resync = false;
+    pub(super) async fn pass(&mut self, mut batch: Vec<Dirty>) {
+        batch.append(&mut self.deferred);
+        // A failed listing schedules its own retry; meanwhile the pass is incremental.
+        let resync = batch.contains(&Dirty::Resync) && self.list_entries().await;
+        if !self.listed_once {
+            // Nothing can be planned before the server was listed once: keep the marks
+            // for the pass that lists.
+            batch.retain(|m| *m != Dirty::Resync);
+            self.deferred = batch;
+            return;
+        }
         let mut cluster_spiffe_ids = false;
         let mut statics = false;
         let mut retry = false;
@@ -198,7 +210,7 @@ impl Reconciler {
         let mut groups = Vec::new();
         for mark in batch {
             match mark {
-                Dirty::Resync => resync = true,
+                Dirty::Resync => {}
                 Dirty::ClusterSpiffeIds => cluster_spiffe_ids = true,
                 Dirty::ClusterStaticEntries => statics = true,
                 Dirty::Retry => retry = true,
@@ -207,13 +219,6 @@ impl Reconciler {
                 }
                 other => groups.push(other),
             }
-        }
-
-        if resync && !self.list_entries().await {
-            if !self.listed_once {
-                return;
-            }
-            resync = false;
         }
 
         // ClusterSPIFFEIDs whose statuses may change this pass.
