@@ -244,7 +244,13 @@ impl Reconciler {
             self.recompute_pod(key, &mut touched, &mut affected);
         }
         if statics {
-            self.recompute_statics(&mut touched);
+            let mut static_keys = HashSet::new();
+            self.recompute_statics(&mut static_keys);
+            // A static entry appearing or going may mask or unmask pod entries.
+            for key in &static_keys {
+                affected.extend(self.owners_of(key));
+            }
+            touched.extend(static_keys);
         }
         if resync {
             self.check_drift(&mut touched, &mut affected);

@@ -499,6 +499,19 @@ async fn an_older_static_entry_masks_the_pod_entry_which_is_not_counted_as_set()
     let web = h.last_status("web");
     assert_eq!(web["stats"]["entriesToSet"], 0, "{web}");
     assert_eq!(web["stats"]["entriesMasked"], 1, "{web}");
+
+    // The static entry goes: the pod entry takes the key and its owner's status says so.
+    let gone: ClusterStaticEntry = serde_json::from_value(json!({
+        "apiVersion": "spire.spiffe.io/v1alpha1", "kind": "ClusterStaticEntry",
+        "metadata": {"name": "early"}, "spec": same_key_as_the_pod_entry(),
+    }))
+    .unwrap();
+    h.statics.apply_watcher_event(&Event::Delete(gone));
+    h.pass(&[Dirty::ClusterStaticEntries]).await;
+    let web = h.last_status("web");
+    assert_eq!(web["stats"]["entriesToSet"], 1, "{web}");
+    assert_eq!(web["stats"]["entriesMasked"], 0, "{web}");
+    assert_eq!(h.entries()[0].hint, "", "the pod entry's fields now");
 }
 
 #[tokio::test]
