@@ -244,13 +244,7 @@ impl Reconciler {
             self.recompute_pod(key, &mut touched, &mut affected);
         }
         if statics {
-            let mut static_keys = HashSet::new();
-            self.recompute_statics(&mut static_keys);
-            // A static entry appearing or going may mask or unmask pod entries.
-            for key in &static_keys {
-                affected.extend(self.owners_of(key));
-            }
-            touched.extend(static_keys);
+            self.recompute_statics(&mut touched);
         }
         if resync {
             self.check_drift(&mut touched, &mut affected);
@@ -258,6 +252,11 @@ impl Reconciler {
                 self.mask_checked = Instant::now();
                 self.mask = managed_fields();
             }
+        }
+        // A declaration appearing or going may mask or unmask the entries other objects
+        // declare with the same key: their owners' stats change too.
+        for key in &touched {
+            affected.extend(self.owners_of(key));
         }
         if retry {
             touched.extend(self.failed_writes.keys().cloned());
