@@ -30,6 +30,9 @@ pub const OPERATOR_NAMESPACE: &str = "spire-system";
 /// for the first full reconcile. Generous: tests share two cores.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Starts tried when a listener fails to bind its port.
+const BIND_ATTEMPTS: u32 = 3;
+
 /// A running `spire-operator run`. Dropping it stops the process; its directory (config
 /// and `operator.log`) is kept when the test fails.
 pub struct Operator {
@@ -66,15 +69,23 @@ impl Operator {
     /// `leaderElection` mapping replaces the generated `leaderElection: {leaderElect:
     /// false}` as a whole. Each start has its own directory and ports, so an operator
     /// can be stopped and another started on the same control plane.
+    ///
+    /// Its ports are found free by binding and releasing them, so another process may
+    /// take one first: a start whose listener fails to bind is retried with new ports.
     pub async fn start(
         control_plane: &ControlPlane,
         spire: &Spire,
         cluster_name: &str,
         extra_config: &str,
     ) -> anyhow::Result<Self> {
-        let mut operator = Self::spawn(control_plane, spire, cluster_name, extra_config).await?;
-        operator.wait_ready(READY_TIMEOUT).await?;
-        Ok(operator)
+        Self::start_as(
+            control_plane,
+            spire,
+            cluster_name,
+            extra_config,
+            control_plane.kubeconfig(),
+        )
+        .await
     }
 
     /// Like [`Operator::start`] without waiting for readiness: for replicas that are
@@ -104,10 +115,53 @@ impl Operator {
         extra_config: &str,
         kubeconfig: &Path,
     ) -> anyhow::Result<Self> {
-        let mut operator =
-            Self::spawn_with(control_plane, spire, cluster_name, extra_config, kubeconfig).await?;
-        operator.wait_ready(READY_TIMEOUT).await?;
-        Ok(operator)
+        let mut attempt = 1;
+        loop {
+            let mut operator =
+                Self::spawn_with(control_plane, spire, cluster_name, extra_config, kubeconfig)
+                    .await?;
+            match operator.wait_serving(READY_TIMEOUT).await {
+                Ok(()) => return Ok(operator),
+                Err(e) if attempt < BIND_ATTEMPTS && operator.bind_failed() => {
+                    eprintln!("spire-operator could not bind a port (attempt {attempt}): {e:#}");
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Whether a listener of the operator failed (a port taken since it was found free).
+    fn bind_failed(&self) -> bool {
+        self.log_tail(200).contains("server failed")
+    }
+
+    /// Waits until the readiness endpoint answers 200 and the metrics endpoint serves;
+    /// fails at once if a listener could not bind or the process exits.
+    async fn wait_serving(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        self.wait_ready(timeout).await?;
+        let (addr, log_path) = (self.metrics_addr.clone(), self.log_path.clone());
+        let process = &mut self.process;
+        let result = wait::until(
+            &format!("spire-operator /metrics on {addr}"),
+            timeout,
+            Duration::from_millis(200),
+            || {
+                let running = process.ensure_running();
+                let bind_failed = std::fs::read_to_string(&log_path)
+                    .is_ok_and(|log| log.contains("server failed"));
+                let addr = addr.clone();
+                async move {
+                    running?;
+                    if bind_failed {
+                        bail!("a listener failed to bind");
+                    }
+                    Ok(scrape(&addr).await.ok().map(|_| ()))
+                }
+            },
+        )
+        .await;
+        result.with_context(|| self.log_context())
     }
 
     async fn spawn_with(
@@ -184,6 +238,7 @@ impl Operator {
     pub async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
         let health_addr = self.health_addr.clone();
         let path = self.readiness_path.clone();
+        let log_path = self.log_path.clone();
         let process = &mut self.process;
         let result = wait::until(
             &format!("spire-operator {path} on {health_addr}"),
@@ -191,9 +246,14 @@ impl Operator {
             Duration::from_millis(200),
             || {
                 let running = process.ensure_running();
+                let bind_failed = std::fs::read_to_string(&log_path)
+                    .is_ok_and(|log| log.contains("server failed"));
                 let (addr, path) = (health_addr.clone(), path.clone());
                 async move {
                     running?;
+                    if bind_failed {
+                        bail!("a listener failed to bind");
+                    }
                     Ok(match http::get(&addr, &path).await? {
                         (200, _) => Some(()),
                         (status, body) => {
@@ -258,6 +318,21 @@ impl Operator {
                 self.log_context()
             )
         })
+    }
+
+    /// Waits until two more full resyncs have started (so one ran from start to end,
+    /// writes included) and returns how many entry writes (any operation, any result)
+    /// happened meanwhile: for "rewrites nothing" checks, which must span a resync.
+    pub async fn writes_across_a_resync(&mut self, timeout: Duration) -> anyhow::Result<f64> {
+        let before = self.metrics().await?;
+        let lists = before.value("spire_operator_entry_lists_total", &[]);
+        let writes = before.value("spire_operator_entry_writes_total", &[]);
+        self.wait_metric("spire_operator_entry_lists_total", &[], timeout, |v| {
+            v >= lists + 2.0
+        })
+        .await?;
+        let after = self.metrics().await?;
+        Ok(after.value("spire_operator_entry_writes_total", &[]) - writes)
     }
 
     /// One scrape of `GET /metrics`.
@@ -333,6 +408,58 @@ impl Operator {
             self.log_tail(40)
         )
     }
+}
+
+/// Creates ServiceAccount `spire-system/<name>` bound to a ClusterRole granting exactly
+/// `rules` (RBAC PolicyRule objects), and writes a kubeconfig authenticating as it to
+/// `path`: for running the operator with less than admin rights.
+pub async fn restricted_kubeconfig(
+    control_plane: &ControlPlane,
+    name: &str,
+    rules: serde_json::Value,
+    path: &Path,
+) -> anyhow::Result<()> {
+    use k8s_openapi::api::authentication::v1::TokenRequest;
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+    use kube::Api;
+    use kube::api::PostParams;
+
+    let client = control_plane.client();
+    kube_util::ensure_namespace(&client, OPERATOR_NAMESPACE).await?;
+    kube_util::ensure_service_account(&client, OPERATOR_NAMESPACE, name).await?;
+    let role: ClusterRole = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "rules": rules,
+    }))?;
+    Api::<ClusterRole>::all(client.clone())
+        .create(&PostParams::default(), &role)
+        .await
+        .with_context(|| format!("creating ClusterRole {name}"))?;
+    let binding: ClusterRoleBinding = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": OPERATOR_NAMESPACE}],
+    }))?;
+    Api::<ClusterRoleBinding>::all(client.clone())
+        .create(&PostParams::default(), &binding)
+        .await
+        .with_context(|| format!("creating ClusterRoleBinding {name}"))?;
+    let request: TokenRequest = serde_json::from_value(serde_json::json!({
+        "apiVersion": "authentication.k8s.io/v1",
+        "kind": "TokenRequest",
+        "spec": {"audiences": [], "expirationSeconds": 3600}
+    }))?;
+    let token = Api::<ServiceAccount>::namespaced(client, OPERATOR_NAMESPACE)
+        .create_token_request(name, &PostParams::default(), &request)
+        .await
+        .with_context(|| format!("TokenRequest for {OPERATOR_NAMESPACE}/{name}"))?
+        .status
+        .and_then(|s| s.token)
+        .filter(|t| !t.is_empty())
+        .context("TokenRequest answered without a token")?;
+    control_plane.token_kubeconfig(&token, path).await?;
+    Ok(())
 }
 
 fn build_binary() -> anyhow::Result<PathBuf> {

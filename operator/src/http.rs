@@ -26,8 +26,9 @@ impl Health {
         Self::default()
     }
 
-    /// A guard for the task `name`: when it is dropped (the task returned or panicked),
-    /// `/healthz` fails naming the task, so the kubelet restarts the process.
+    /// A guard for the task `name`: when the task ends ([`TaskGuard::ended`]) or
+    /// panics, `/healthz` fails naming it, so the kubelet restarts the process. Dropping
+    /// the guard otherwise (the runtime shutting down) marks nothing.
     pub fn task_alive(self: &Arc<Self>, name: &'static str) -> TaskGuard {
         TaskGuard {
             health: self.clone(),
@@ -42,26 +43,38 @@ impl Health {
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
+
+    fn mark_dead(&self, name: &'static str) {
+        tracing::error!(
+            task = name,
+            "a long-lived task ended; /healthz reports unhealthy"
+        );
+        self.dead_tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(name);
+    }
 }
 
-/// Marks its task dead when dropped; see [`Health::task_alive`].
+/// Reports its task dead when it ends or panics; see [`Health::task_alive`].
 #[derive(Debug)]
 pub struct TaskGuard {
     health: Arc<Health>,
     name: &'static str,
 }
 
+impl TaskGuard {
+    /// The task is returning although it should run for the life of the process.
+    pub fn ended(self) {
+        self.health.mark_dead(self.name);
+    }
+}
+
 impl Drop for TaskGuard {
     fn drop(&mut self) {
-        tracing::error!(
-            task = self.name,
-            "a long-lived task ended; reporting unhealthy"
-        );
-        self.health
-            .dead_tasks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(self.name);
+        if std::thread::panicking() {
+            self.health.mark_dead(self.name);
+        }
     }
 }
 
@@ -225,23 +238,41 @@ mod tests {
         let ready = get_path(&address, "/readyz").await;
         assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
 
-        let watch = tokio::spawn({
-            let guard = health.task_alive("watch pods");
-            async move {
-                let _guard = guard;
-                std::future::pending::<()>().await
-            }
-        });
         assert!(
             get_path(&address, "/healthz")
                 .await
                 .starts_with("HTTP/1.1 200")
         );
-        watch.abort();
-        let _ = watch.await;
+        let ends = tokio::spawn({
+            let guard = health.task_alive("watch pods");
+            async move { guard.ended() }
+        });
+        let panics = tokio::spawn({
+            let guard = health.task_alive("watch nodes");
+            async move {
+                let _guard = guard;
+                panic!("a bug");
+            }
+        });
+        let shut_down = tokio::spawn({
+            let guard = health.task_alive("watch namespaces");
+            async move {
+                let _guard = guard;
+                std::future::pending::<()>().await
+            }
+        });
+        let _ = ends.await;
+        let _ = panics.await;
+        shut_down.abort();
+        let _ = shut_down.await;
         let unhealthy = get_path(&address, "/healthz").await;
         assert!(unhealthy.starts_with("HTTP/1.1 500"), "{unhealthy}");
         assert!(unhealthy.contains("watch pods"), "{unhealthy}");
+        assert!(unhealthy.contains("watch nodes"), "{unhealthy}");
+        assert!(
+            !unhealthy.contains("watch namespaces"),
+            "a task dropped at shutdown did not end: {unhealthy}"
+        );
         assert!(
             get_path(&address, "/readyz")
                 .await

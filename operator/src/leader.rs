@@ -51,12 +51,7 @@ pub fn spawn(
             name: config.lease_name.clone(),
             source,
         };
-        // controller-runtime renews until renewDeadline; kube-lease-manager renews `grace`
-        // seconds before expiry, so grace = leaseDuration - renewDeadline (at least 1 s).
-        let duration = config.lease_duration.as_secs().max(2);
-        let grace = duration
-            .saturating_sub(config.renew_deadline.as_secs())
-            .clamp(1, duration - 1);
+        let (duration, grace) = lease_timing(config.lease_duration, config.renew_deadline);
         let manager = LeaseManagerBuilder::new(client, &config.lease_name)
             .with_namespace(&config.namespace)
             .with_identity(&config.identity)
@@ -93,10 +88,46 @@ pub fn spawn(
     (rx, task)
 }
 
+/// kube-lease-manager's (duration, grace) in whole seconds for controller-runtime's
+/// `leaseDuration` and `renewDeadline`. controller-runtime renews until renewDeadline;
+/// kube-lease-manager renews `grace` seconds before expiry, so grace = leaseDuration -
+/// renewDeadline, kept within what kube-lease-manager accepts (0 < grace < duration).
+fn lease_timing(lease_duration: Duration, renew_deadline: Duration) -> (u64, u64) {
+    let duration = lease_duration.as_secs().max(2);
+    let grace = duration
+        .saturating_sub(renew_deadline.as_secs())
+        .clamp(1, duration - 1);
+    (duration, grace)
+}
+
 /// For a single replica (leader election off): always the leader.
 pub fn always_leader() -> watch::Receiver<bool> {
     let (tx, rx) = watch::channel(true);
     // Keep the sender alive for the life of the process so the receiver never closes.
     std::mem::forget(tx);
     rx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lease_timing_follows_controller_runtime_within_what_the_manager_accepts() {
+        let s = Duration::from_secs;
+        for (lease, renew, want) in [
+            (s(15), s(10), (15, 5)),
+            (s(137), s(107), (137, 30)),
+            // A deadline at or past the duration still renews a second early.
+            (s(4), s(4), (4, 1)),
+            (s(4), s(9), (4, 1)),
+            // Sub-second and zero durations become the smallest valid lease.
+            (Duration::from_millis(500), Duration::ZERO, (2, 1)),
+        ] {
+            let (duration, grace) = lease_timing(lease, renew);
+            assert_eq!((duration, grace), want, "{lease:?} / {renew:?}");
+            assert!(grace > 0 && grace < duration);
+        }
+        assert!(*always_leader().borrow());
+    }
 }

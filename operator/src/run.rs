@@ -292,11 +292,7 @@ async fn connect_spire(config: &Config, timeout: Duration, metrics: &Metrics) ->
 /// <domain>`), as spire-controller-manager derives it from `kubernetes.default.svc`.
 fn detect_cluster_domain() -> Option<String> {
     let resolv = std::fs::read_to_string("/etc/resolv.conf").ok()?;
-    let domain = resolv
-        .lines()
-        .filter_map(|l| l.strip_prefix("search"))
-        .flat_map(str::split_whitespace)
-        .find_map(|d| d.strip_prefix("svc.").map(str::to_owned));
+    let domain = cluster_domain_from_resolv(&resolv);
     match &domain {
         Some(d) => {
             tracing::info!(cluster_domain = %d, "detected the cluster domain from /etc/resolv.conf")
@@ -306,6 +302,16 @@ fn detect_cluster_domain() -> Option<String> {
         ),
     }
     domain
+}
+
+/// The `<domain>` of the first `svc.<domain>` in the `search` line(s) of a resolv.conf.
+fn cluster_domain_from_resolv(resolv: &str) -> Option<String> {
+    resolv
+        .lines()
+        .map(str::split_whitespace)
+        .filter_map(|mut words| (words.next() == Some("search")).then_some(words))
+        .flatten()
+        .find_map(|d| d.strip_prefix("svc.").map(str::to_owned))
 }
 
 async fn terminated() {
@@ -335,6 +341,22 @@ mod tests {
         assert_eq!(
             operator_namespace(Some(String::new()), &file),
             "spire-server"
+        );
+    }
+
+    #[test]
+    fn the_cluster_domain_comes_from_the_search_line_only() {
+        let pod = "nameserver 10.96.0.10\nsearch spire-system.svc.corp.example svc.corp.example corp.example\noptions ndots:5\n";
+        assert_eq!(
+            cluster_domain_from_resolv(pod).as_deref(),
+            Some("corp.example")
+        );
+        assert_eq!(cluster_domain_from_resolv("nameserver 1.1.1.1\n"), None);
+        // Another keyword that merely starts with "search" is not a search line.
+        assert_eq!(
+            cluster_domain_from_resolv("searchlist svc.evil\nsearch svc.cluster.local\n")
+                .as_deref(),
+            Some("cluster.local")
         );
     }
 }

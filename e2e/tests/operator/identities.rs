@@ -3,6 +3,9 @@
 
 use std::time::Duration;
 
+/// How long two resyncs (gcInterval 2 s) may take on a loaded machine.
+const RESYNCS: Duration = Duration::from_secs(30);
+
 use e2e::entries::{self, EntryView};
 use e2e::operator::Operator;
 use e2e::world::World;
@@ -51,11 +54,12 @@ async fn identities_change_mask_fall_back_filter_by_class_and_report_invalid_tem
     world
         .pod("apps", "b-0", "default", "node-a", &[("app", "b")])
         .await?;
-    let _operator = Operator::start(
+    // A short resync, so that "writes nothing" checks can span full resyncs.
+    let mut operator = Operator::start(
         &world.control_plane,
         &world.spire,
         "ids",
-        "className: blue\nwatchClassless: true\n",
+        "className: blue\nwatchClassless: true\ngcInterval: 2s\n",
     )
     .await?;
 
@@ -90,10 +94,12 @@ async fn identities_change_mask_fall_back_filter_by_class_and_report_invalid_tem
         .wait_csid_status("first", "owns both", |s| s.stats.entries_to_set == 2)
         .await?;
     assert_eq!(first.stats.entries_masked, 0, "{first:?}");
+    let writes = operator.writes_across_a_resync(RESYNCS).await?;
+    assert_eq!(writes, 0.0, "masking rewrote entries across a resync");
     entries::holds_for(
         &world.spire,
         "still one entry per pod",
-        Duration::from_secs(2),
+        Duration::from_millis(500),
         |e| paths(e) == ["/a/a-0", "/a/a-1"],
     )
     .await?;
@@ -217,10 +223,15 @@ async fn identities_change_mask_fall_back_filter_by_class_and_report_invalid_tem
     );
     assert_eq!(event.involved_object.namespace.as_deref(), Some("apps"));
     assert_eq!(event.type_.as_deref(), Some("Warning"));
+    let writes = operator.writes_across_a_resync(RESYNCS).await?;
+    assert_eq!(
+        writes, 0.0,
+        "invalid resources caused writes across a resync"
+    );
     entries::holds_for(
         &world.spire,
         "invalid resources write nothing",
-        Duration::from_secs(2),
+        Duration::from_millis(500),
         |e| paths(e) == ["/a/a-1", "/blue/b-0", "/v2/a-0", "/v2/a-1"],
     )
     .await?;
@@ -242,5 +253,11 @@ async fn identities_change_mask_fall_back_filter_by_class_and_report_invalid_tem
         paths(e) == ["/blue/b-0", "/fallback/a-0", "/fallback/a-1"]
     })
     .await?;
+    // The resyncs found nothing the watches had missed.
+    let metrics = operator.metrics().await?;
+    assert_eq!(
+        metrics.value("spire_operator_desired_drift_total", &[]),
+        0.0
+    );
     Ok(())
 }

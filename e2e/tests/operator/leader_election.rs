@@ -11,13 +11,16 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 
+/// Leases sized for a loaded machine (two cores shared by parallel tests): a leader
+/// must renew within 10 s, so a slow scheduler does not make it lose the lease while it
+/// is alive, which a 4 s lease did.
 const CONFIG: &str = "leaderElection:
   leaderElect: true
   resourceName: spire-operator-leader
   resourceNamespace: spire-system
-  leaseDuration: 4s
-  renewDeadline: 3s
-  retryPeriod: 1s
+  leaseDuration: 15s
+  renewDeadline: 10s
+  retryPeriod: 2s
 ";
 
 async fn lease_holder(client: &kube::Client) -> anyhow::Result<Option<String>> {
@@ -98,8 +101,9 @@ async fn only_the_leader_writes_and_a_standby_takes_over() -> anyhow::Result<()>
         },
     )
     .await?;
+    // The stopped leader released the Lease; should it not have, it expires in 15 s.
     second
-        .wait_metric("spire_operator_leader", &[], Duration::from_secs(30), |v| {
+        .wait_metric("spire_operator_leader", &[], Duration::from_secs(60), |v| {
             v == 1.0
         })
         .await?;

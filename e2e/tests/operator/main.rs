@@ -1,6 +1,9 @@
 //! The operator against the real kube-apiserver and SPIRE server: one scenario per file.
 
 mod dns_names;
+mod health;
 mod identities;
+mod large_entries;
 mod leader_election;
 mod pod_entries;
+mod reconcile_switches;

@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 
 use e2e::entries::{self, EntryView};
-use e2e::operator::Operator;
+use e2e::operator::{Operator, READY_TIMEOUT};
 use e2e::world::World;
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
@@ -107,7 +107,7 @@ async fn entries_follow_pods_labels_and_namespaces_and_leave_foreign_entries_alo
     pending.spec.as_mut().unwrap().node_name = None;
     world.create_pod(pending).await?;
 
-    let operator = Operator::start(
+    let mut operator = Operator::start(
         &world.control_plane,
         &world.spire,
         CLUSTER,
@@ -143,9 +143,17 @@ async fn entries_follow_pods_labels_and_namespaces_and_leave_foreign_entries_alo
         .find(|c| c.type_ == "Ready")
         .unwrap();
     assert_eq!(ready.status, "True", "{ready:?}");
-    let metrics = operator.metrics().await?;
-    assert_eq!(metrics.value("spire_operator_pods_unscheduled", &[]), 1.0);
-    assert_eq!(metrics.value("spire_operator_entries_foreign", &[]), 1.0);
+    // Gauges settle with the pass that wrote the status; wait rather than scrape once.
+    operator
+        .wait_metric("spire_operator_pods_unscheduled", &[], READY_TIMEOUT, |v| {
+            v == 1.0
+        })
+        .await?;
+    operator
+        .wait_metric("spire_operator_entries_foreign", &[], READY_TIMEOUT, |v| {
+            v == 1.0
+        })
+        .await?;
 
     // A deleted pod loses its entry.
     world.delete_pod("shop", "web-0").await?;

@@ -33,15 +33,16 @@ pub struct PodEntries {
     pub outcomes: Vec<(String, Outcome)>,
 }
 
-/// Computes a pod's entries. `identities` are the valid ClusterSPIFFEIDs in scope, in
+/// Computes a pod's entries. `cluster_spiffe_ids` are the valid ClusterSPIFFEIDs in scope, in
 /// any order; `selects` says whether one selects this pod (pod and namespace selectors,
 /// ignored namespaces); `render` renders its entry for this pod.
 pub fn pod_entries(
-    identities: &[Arc<PodIdentity>],
+    cluster_spiffe_ids: &[Arc<PodIdentity>],
     selects: impl Fn(&PodIdentity) -> bool,
     render: impl Fn(&PodIdentity) -> Result<EntrySpec, SpecError>,
 ) -> PodEntries {
-    let mut selected: Vec<&Arc<PodIdentity>> = identities.iter().filter(|i| selects(i)).collect();
+    let mut selected: Vec<&Arc<PodIdentity>> =
+        cluster_spiffe_ids.iter().filter(|i| selects(i)).collect();
     // Non-fallback identities first; a fallback applies only if none of them produced an entry.
     selected.sort_by(|a, b| (a.fallback, &a.age).cmp(&(b.fallback, &b.age)));
 

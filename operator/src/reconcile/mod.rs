@@ -7,22 +7,27 @@
 //!                                                                                                   events, gauges)
 //! ```
 //!
-//! - [`watch`] keeps trimmed copies of the watched objects in stores and marks in the
-//!   [`dirty`] set what each change affects (a pod, a namespace's pods, every pod...).
+//! - [`watch`] runs one loop per kind: a sink ([`sinks`]) keeps trimmed copies of the
+//!   objects in a cache and marks in the [`dirty`] set what each change affects (a pod,
+//!   a namespace's pods, every pod...). A relist marks only after the cache swapped.
 //! - [`runner`] drains the set into one pass: [`pods`] and [`statics`] recompute the
 //!   marked objects into [`state::Desired`]; [`state`] plans the touched keys against the
 //!   [`state::Mirror`] ([`diff`] is the pure comparison); [`writer`] sends the plan;
-//!   [`bookkeeping`] folds the outcome back into the mirror; [`report`] publishes status.
+//!   [`bookkeeping`] folds the outcome back into the mirror; [`adopted`] saves adopted
+//!   IDs; [`report`] publishes gauges, statuses and events. [`backoff`] paces retries.
 //!
 //! Invariants:
 //! - Only the leader's runner writes to SPIRE, to the CRs' status and to the adopted-IDs
-//!   ConfigMap ([`adopted`]); watches only fill stores and mark.
-//! - The mirror changes only from a full listing or from our own write results. A
-//!   resync (every `gcInterval`, and after a create hits AlreadyExists) re-lists the
-//!   server and plans every key; desired state comes from the stores, recomputed
-//!   incrementally as marks arrive.
-//! - No mark is lost: a mark made during a pass waits for the next drain.
-//! - Entries are deleted only when [`ownership`] says they are ours.
+//!   ConfigMap; watches only fill caches and mark.
+//! - The mirror changes only from a full listing or from our own write results.
+//! - A resync (every `gcInterval`, and after a create hits AlreadyExists) re-lists the
+//!   server, recomputes every desired entry from the caches (any difference from the
+//!   incremental state is counted as drift: it should be none) and plans every key.
+//!   Between resyncs desired state changes only through marks.
+//! - No mark is lost: a mark made during a pass waits for the next drain; failures
+//!   are retried by one timer per kind of failure, never faster than its backoff.
+//! - Entries are deleted only when [`ownership`] says they are ours; a key held by a
+//!   join-token agent entry is never written.
 
 pub mod access;
 pub mod adopted;
@@ -37,6 +42,7 @@ pub mod pods;
 pub mod report;
 pub mod runner;
 pub mod services;
+pub mod sinks;
 pub mod state;
 pub mod statics;
 #[cfg(test)]

@@ -44,7 +44,6 @@ impl ClusterSpiffeIds {
             match PodIdentity::parse(&resource) {
                 Ok(identity) => loaded.valid.push(Arc::new(identity)),
                 Err(e) => {
-                    tracing::warn!(clusterspiffeid = %name, error = %e, "invalid ClusterSPIFFEID");
                     loaded.invalid.insert(name, e);
                 }
             }

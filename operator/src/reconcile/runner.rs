@@ -100,6 +100,8 @@ pub struct Reconciler {
     /// ClusterSPIFFEIDs whose last status patch or event failed.
     pub(super) pending_statuses: BTreeSet<String>,
     listed_once: bool,
+    /// Marks held back until the server has been listed once.
+    deferred: Vec<Dirty>,
     /// When the mask was last reset to every managed field.
     mask_checked: Instant,
     /// A failed ListEntries.
@@ -163,6 +165,7 @@ impl Reconciler {
             announced: HashMap::new(),
             entry_conflicts: BTreeMap::new(),
             listed_once: false,
+            deferred: Vec::new(),
         })
     }
 
@@ -193,8 +196,17 @@ impl Reconciler {
     }
 
     /// One pass over everything marked in `batch`.
-    pub(super) async fn pass(&mut self, batch: Vec<Dirty>) {
-        let mut resync = false;
+    pub(super) async fn pass(&mut self, mut batch: Vec<Dirty>) {
+        batch.append(&mut self.deferred);
+        // A failed listing schedules its own retry; meanwhile the pass is incremental.
+        let resync = batch.contains(&Dirty::Resync) && self.list_entries().await;
+        if !self.listed_once {
+            // Nothing can be planned before the server was listed once: keep the marks
+            // for the pass that lists.
+            batch.retain(|m| *m != Dirty::Resync);
+            self.deferred = batch;
+            return;
+        }
         let mut cluster_spiffe_ids = false;
         let mut statics = false;
         let mut retry = false;
@@ -202,7 +214,7 @@ impl Reconciler {
         let mut groups = Vec::new();
         for mark in batch {
             match mark {
-                Dirty::Resync => resync = true,
+                Dirty::Resync => {}
                 Dirty::ClusterSpiffeIds => cluster_spiffe_ids = true,
                 Dirty::ClusterStaticEntries => statics = true,
                 Dirty::Retry => retry = true,
@@ -211,13 +223,6 @@ impl Reconciler {
                 }
                 other => groups.push(other),
             }
-        }
-
-        if resync && !self.list_entries().await {
-            if !self.listed_once {
-                return;
-            }
-            resync = false;
         }
 
         // ClusterSPIFFEIDs whose statuses may change this pass.
@@ -252,6 +257,11 @@ impl Reconciler {
                 self.mask = managed_fields();
             }
         }
+        // A declaration appearing or going may mask or unmask the entries other objects
+        // declare with the same key: their owners' stats change too.
+        for key in &touched {
+            affected.extend(self.owners_of(key));
+        }
         if retry {
             touched.extend(self.failed_writes.keys().cloned());
         }
@@ -279,6 +289,9 @@ impl Reconciler {
         let (desired, mirror) = (&self.desired, &self.mirror);
         self.failed_writes
             .retain(|key, _| desired.get(key).is_some() || mirror.has(key));
+        if self.failed_writes.is_empty() {
+            self.write_retry.succeeded();
+        }
 
         self.persist_adopted().await;
         self.update_gauges();
@@ -339,7 +352,14 @@ impl Reconciler {
         pod_keys: &mut HashSet<PodKey>,
         affected: &mut BTreeSet<String>,
     ) {
-        self.cluster_spiffe_ids = ClusterSpiffeIds::load(&self.ctx.config, &self.ctx.stores);
+        let loaded = ClusterSpiffeIds::load(&self.ctx.config, &self.ctx.stores);
+        // Warn once per new problem, not at every resync.
+        for (name, error) in &loaded.invalid {
+            if self.cluster_spiffe_ids.invalid.get(name) != Some(error) {
+                tracing::warn!(clusterspiffeid = %name, error = %error, "invalid ClusterSPIFFEID");
+            }
+        }
+        self.cluster_spiffe_ids = loaded;
         affected.extend(
             self.ctx
                 .stores

@@ -499,6 +499,19 @@ async fn an_older_static_entry_masks_the_pod_entry_which_is_not_counted_as_set()
     let web = h.last_status("web");
     assert_eq!(web["stats"]["entriesToSet"], 0, "{web}");
     assert_eq!(web["stats"]["entriesMasked"], 1, "{web}");
+
+    // The static entry goes: the pod entry takes the key and its owner's status says so.
+    let gone: ClusterStaticEntry = serde_json::from_value(json!({
+        "apiVersion": "spire.spiffe.io/v1alpha1", "kind": "ClusterStaticEntry",
+        "metadata": {"name": "early"}, "spec": same_key_as_the_pod_entry(),
+    }))
+    .unwrap();
+    h.statics.apply_watcher_event(&Event::Delete(gone));
+    h.pass(&[Dirty::ClusterStaticEntries]).await;
+    let web = h.last_status("web");
+    assert_eq!(web["stats"]["entriesToSet"], 1, "{web}");
+    assert_eq!(web["stats"]["entriesMasked"], 0, "{web}");
+    assert_eq!(h.entries()[0].hint, "", "the pod entry's fields now");
 }
 
 #[tokio::test]
@@ -518,4 +531,33 @@ async fn a_pod_on_an_unknown_node_is_a_render_failure() {
     assert_eq!(web["stats"]["podEntryRenderFailures"], 1, "{web}");
     assert_eq!(h.metrics.pods_render_failed.get(), 1);
     assert_eq!(h.metrics.pods_unscheduled.get(), 0);
+}
+
+/// Marks drained while the server cannot be listed are kept for the first pass that
+/// lists it. They were dropped: the first resync then planned against an empty desired
+/// state and deleted every owned entry (now the drift check repairs that, counting it).
+#[tokio::test]
+async fn marks_made_before_the_first_listing_wait_for_it() {
+    let mut h = Harness::new("first-listing", FakeState::default()).await;
+    h.add_workload();
+    h.pass(&[Dirty::Resync, Dirty::ClusterSpiffeIds]).await;
+    assert_eq!(h.entries().len(), 1);
+
+    // A restarted operator finds SPIRE down at its first pass.
+    let mut h2 = Harness::new("first-listing-2", FakeState::default()).await;
+    h2.server.take().unwrap().stop().await;
+    h2.add_workload();
+    h2.pass(&[Dirty::Resync, Dirty::ClusterSpiffeIds]).await;
+    // SPIRE comes back (with the entry the first operator made) where h2 dials.
+    let state = h.spire.clone();
+    let h2_socket = h2.dir.join("api.sock");
+    h.server.take().unwrap().stop().await;
+    let server = FakeSpire::start(&h2_socket, state.clone()).await;
+    h2.spire = state;
+    h2.server = Some(server);
+    h2.run_for(Duration::from_secs(3)).await;
+    assert_eq!(h2.entries().len(), 1, "the entry was kept");
+    assert_eq!(h2.spire.lock().unwrap().deleted, 0);
+    assert_eq!(h2.spire.lock().unwrap().created, 1, "nothing re-created");
+    assert_eq!(h2.metrics.desired_drift.get(), 0, "no mark was lost");
 }

@@ -257,3 +257,158 @@ fn note_unsupported(
     note("hint", !sent.hint.is_empty() && returned.hint.is_empty());
     note("store_svid", sent.store_svid && !returned.store_svid);
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::spire::fake::{FakeSpire, FakeState};
+    use crate::spire::{ClientOptions, SpireAddress, managed_fields};
+
+    fn spec(path: &str) -> EntrySpec {
+        EntrySpec {
+            key: EntryKey {
+                spiffe_id: format!("spiffe://td{path}").parse().unwrap(),
+                parent_id: "spiffe://td/agent".parse().unwrap(),
+                selectors: [format!("unix:path:{path}")].into(),
+            },
+            x509_svid_ttl: 0,
+            jwt_svid_ttl: 0,
+            federates_with: Default::default(),
+            admin: false,
+            downstream: false,
+            dns_names: vec![],
+            hint: String::new(),
+            store_svid: false,
+        }
+    }
+
+    async fn server(name: &str, state: FakeState) -> (FakeSpire, SpireClient, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!(
+            "spire-operator-writer-{name}-{}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("api.sock");
+        let fake = FakeSpire::start(&socket, Arc::new(Mutex::new(state))).await;
+        let options = ClientOptions {
+            timeout: Duration::from_secs(2),
+            ..ClientOptions::default()
+        };
+        let client = SpireClient::connect_with(SpireAddress::Unix(socket), &options)
+            .await
+            .unwrap();
+        (fake, client, dir)
+    }
+
+    #[tokio::test]
+    async fn per_entry_outcomes_are_reported_one_by_one() {
+        let state = FakeState {
+            entries: [
+                ("old-id".to_string(), spec("/old").to_api("old-id".into())),
+                ("cli-id".to_string(), spec("/taken").to_api("cli-id".into())),
+            ]
+            .into(),
+            fail_writes_for: ["spiffe://td/broken".to_string()].into(),
+            ..Default::default()
+        };
+        let (fake, client, dir) = server("outcomes", state).await;
+        let metrics = Metrics::new();
+        let ownership = Ownership::new(None, "c", None);
+        let plan = Plan {
+            create: vec![spec("/new"), spec("/broken"), spec("/taken")],
+            update: vec![("gone-id".into(), spec("/gone"))],
+            delete: vec!["old-id".into(), "never-there".into()],
+            ..Default::default()
+        };
+        let report = execute(
+            &client,
+            plan,
+            &ownership,
+            &managed_fields(),
+            &metrics,
+            |_| None,
+        )
+        .await;
+        assert_eq!(report.created.len(), 1);
+        assert!(
+            ownership.classify(&report.created[0].0, &report.created[0].1)
+                == super::super::ownership::Class::Owned
+        );
+        let mut deleted = report.deleted.clone();
+        deleted.sort();
+        assert_eq!(
+            deleted,
+            ["never-there", "old-id"],
+            "NotFound counts as deleted"
+        );
+        let mut failed: Vec<&str> = report.failed.iter().map(|f| f.message.as_str()).collect();
+        failed.sort();
+        assert_eq!(failed.len(), 3, "{failed:?}");
+        assert!(
+            failed
+                .iter()
+                .any(|m| m.contains("spiffe://td/taken") && m.contains("code 6"))
+        );
+        assert!(
+            failed
+                .iter()
+                .any(|m| m.contains("spiffe://td/broken") && m.contains("code 13"))
+        );
+        assert!(
+            failed
+                .iter()
+                .any(|m| m.contains("spiffe://td/gone") && m.contains("code 5"))
+        );
+        assert!(
+            report.stale_mirror,
+            "AlreadyExists and NotFound mean the mirror is stale"
+        );
+        assert!(report.reached && !report.unreachable);
+        let text = metrics.encode();
+        assert!(
+            text.contains(
+                r#"spire_operator_entry_writes_total{operation="create",result="success"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"spire_operator_entry_writes_total{operation="create",result="failure"} 2"#
+            ),
+            "{text}"
+        );
+        fake.stop().await;
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_server_fails_every_entry_and_says_so() {
+        let (fake, client, dir) = server("unreachable", FakeState::default()).await;
+        fake.stop().await;
+        let plan = Plan {
+            create: vec![spec("/a"), spec("/b")],
+            delete: vec!["x".into()],
+            ..Default::default()
+        };
+        let ownership = Ownership::new(None, "c", None);
+        let key_of = |id: &str| (id == "x").then(|| spec("/x").key);
+        let report = execute(
+            &client,
+            plan,
+            &ownership,
+            &managed_fields(),
+            &Metrics::new(),
+            key_of,
+        )
+        .await;
+        assert_eq!(report.failed.len(), 3);
+        assert!(report.unreachable && !report.reached);
+        assert!(
+            report.failed.iter().all(|f| f.key.is_some()),
+            "failures carry their keys"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
