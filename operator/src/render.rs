@@ -39,18 +39,22 @@ impl SpecError {
     }
 }
 
-/// Who wins when two resources declare the same entry: the older (creation time, then
-/// UID), as in spire-controller-manager.
+/// Who wins when two resources declare the same entry, in spire-controller-manager's
+/// order: the older by creation time, then one not being deleted, then the lower UID.
+/// (The field order is the comparison order.)
 #[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Age {
     created: Option<k8s_openapi::jiff::Timestamp>,
+    deleting: bool,
     uid: String,
 }
 
 impl Age {
-    fn of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Self {
+    /// The age of the object `meta` describes.
+    pub fn of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Self {
         Self {
             created: meta.creation_timestamp.as_ref().map(|t| t.0),
+            deleting: meta.deletion_timestamp.is_some(),
             uid: meta.uid.clone().unwrap_or_default(),
         }
     }

@@ -284,3 +284,32 @@ fn static_entries_parse_and_name_bad_fields() {
     bad.spec.parent_id = "example.org/agent".into();
     assert_eq!(StaticEntry::parse(&bad).unwrap_err().field, "spec.parentID");
 }
+
+#[test]
+fn masking_order_is_creation_then_not_deleting_then_uid() {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    let at = |seconds: i64| {
+        Some(Time(
+            k8s_openapi::jiff::Timestamp::from_second(seconds).unwrap(),
+        ))
+    };
+    let meta = |created: i64, deleting: bool, uid: &str| ObjectMeta {
+        creation_timestamp: at(created),
+        deletion_timestamp: if deleting { at(created + 1) } else { None },
+        uid: Some(uid.into()),
+        ..ObjectMeta::default()
+    };
+    let older_deleting = Age::of(&meta(100, true, "z"));
+    let newer = Age::of(&meta(200, false, "a"));
+    assert!(older_deleting < newer, "creation time first");
+    let same_time_live = Age::of(&meta(100, false, "z"));
+    let same_time_deleting = Age::of(&meta(100, true, "a"));
+    assert!(
+        same_time_live < same_time_deleting,
+        "then not being deleted"
+    );
+    assert!(
+        Age::of(&meta(100, false, "a")) < same_time_live,
+        "then the UID"
+    );
+}
