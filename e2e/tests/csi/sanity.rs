@@ -162,7 +162,10 @@ fn print_row(name: &str, run: &Run) {
     }
 }
 
-#[tokio::test]
+// Two workers: the controller stand-in csi-sanity dials is served by this process, and
+// must not wait for the test task to yield (on a loaded machine a current-thread runtime
+// once left csi-sanity's first connection unanswered for its whole 60 s timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn csi_sanity_passes_every_spec_against_ours_and_fails_the_go_driver_on_volume_stats()
 -> anyhow::Result<()> {
     // Ours gets the Go driver's own flag spelling (single dash, node id from
