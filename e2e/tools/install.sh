@@ -34,9 +34,12 @@ wrapped=(etcd kubernetes spire spire-controller-manager spiffe-csi kubelet)
 # Tools installed with `go install pkg@version` (their module proxy answers serve the
 # version list that go install reads).
 installed=(helm csi-sanity containerd cni-plugins)
+# The node's container images (OCI archives), built by a script of this repository.
+generated=(node-images)
+declare -A inputs_of=([node-images]="$here/../../images/node-images.sh $here/../../images/node/main.go")
 # Shell functions a recipe calls; their text is part of the tool's key.
 declare -A helpers_of=([kubelet]=kubernetes_ldflags)
-tools=("${wrapped[@]}" "${installed[@]}")
+tools=("${wrapped[@]}" "${installed[@]}" "${generated[@]}")
 builder() { local t=${1//-/_}; echo "build_$t"; }
 
 # Pins in versions.env must agree with the wrapper modules that actually decide the version.
@@ -148,6 +151,8 @@ build_cni_plugins() {
     "github.com/containernetworking/plugins/plugins/ipam/host-local@$CNI_PLUGINS_VERSION"
 }
 
+build_node_images() { bash "$here/../../images/node-images.sh" "$out"; }
+
 # runc needs libseccomp (cgo), so the distribution's build is used rather than one of ours.
 # Installs Debian's package when runc is missing; says what it found or did.
 ensure_runc() {
@@ -206,6 +211,8 @@ for t in "${tools[@]}"; do
   if [[ " ${wrapped[*]} " == *" $t "* ]]; then
     inputs=("$here/$t"/go.mod "$here/$t"/go.sum "$here/$t"/*.go)
   fi
+  # shellcheck disable=SC2206 # the paths have no spaces
+  [[ -n ${inputs_of[$t]:-} ]] && inputs=(${inputs_of[$t]})
   recipe=$(declare -f "$(builder "$t")" ${helpers_of[$t]:-})
   # The values of the pins the recipe names (e.g. $HELM_VERSION), not just their names.
   for v in $(grep -oE '[A-Z_]+_VERSION' <<<"$recipe" | sort -u); do
@@ -235,7 +242,8 @@ mkdir -p "$root/bin"
 tmp=$(mktemp -d "$root/bin/.tmp.XXXXXX")
 for t in "${tools[@]}"; do
   for f in "$root/pkg/$t/${key[$t]}"/*; do
-    [[ -x $f && -f $f ]] && ln -s "$f" "$tmp/$(basename "$f")"
+    # Executables, and the node's image archives.
+    [[ -f $f && ( -x $f || $f == *.tar ) ]] && ln -s "$f" "$tmp/$(basename "$f")"
   done
 done
 # runc beside the rest, so the harness finds every node binary in one directory.
