@@ -8,6 +8,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -43,6 +44,8 @@ pub struct Node {
     containerd: Process,
     name: String,
     socket: PathBuf,
+    kubelet_port: u16,
+    ca_file: PathBuf,
     cgroup_root: String,
     dir: WorkDir,
 }
@@ -75,6 +78,8 @@ impl Node {
             containerd,
             name,
             socket,
+            kubelet_port: free_port()?,
+            ca_file: control_plane.ca_file(),
             cgroup_root,
             dir,
         };
@@ -101,6 +106,46 @@ impl Node {
     /// containerd's socket (CRI and containerd API).
     pub fn containerd_socket(&self) -> &Path {
         &self.socket
+    }
+
+    /// The kubelet's secure (and only) port: `https://127.0.0.1:<port>`.
+    pub fn kubelet_url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.kubelet_port)
+    }
+
+    /// A client for the kubelet's API (`/pods`, `/containerLogs/...`) that presents a
+    /// bearer token, e.g. a ServiceAccount's, as SPIRE's k8s workload attestor does; the
+    /// kubelet checks it with a TokenReview and a SubjectAccessReview.
+    pub async fn kubelet_client(&self, token: &str) -> anyhow::Result<kube::Client> {
+        static CLIENTS: AtomicU32 = AtomicU32::new(0);
+        let n = CLIENTS.fetch_add(1, Ordering::Relaxed);
+        let kubeconfig = self.dir.join(format!("kubelet-client-{n}.kubeconfig"));
+        std::fs::write(
+            &kubeconfig,
+            format!(
+                "apiVersion: v1
+kind: Config
+clusters:
+- name: kubelet
+  cluster:
+    server: {url}
+    certificate-authority: {ca}
+users:
+- name: token
+  user:
+    token: {token}
+contexts:
+- name: kubelet
+  context:
+    cluster: kubelet
+    user: token
+current-context: kubelet
+",
+                url = self.kubelet_url(),
+                ca = self.ca_file.display(),
+            ),
+        )?;
+        crate::control_plane::client_for(&kubeconfig).await
     }
 
     /// Imports an OCI image archive into containerd's CRI namespace (`k8s.io`), where
@@ -203,7 +248,7 @@ current-context: e2e
 
         let config = self.dir.join("kubelet.yaml");
         let config_yaml = kubelet_config(&KubeletConfig {
-            port: free_port()?,
+            port: self.kubelet_port,
             ca_file: &ca_file,
             serving_cert: &serving_cert,
             serving_key: &serving_key,

@@ -2,6 +2,8 @@
 //! from an image this repository builds, and the apiserver reaches the kubelet for its
 //! log. See `e2e::node`.
 
+mod kubelet_api;
+
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
