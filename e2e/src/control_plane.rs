@@ -23,8 +23,9 @@ pub struct Options {
     /// Also run kube-controller-manager: namespaces then get their `default`
     /// ServiceAccount (which the ServiceAccount admission plugin requires before a pod
     /// can be created there), deleted namespaces are emptied and removed, and owner
-    /// references are garbage-collected. The node lifecycle controller stays off: no
-    /// kubelet runs here, so it would mark every node unreachable and evict its pods.
+    /// references are garbage-collected. The node lifecycle controller stays off
+    /// unless [`Options::nodes`] is set: without a kubelet it would mark every node
+    /// unreachable and evict its pods.
     pub controller_manager: bool,
     /// Prepare the apiserver for real kubelets ([`crate::node::Node`]): the Node
     /// authorizer before RBAC and the NodeRestriction admission plugin, as a cluster
@@ -33,17 +34,23 @@ pub struct Options {
     /// reached on their Hostname address; their serving certificates are checked
     /// against the harness CA.
     pub nodes: bool,
+    /// Also run kube-scheduler, which binds pods without `spec.nodeName` to a node
+    /// (DaemonSet pods included): for charts on a real [`crate::node::Node`]. Nodes
+    /// register with a not-ready taint that only the node lifecycle controller lifts,
+    /// so this goes with `controller_manager` and `nodes`.
+    pub scheduler: bool,
 }
 
 /// The user the apiserver authenticates as to kubelets (with [`Options::nodes`]).
 pub const KUBELET_CLIENT_USER: &str = "kube-apiserver-kubelet-client";
 
 /// etcd + kube-apiserver (RBAC, service-account tokens) with an admin client, and
-/// optionally kube-controller-manager.
+/// optionally kube-controller-manager and kube-scheduler.
 ///
-/// Fields drop in declaration order: the controller manager and the apiserver stop
-/// before etcd, and the directory goes last.
+/// Fields drop in declaration order: the scheduler, the controller manager and the
+/// apiserver stop before etcd, and the directory goes last.
 pub struct ControlPlane {
+    scheduler: Option<Process>,
     controller_manager: Option<Process>,
     apiserver: Process,
     etcd: Process,
@@ -202,7 +209,14 @@ impl ControlPlane {
             let mut kcm = Command::new(tool("kube-controller-manager")?);
             kcm.arg(format!("--kubeconfig={}", kubeconfig.display()))
                 .arg(format!("--root-ca-file={}", ca_file.display()))
-                .arg("--controllers=*,-node-lifecycle-controller")
+                // With real kubelets (Options::nodes) heart-beating, the node lifecycle
+                // controller does its real job: it lifts the not-ready taint kubelets
+                // register with, which the scheduler would otherwise honour.
+                .arg(if options.nodes {
+                    "--controllers=*"
+                } else {
+                    "--controllers=*,-node-lifecycle-controller"
+                })
                 .arg("--leader-elect=false")
                 // Nothing scrapes it; not serving avoids another port.
                 .arg("--secure-port=0");
@@ -212,7 +226,21 @@ impl ControlPlane {
             None
         };
 
+        let scheduler = if options.scheduler {
+            let mut scheduler = Command::new(tool("kube-scheduler")?);
+            scheduler
+                .arg(format!("--kubeconfig={}", kubeconfig.display()))
+                .arg("--leader-elect=false")
+                // Nothing scrapes it; not serving avoids another port.
+                .arg("--secure-port=0");
+            let log = dir.join("kube-scheduler.log");
+            Some(Process::spawn("kube-scheduler", scheduler, &log)?)
+        } else {
+            None
+        };
+
         Ok(Self {
+            scheduler,
             controller_manager,
             apiserver,
             etcd,
@@ -293,6 +321,9 @@ current-context: e2e
         self.apiserver.ensure_running()?;
         if let Some(kcm) = &mut self.controller_manager {
             kcm.ensure_running()?;
+        }
+        if let Some(scheduler) = &mut self.scheduler {
+            scheduler.ensure_running()?;
         }
         Ok(())
     }

@@ -1,44 +1,43 @@
-//! A real node: containerd and a kubelet registered with the control plane run a pod
-//! from an image this repository builds, and the apiserver reaches the kubelet for its
-//! log. See `e2e::node`.
+//! A real node: containerd and a kubelet registered with the control plane run pods
+//! from an image this repository builds. See `e2e::node`. One scenario per file.
 
 mod kubelet_api;
+mod pod;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::bail;
 use e2e::node::PROBE_IMAGE;
-use e2e::{ControlPlane, ControlPlaneOptions, Node, wait};
+use e2e::{Node, wait};
 use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
-use kube::api::{Api, DeleteParams, LogParams, PostParams};
+use kube::api::{Api, PostParams};
 
-#[tokio::test]
-async fn kubelet_runs_a_pod_from_an_imported_image_and_serves_its_log() -> anyhow::Result<()> {
-    let started = Instant::now();
-    let cp = ControlPlane::start_with(ControlPlaneOptions {
-        nodes: true,
-        ..Default::default()
-    })
-    .await?;
-    let mut node = Node::start(&cp).await?;
-    let ready_after = started.elapsed();
-    let client = cp.client();
-
-    // The ServiceAccount admission plugin wants the namespace's default ServiceAccount,
-    // which only kube-controller-manager would create.
+/// Creates the `default` ServiceAccount of namespace `default`: the ServiceAccount
+/// admission plugin wants it, and only kube-controller-manager would create it.
+pub async fn default_service_account(client: &kube::Client) -> anyhow::Result<()> {
     let sa: ServiceAccount = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "default"},
     }))?;
     Api::<ServiceAccount>::namespaced(client.clone(), "default")
         .create(&PostParams::default(), &sa)
         .await?;
+    Ok(())
+}
 
-    let line = format!("hello from a real kubelet on {}", node.name());
+/// Creates hostNetwork pod `default/<name>` running `/probe echo <line>` from the probe
+/// image (never pulled), bound to `node_name` when given (no scheduler then), and
+/// waits until it has Succeeded; returns the pod as it was then.
+pub async fn run_probe(
+    client: &kube::Client,
+    node: &mut Node,
+    name: &str,
+    node_name: Option<&str>,
+    line: &str,
+) -> anyhow::Result<Pod> {
     let pod: Pod = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "probe"},
+        "metadata": {"name": name},
         "spec": {
-            // No scheduler runs: the pod is bound to the node directly.
-            "nodeName": node.name(),
+            "nodeName": node_name,
             "hostNetwork": true,
             "restartPolicy": "Never",
             "automountServiceAccountToken": false,
@@ -53,9 +52,8 @@ async fn kubelet_runs_a_pod_from_an_imported_image_and_serves_its_log() -> anyho
     }))?;
     let pods = Api::<Pod>::namespaced(client.clone(), "default");
     pods.create(&PostParams::default(), &pod).await?;
-
-    let phase = wait::until(
-        "Pod default/probe Succeeded",
+    wait::until(
+        &format!("Pod default/{name} Succeeded"),
         Duration::from_secs(90),
         Duration::from_millis(500),
         || {
@@ -63,15 +61,15 @@ async fn kubelet_runs_a_pod_from_an_imported_image_and_serves_its_log() -> anyho
             let pods = pods.clone();
             async move {
                 running?;
-                let pod = pods.get("probe").await?;
-                let status = pod.status.unwrap_or_default();
+                let pod = pods.get(name).await?;
+                let status = pod.status.clone().unwrap_or_default();
                 match status.phase.as_deref() {
-                    Some("Succeeded") => Ok(Some("Succeeded")),
+                    Some("Succeeded") => Ok(Some(pod)),
                     Some("Failed") => {
-                        bail!("Pod default/probe Failed: {:?}", status.container_statuses)
+                        bail!("Pod default/{name} Failed: {:?}", status.container_statuses)
                     }
                     other => bail!(
-                        "Pod default/probe phase {other:?}, conditions {:?}, containers {:?}",
+                        "Pod default/{name} phase {other:?}, conditions {:?}, containers {:?}",
                         status.conditions,
                         status.container_statuses
                     ),
@@ -79,33 +77,5 @@ async fn kubelet_runs_a_pod_from_an_imported_image_and_serves_its_log() -> anyho
             }
         },
     )
-    .await?;
-    assert_eq!(phase, "Succeeded");
-
-    // pods/log: the apiserver calls the kubelet's /containerLogs with its client certificate.
-    let log = pods.logs("probe", &LogParams::default()).await?;
-    assert_eq!(log.trim_end(), line, "log of default/probe");
-
-    pods.delete("probe", &DeleteParams::default()).await?;
-    // The object goes only once the kubelet has confirmed the containers are gone.
-    wait::until(
-        "Pod default/probe deleted by the kubelet",
-        Duration::from_secs(60),
-        Duration::from_millis(500),
-        || {
-            let running = node.ensure_running();
-            let pods = pods.clone();
-            async move {
-                running?;
-                Ok(pods.get_opt("probe").await?.is_none().then_some(()))
-            }
-        },
-    )
-    .await?;
-    println!(
-        "node {} Ready after {ready_after:?}; pod ran, logged and was deleted after {:?}",
-        node.name(),
-        started.elapsed()
-    );
-    Ok(())
+    .await
 }
