@@ -71,7 +71,13 @@ impl Node {
         create_cgroup_root(&cgroup_root)?;
 
         let socket = dir.join("containerd.sock");
-        let containerd = start_containerd(&dir, &socket)?;
+        let containerd = match start_containerd(&dir, &socket) {
+            Ok(containerd) => containerd,
+            Err(e) => {
+                remove_cgroup_root(&cgroup_root);
+                return Err(e);
+            }
+        };
         let mut node = Self {
             // Owned from here on, so an error below still stops containerd.
             kubelet: None,
