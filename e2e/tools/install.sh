@@ -36,7 +36,7 @@ wrapped=(etcd kubernetes spire spire-controller-manager spiffe-csi kubelet)
 installed=(helm csi-sanity containerd cni-plugins)
 # The node's container images (OCI archives), built by a script of this repository.
 generated=(node-images)
-declare -A inputs_of=([node-images]="$here/../../images/node-images.sh $here/../../images/node/main.go")
+declare -A inputs_of=([node-images]="$here/../../images/node-images.sh $here/../../images/oci-image.sh $here/../../images/node/main.go")
 # Shell functions a recipe calls; their text is part of the tool's key.
 declare -A helpers_of=([kubelet]=kubernetes_ldflags)
 tools=("${wrapped[@]}" "${installed[@]}" "${generated[@]}")
