@@ -17,6 +17,7 @@ pub mod csi;
 pub mod daemonset;
 pub mod entries;
 pub mod http;
+pub mod image;
 pub mod kube_util;
 pub mod node;
 pub mod operator;

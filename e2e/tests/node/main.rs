@@ -3,6 +3,7 @@
 
 mod kubelet_api;
 mod pod;
+mod workspace_image;
 
 use std::time::Duration;
 
@@ -34,6 +35,18 @@ pub async fn run_probe(
     node_name: Option<&str>,
     line: &str,
 ) -> anyhow::Result<Pod> {
+    run_pod(client, node, name, node_name, PROBE_IMAGE, &["echo", line]).await
+}
+
+/// [`run_probe`] with another image (imported, never pulled) and arguments.
+pub async fn run_pod(
+    client: &kube::Client,
+    node: &mut Node,
+    name: &str,
+    node_name: Option<&str>,
+    image: &str,
+    args: &[&str],
+) -> anyhow::Result<Pod> {
     let pod: Pod = serde_json::from_value(serde_json::json!({
         "metadata": {"name": name},
         "spec": {
@@ -43,10 +56,10 @@ pub async fn run_probe(
             "automountServiceAccountToken": false,
             "terminationGracePeriodSeconds": 5,
             "containers": [{
-                "name": "probe",
-                "image": PROBE_IMAGE,
+                "name": "main",
+                "image": image,
                 "imagePullPolicy": "Never",
-                "args": ["echo", line],
+                "args": args,
             }],
         },
     }))?;
