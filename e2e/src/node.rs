@@ -71,13 +71,15 @@ impl Node {
         create_cgroup_root(&cgroup_root)?;
 
         let socket = dir.join("containerd.sock");
-        let containerd = match start_containerd(&dir, &socket) {
-            Ok(containerd) => containerd,
-            Err(e) => {
-                remove_cgroup_root(&cgroup_root);
-                return Err(e);
-            }
-        };
+        let containerd =
+            match share_kubelet_root(&dir).and_then(|()| start_containerd(&dir, &socket)) {
+                Ok(containerd) => containerd,
+                Err(e) => {
+                    unmount_under(dir.path());
+                    remove_cgroup_root(&cgroup_root);
+                    return Err(e);
+                }
+            };
         let mut node = Self {
             // Owned from here on, so an error below still stops containerd.
             kubelet: None,
@@ -323,9 +325,25 @@ impl Drop for Node {
         }
         self.containerd.stop();
         remove_cgroup_root(&self.cgroup_root);
-        // The kubelet bind-mounts its root directory onto itself (to make it shared).
+        // The kubelet's root directory is a bind mount onto itself (share_kubelet_root),
+        // and the kubelet's volume mounts are below it.
         unmount_under(self.dir.path());
     }
+}
+
+/// Makes the kubelet's root directory a shared mount before containerd's mount
+/// namespace copies it: the copy is then a slave, so the volumes the kubelet mounts
+/// there later (tmpfs for secrets, downward API, projected tokens) reach containers.
+/// Without this the copy is private on hosts whose `/` is private, and containers see
+/// empty volume directories. (The kubelet would make it shared itself, too late.)
+fn share_kubelet_root(dir: &WorkDir) -> anyhow::Result<()> {
+    use rustix::mount::{MountPropagationFlags, mount_bind, mount_change};
+    let root = dir.join("kubelet");
+    std::fs::create_dir_all(&root)?;
+    mount_bind(&root, &root).with_context(|| format!("bind-mounting {}", root.display()))?;
+    mount_change(&root, MountPropagationFlags::SHARED)
+        .with_context(|| format!("making {} a shared mount", root.display()))?;
+    Ok(())
 }
 
 fn start_containerd(dir: &WorkDir, socket: &Path) -> anyhow::Result<Process> {
@@ -388,7 +406,8 @@ disabled_plugins = ["io.containerd.nri.v1.nri"]
     let mut paths = vec![bin.clone()];
     paths.extend(std::env::split_paths(&path));
     // PID 1 of new PID and mount namespaces: its death takes every shim and container
-    // with it. Mounts made on the host later (kubelet volumes) still propagate in.
+    // with it. Mounts made later under shared host mounts (the kubelet's root, see
+    // share_kubelet_root) propagate in; none propagate out.
     let mut command = Command::new("unshare");
     command
         .args([

@@ -3,6 +3,7 @@
 
 mod kubelet_api;
 mod pod;
+mod volumes;
 mod workspace_image;
 
 use std::time::Duration;
