@@ -72,7 +72,7 @@ impl Node {
 
         let socket = dir.join("containerd.sock");
         let containerd =
-            match share_kubelet_root(&dir).and_then(|()| start_containerd(&dir, &socket)) {
+            match set_up_propagation(&dir).and_then(|()| start_containerd(&dir, &socket)) {
                 Ok(containerd) => containerd,
                 Err(e) => {
                     unmount_under(dir.path());
@@ -325,25 +325,32 @@ impl Drop for Node {
         }
         self.containerd.stop();
         remove_cgroup_root(&self.cgroup_root);
-        // The kubelet's root directory is a bind mount onto itself (share_kubelet_root),
-        // and the kubelet's volume mounts are below it.
+        // The node's directory and the kubelet's root are bind mounts onto themselves
+        // (set_up_propagation), with the kubelet's volume mounts below.
         unmount_under(self.dir.path());
     }
 }
 
-/// Makes the kubelet's root directory a shared mount before containerd's mount
-/// namespace copies it: the copy is then a slave, so the volumes the kubelet mounts
-/// there later (tmpfs for secrets, downward API, projected tokens) reach containers.
-/// Without this the copy is private on hosts whose `/` is private, and containers see
-/// empty volume directories. (The kubelet would make it shared itself, too late.)
-fn share_kubelet_root(dir: &WorkDir) -> anyhow::Result<()> {
+/// Sets up mount propagation as on a real node, before containerd's mount namespace
+/// copies the host's mounts: the node's directory becomes a private bind mount (so the
+/// rootfs mounts containerd makes under it never reach the host, even where `/` is
+/// shared), and the kubelet's root directory inside it a shared one, which containerd's
+/// copy joins as a peer. Then the volumes the kubelet mounts there (tmpfs for secrets,
+/// downward API, projected tokens) reach containers, and mounts a container makes under
+/// a `Bidirectional` volume (a CSI driver's) reach the host. (The kubelet would make its
+/// root shared itself, but only after containerd's namespace exists.)
+fn set_up_propagation(dir: &WorkDir) -> anyhow::Result<()> {
     use rustix::mount::{MountPropagationFlags, mount_bind, mount_change};
+    let bind = |path: &Path, propagation: MountPropagationFlags| -> anyhow::Result<()> {
+        mount_bind(path, path).with_context(|| format!("bind-mounting {}", path.display()))?;
+        mount_change(path, propagation)
+            .with_context(|| format!("changing the propagation of {}", path.display()))?;
+        Ok(())
+    };
+    bind(dir.path(), MountPropagationFlags::PRIVATE)?;
     let root = dir.join("kubelet");
     std::fs::create_dir_all(&root)?;
-    mount_bind(&root, &root).with_context(|| format!("bind-mounting {}", root.display()))?;
-    mount_change(&root, MountPropagationFlags::SHARED)
-        .with_context(|| format!("making {} a shared mount", root.display()))?;
-    Ok(())
+    bind(&root, MountPropagationFlags::SHARED)
 }
 
 fn start_containerd(dir: &WorkDir, socket: &Path) -> anyhow::Result<Process> {
@@ -406,8 +413,8 @@ disabled_plugins = ["io.containerd.nri.v1.nri"]
     let mut paths = vec![bin.clone()];
     paths.extend(std::env::split_paths(&path));
     // PID 1 of new PID and mount namespaces: its death takes every shim and container
-    // with it. Mounts made later under shared host mounts (the kubelet's root, see
-    // share_kubelet_root) propagate in; none propagate out.
+    // with it, and its own mounts vanish with the namespace. The propagation of the
+    // host's mounts is kept (see set_up_propagation).
     let mut command = Command::new("unshare");
     command
         .args([
@@ -415,7 +422,7 @@ disabled_plugins = ["io.containerd.nri.v1.nri"]
             "--fork",
             "--kill-child",
             "--mount-proc",
-            "--propagation=slave",
+            "--propagation=unchanged",
         ])
         .arg(tool("containerd")?)
         .arg(format!("--config={}", config.display()))

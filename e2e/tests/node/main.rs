@@ -93,3 +93,22 @@ pub async fn run_pod(
     )
     .await
 }
+
+/// Waits until pod `default/<name>` has Succeeded or Failed; returns the phase.
+pub async fn finished(pods: &Api<Pod>, node: &mut Node, name: &str) -> anyhow::Result<String> {
+    wait::until(
+        &format!("Pod default/{name} finished"),
+        Duration::from_secs(90),
+        Duration::from_millis(500),
+        || {
+            let running = node.ensure_running();
+            let pods = pods.clone();
+            async move {
+                running?;
+                let phase = pods.get(name).await?.status.and_then(|s| s.phase);
+                Ok(phase.filter(|p| p == "Succeeded" || p == "Failed"))
+            }
+        },
+    )
+    .await
+}
