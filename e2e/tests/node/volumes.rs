@@ -67,7 +67,7 @@ async fn bidirectional_mounts_reach_the_host() -> anyhow::Result<()> {
     default_service_account(&client).await?;
 
     // Under the kubelet's root directory, like a CSI driver's view of the pods' volumes.
-    let shared = node.dir().join("kubelet/plugins/e2e-propagation");
+    let shared = node.kubelet_root().join("plugins/e2e-propagation");
     let pod: Pod = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "mounter"},
         "spec": {
