@@ -23,20 +23,38 @@ pub struct Options {
     /// Also run kube-controller-manager: namespaces then get their `default`
     /// ServiceAccount (which the ServiceAccount admission plugin requires before a pod
     /// can be created there), deleted namespaces are emptied and removed, and owner
-    /// references are garbage-collected. The node lifecycle controller stays off: no
-    /// kubelet runs here, so it would mark every node unreachable and evict its pods.
+    /// references are garbage-collected. The node lifecycle controller stays off
+    /// unless [`Options::nodes`] is set: without a kubelet it would mark every node
+    /// unreachable and evict its pods.
     pub controller_manager: bool,
+    /// Prepare the apiserver for real kubelets ([`crate::node::Node`]): the Node
+    /// authorizer before RBAC and the NodeRestriction admission plugin, as a cluster
+    /// with nodes runs them, and a client certificate for the apiserver's calls to
+    /// kubelets (pod logs, exec), bound to `system:kubelet-api-admin`. Kubelets are
+    /// reached on their Hostname address; their serving certificates are checked
+    /// against the harness CA.
+    pub nodes: bool,
+    /// Also run kube-scheduler, which binds pods without `spec.nodeName` to a node
+    /// (DaemonSet pods included): for charts on a real [`crate::node::Node`]. Nodes
+    /// register with a not-ready taint that only the node lifecycle controller lifts,
+    /// so this goes with `controller_manager` and `nodes`.
+    pub scheduler: bool,
 }
 
+/// The user the apiserver authenticates as to kubelets (with [`Options::nodes`]).
+pub const KUBELET_CLIENT_USER: &str = "kube-apiserver-kubelet-client";
+
 /// etcd + kube-apiserver (RBAC, service-account tokens) with an admin client, and
-/// optionally kube-controller-manager.
+/// optionally kube-controller-manager and kube-scheduler.
 ///
-/// Fields drop in declaration order: the controller manager and the apiserver stop
-/// before etcd, and the directory goes last.
+/// Fields drop in declaration order: the scheduler, the controller manager and the
+/// apiserver stop before etcd, and the directory goes last.
 pub struct ControlPlane {
+    scheduler: Option<Process>,
     controller_manager: Option<Process>,
     apiserver: Process,
     etcd: Process,
+    ca: Ca,
     client: kube::Client,
     url: String,
     kubeconfig: PathBuf,
@@ -116,7 +134,6 @@ impl ControlPlane {
             .arg(format!("--tls-cert-file={}", serving_cert.display()))
             .arg(format!("--tls-private-key-file={}", serving_key.display()))
             .arg(format!("--client-ca-file={}", ca_file.display()))
-            .arg("--authorization-mode=RBAC")
             .arg(format!("--service-account-issuer={SERVICE_ACCOUNT_ISSUER}"))
             .arg(format!(
                 "--service-account-key-file={}",
@@ -131,6 +148,25 @@ impl ControlPlane {
             .arg("--profiling=false")
             // One client at a time; flow control only adds latency here.
             .arg("--enable-priority-and-fairness=false");
+        if options.nodes {
+            let kubelet_client = ca.issue_client(KUBELET_CLIENT_USER, &[])?;
+            let cert = write("apiserver-kubelet-client.crt", &kubelet_client.cert_pem)?;
+            let key = write("apiserver-kubelet-client.key", &kubelet_client.key_pem)?;
+            apiserver
+                .arg("--authorization-mode=Node,RBAC")
+                .arg("--enable-admission-plugins=NodeRestriction")
+                .arg(format!("--kubelet-client-certificate={}", cert.display()))
+                .arg(format!("--kubelet-client-key={}", key.display()))
+                .arg(format!(
+                    "--kubelet-certificate-authority={}",
+                    ca_file.display()
+                ))
+                // The harness's kubelet listens on 127.0.0.1 only and is named `localhost`
+                // (a loopback InternalIP is refused by the kubelet), see node::NODE_NAME.
+                .arg("--kubelet-preferred-address-types=Hostname");
+        } else {
+            apiserver.arg("--authorization-mode=RBAC");
+        }
         let mut apiserver =
             Process::spawn("kube-apiserver", apiserver, &dir.join("kube-apiserver.log"))?;
 
@@ -165,11 +201,22 @@ impl ControlPlane {
         )
         .await?;
 
+        if options.nodes {
+            bind_kubelet_api_admin(&client).await?;
+        }
+
         let controller_manager = if options.controller_manager {
             let mut kcm = Command::new(tool("kube-controller-manager")?);
             kcm.arg(format!("--kubeconfig={}", kubeconfig.display()))
                 .arg(format!("--root-ca-file={}", ca_file.display()))
-                .arg("--controllers=*,-node-lifecycle-controller")
+                // With real kubelets (Options::nodes) heart-beating, the node lifecycle
+                // controller does its real job: it lifts the not-ready taint kubelets
+                // register with, which the scheduler would otherwise honour.
+                .arg(if options.nodes {
+                    "--controllers=*"
+                } else {
+                    "--controllers=*,-node-lifecycle-controller"
+                })
                 .arg("--leader-elect=false")
                 // Nothing scrapes it; not serving avoids another port.
                 .arg("--secure-port=0");
@@ -179,10 +226,25 @@ impl ControlPlane {
             None
         };
 
+        let scheduler = if options.scheduler {
+            let mut scheduler = Command::new(tool("kube-scheduler")?);
+            scheduler
+                .arg(format!("--kubeconfig={}", kubeconfig.display()))
+                .arg("--leader-elect=false")
+                // Nothing scrapes it; not serving avoids another port.
+                .arg("--secure-port=0");
+            let log = dir.join("kube-scheduler.log");
+            Some(Process::spawn("kube-scheduler", scheduler, &log)?)
+        } else {
+            None
+        };
+
         Ok(Self {
+            scheduler,
             controller_manager,
             apiserver,
             etcd,
+            ca,
             client,
             url,
             kubeconfig,
@@ -193,6 +255,17 @@ impl ControlPlane {
     /// A client authenticated as a cluster admin (`system:masters`).
     pub fn client(&self) -> kube::Client {
         self.client.clone()
+    }
+
+    /// The CA that signed the apiserver's certificates and that the apiserver trusts
+    /// for client certificates: it issues a node's kubelet certificates.
+    pub fn ca(&self) -> &Ca {
+        &self.ca
+    }
+
+    /// The CA certificate file.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("pki").join("ca.crt")
     }
 
     /// The apiserver URL, `https://127.0.0.1:<port>`.
@@ -249,8 +322,39 @@ current-context: e2e
         if let Some(kcm) = &mut self.controller_manager {
             kcm.ensure_running()?;
         }
+        if let Some(scheduler) = &mut self.scheduler {
+            scheduler.ensure_running()?;
+        }
         Ok(())
     }
+}
+
+/// Lets the apiserver's kubelet client call every kubelet API (logs, exec, ...):
+/// kubelets authorize those calls with a SubjectAccessReview on `nodes/proxy` & co.
+async fn bind_kubelet_api_admin(client: &kube::Client) -> anyhow::Result<()> {
+    use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleRef, Subject};
+    let binding = ClusterRoleBinding {
+        metadata: kube::api::ObjectMeta {
+            name: Some(KUBELET_CLIENT_USER.to_owned()),
+            ..Default::default()
+        },
+        role_ref: RoleRef {
+            api_group: Some("rbac.authorization.k8s.io".to_owned()),
+            kind: "ClusterRole".to_owned(),
+            name: "system:kubelet-api-admin".to_owned(),
+        },
+        subjects: Some(vec![Subject {
+            api_group: Some("rbac.authorization.k8s.io".to_owned()),
+            kind: "User".to_owned(),
+            name: KUBELET_CLIENT_USER.to_owned(),
+            namespace: None,
+        }]),
+    };
+    kube::Api::<ClusterRoleBinding>::all(client.clone())
+        .create(&Default::default(), &binding)
+        .await
+        .with_context(|| format!("creating ClusterRoleBinding {KUBELET_CLIENT_USER}"))?;
+    Ok(())
 }
 
 /// A kube client for a kubeconfig file's current context.

@@ -2,6 +2,8 @@
 //!
 //! - [`ControlPlane`]: etcd + kube-apiserver with generated certificates and a ready
 //!   [`kube::Client`].
+//! - [`Node`]: containerd and a kubelet registered with a [`ControlPlane`], running
+//!   real pods from images imported without a registry.
 //! - [`Spire`]: spire-server (sqlite) + spire-agent attested by a join token, with the
 //!   unix workload attestor.
 //!
@@ -15,7 +17,9 @@ pub mod csi;
 pub mod daemonset;
 pub mod entries;
 pub mod http;
+pub mod image;
 pub mod kube_util;
+pub mod node;
 pub mod operator;
 pub mod pki;
 pub mod ports;
@@ -28,5 +32,6 @@ pub mod workdir;
 pub mod world;
 
 pub use control_plane::{ControlPlane, Options as ControlPlaneOptions};
+pub use node::Node;
 pub use spire::{Options as SpireOptions, Spire};
 pub use workdir::WorkDir;

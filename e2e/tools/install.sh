@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs the real components the tests and the demo run (etcd, kube-apiserver,
-# kubectl, SPIRE, helm, csi-sanity and the reference Go tools) at the versions
-# pinned in versions.env, into a cache directory outside the clone.
+# kubectl, SPIRE, helm, csi-sanity and the reference Go tools; for a real node the
+# kubelet, kube-scheduler, containerd and the CNI plugins) at the versions pinned in
+# versions.env, into a cache directory outside the clone. runc comes from the
+# distribution (Debian's package, installed when missing) because it needs libseccomp.
 #
 #   install.sh           build what is missing, print progress
 #   install.sh --print-bin   print the bin directory for the current pins (builds nothing)
@@ -26,11 +28,18 @@ root=${SPIRE_RS_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/spire-rs-tools}
 # files (tools/<name>/), or the pinned version, and the text of the tool's build function.
 declare -A key
 # Tools built from a wrapper module in tools/<name>/ (go.mod, go.sum, maybe main.go).
-wrapped=(etcd kubernetes spire spire-controller-manager spiffe-csi)
+# kubelet (with kube-scheduler) is the real node's (issue #13), as are containerd and
+# cni-plugins below; each tool has its own key, so adding them rebuilt none of the others.
+wrapped=(etcd kubernetes spire spire-controller-manager spiffe-csi kubelet)
 # Tools installed with `go install pkg@version` (their module proxy answers serve the
 # version list that go install reads).
-installed=(helm csi-sanity)
-tools=("${wrapped[@]}" "${installed[@]}")
+installed=(helm csi-sanity containerd cni-plugins)
+# The node's container images (OCI archives), built by a script of this repository.
+generated=(node-images)
+declare -A inputs_of=([node-images]="$here/../../images/node-images.sh $here/../../images/oci-image.sh $here/../../images/node/main.go")
+# Shell functions a recipe calls; their text is part of the tool's key.
+declare -A helpers_of=([kubelet]=kubernetes_ldflags)
+tools=("${wrapped[@]}" "${installed[@]}" "${generated[@]}")
 builder() { local t=${1//-/_}; echo "build_$t"; }
 
 # Pins in versions.env must agree with the wrapper modules that actually decide the version.
@@ -42,6 +51,7 @@ check_pin() { # module file module version
 }
 check_pin "$here/etcd/go.mod" go.etcd.io/etcd/server/v3 "$ETCD_VERSION"
 check_pin "$here/kubernetes/go.mod" k8s.io/kubernetes "$KUBERNETES_VERSION"
+check_pin "$here/kubelet/go.mod" k8s.io/kubernetes "$KUBERNETES_VERSION"
 check_pin "$here/spire/go.mod" github.com/spiffe/spire "$SPIRE_VERSION"
 check_pin "$here/spire-controller-manager/go.mod" github.com/spiffe/spire-controller-manager "$SPIRE_CONTROLLER_MANAGER_VERSION"
 check_pin "$here/spiffe-csi/go.mod" github.com/spiffe/spiffe-csi "$SPIFFE_CSI_VERSION"
@@ -103,6 +113,66 @@ build_kubernetes() {
     k8s.io/kubernetes/cmd/kubectl)
 }
 
+# The variables the Kubernetes release build sets, so binaries report the real release.
+# (build_kubernetes keeps its own copy of these lines: moving them would change its key.)
+kubernetes_ldflags() {
+  local v=${KUBERNETES_VERSION#v} ldflags=""
+  local major=${v%%.*} rest=${v#*.}
+  local minor=${rest%%.*}
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ldflags+=" -X $pkg.gitVersion=$KUBERNETES_VERSION -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
+    ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+  done
+  echo "$ldflags"
+}
+
+build_kubelet() {
+  (cd "$here/kubelet" && go build -trimpath -ldflags "$(kubernetes_ldflags)" -o "$out/" \
+    k8s.io/kubernetes/cmd/kubelet \
+    k8s.io/kubernetes/cmd/kube-scheduler)
+}
+
+build_containerd() {
+  # Static (no cgo) and without the snapshotters that need C libraries; the node uses
+  # overlayfs. The ldflag makes `containerd --version` report the release.
+  CGO_ENABLED=0 go_install -tags "no_btrfs no_devmapper no_zfs" \
+    -ldflags "-X github.com/containerd/containerd/v2/version.Version=$CONTAINERD_VERSION" \
+    "github.com/containerd/containerd/v2/cmd/containerd@$CONTAINERD_VERSION" \
+    "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@$CONTAINERD_VERSION" \
+    "github.com/containerd/containerd/v2/cmd/ctr@$CONTAINERD_VERSION"
+}
+
+build_cni_plugins() {
+  # containerd's CRI reports the node's network ready only with a CNI configuration
+  # whose plugins exist; the node's pods use the host network, so these stay idle.
+  CGO_ENABLED=0 go_install \
+    "github.com/containernetworking/plugins/plugins/main/loopback@$CNI_PLUGINS_VERSION" \
+    "github.com/containernetworking/plugins/plugins/main/bridge@$CNI_PLUGINS_VERSION" \
+    "github.com/containernetworking/plugins/plugins/ipam/host-local@$CNI_PLUGINS_VERSION"
+}
+
+build_node_images() { bash "$here/../../images/node-images.sh" "$out"; }
+
+# runc needs libseccomp (cgo), so the distribution's build is used rather than one of ours.
+# Installs Debian's package when runc is missing; says what it found or did.
+ensure_runc() {
+  local path
+  if path=$(command -v runc); then
+    printf '  %-26s %-12s present: %s\n' runc system "$path"
+    return
+  fi
+  if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+    printf '  %-26s %-12s missing: apt-get install runc ...' runc system
+    if { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends runc; } \
+      >"$root/runc-install.log" 2>&1; then
+      echo " done"
+      return
+    fi
+    echo " FAILED (log: $root/runc-install.log)"
+  fi
+  echo "install.sh: runc is missing and could not be installed; the node tests need it (apt-get install runc)" >&2
+}
+
 # go_install <package@version>...
 go_install() {
   GOBIN="$out" go install -trimpath "$@"
@@ -141,7 +211,9 @@ for t in "${tools[@]}"; do
   if [[ " ${wrapped[*]} " == *" $t "* ]]; then
     inputs=("$here/$t"/go.mod "$here/$t"/go.sum "$here/$t"/*.go)
   fi
-  recipe=$(declare -f "$(builder "$t")")
+  # shellcheck disable=SC2206 # the paths have no spaces
+  [[ -n ${inputs_of[$t]:-} ]] && inputs=(${inputs_of[$t]})
+  recipe=$(declare -f "$(builder "$t")" ${helpers_of[$t]:-})
   # The values of the pins the recipe names (e.g. $HELM_VERSION), not just their names.
   for v in $(grep -oE '[A-Z_]+_VERSION' <<<"$recipe" | sort -u); do
     recipe+=$'\n'"$v=${!v}"
@@ -163,15 +235,21 @@ echo "make tools: installing into $root"
 for t in "${tools[@]}"; do
   build "$t" "$(builder "$t")"
 done
+ensure_runc
 
 # Publish the set: a fresh directory of symlinks, swapped in atomically.
 mkdir -p "$root/bin"
 tmp=$(mktemp -d "$root/bin/.tmp.XXXXXX")
 for t in "${tools[@]}"; do
   for f in "$root/pkg/$t/${key[$t]}"/*; do
-    [[ -x $f && -f $f ]] && ln -s "$f" "$tmp/$(basename "$f")"
+    # Executables, and the node's image archives.
+    [[ -f $f && ( -x $f || $f == *.tar ) ]] && ln -s "$f" "$tmp/$(basename "$f")"
   done
 done
+# runc beside the rest, so the harness finds every node binary in one directory.
+if runc_path=$(command -v runc); then
+  ln -s "$runc_path" "$tmp/runc"
+fi
 if [[ -d $bin ]] && diff <(ls -l "$tmp" | awk '{print $9, $11}') <(ls -l "$bin" | awk '{print $9, $11}') >/dev/null; then
   rm -rf "$tmp"
 else

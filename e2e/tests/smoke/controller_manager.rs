@@ -11,6 +11,7 @@ use kube::api::{Api, DeleteParams, PostParams};
 async fn namespaces_get_service_accounts_and_can_be_deleted() -> anyhow::Result<()> {
     let mut cp = ControlPlane::start_with(ControlPlaneOptions {
         controller_manager: true,
+        ..Default::default()
     })
     .await?;
     let client = cp.client();

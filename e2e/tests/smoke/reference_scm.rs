@@ -17,6 +17,7 @@ use spire_operator::spire::SpiffeId;
 async fn reference_controller_manager_registers_a_pod() -> anyhow::Result<()> {
     let cp = ControlPlane::start_with(ControlPlaneOptions {
         controller_manager: true,
+        ..Default::default()
     })
     .await?;
     let spire = Spire::start("scm.test").await?;
