@@ -1,6 +1,7 @@
 //! Compatibility with the reference spire-controller-manager on the same control plane:
 //! migration from it, restarts, and a differential comparison of the entries.
 
+mod diff;
 mod differential;
 mod hardened_chart;
 mod migration;
