@@ -3,5 +3,6 @@
 
 mod diff;
 mod differential;
+mod differential_config;
 mod hardened_chart;
 mod migration;
