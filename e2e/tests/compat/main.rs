@@ -4,5 +4,6 @@
 mod diff;
 mod differential;
 mod differential_config;
+mod differential_semantics;
 mod hardened_chart;
 mod migration;
