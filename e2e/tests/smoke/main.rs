@@ -9,4 +9,5 @@ mod crd_round_trip;
 mod demo;
 mod reference_scm;
 mod spire_entries;
+mod svid_minting;
 mod workload_svid;
