@@ -3,6 +3,7 @@
 
 mod agent_attestation;
 mod apiserver_version;
+mod check_spire;
 mod cli_interop;
 mod controller_manager;
 mod crd_round_trip;
