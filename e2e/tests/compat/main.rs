@@ -5,5 +5,6 @@ mod diff;
 mod differential;
 mod differential_config;
 mod differential_semantics;
+mod differential_ties;
 mod hardened_chart;
 mod migration;
