@@ -430,6 +430,24 @@ impl World {
         Ok(())
     }
 
+    /// Deletes an EndpointSlice.
+    pub async fn delete_endpoint_slice(&self, namespace: &str, name: &str) -> anyhow::Result<()> {
+        Api::<EndpointSlice>::namespaced(self.client.clone(), namespace)
+            .delete(name, &DeleteParams::default())
+            .await
+            .with_context(|| format!("deleting EndpointSlice {namespace}/{name}"))?;
+        Ok(())
+    }
+
+    /// Deletes the (legacy) Endpoints object of Service `service`.
+    pub async fn delete_endpoints(&self, namespace: &str, service: &str) -> anyhow::Result<()> {
+        Api::<Endpoints>::namespaced(self.client.clone(), namespace)
+            .delete(service, &DeleteParams::default())
+            .await
+            .with_context(|| format!("deleting the Endpoints of {namespace}/{service}"))?;
+        Ok(())
+    }
+
     /// Binds a pending pod to `node` through the `binding` subresource, as the scheduler
     /// does (`spec.nodeName` cannot be changed by an update).
     pub async fn bind_pod(&self, namespace: &str, name: &str, node: &str) -> anyhow::Result<()> {

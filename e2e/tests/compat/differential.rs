@@ -61,6 +61,26 @@ async fn ours_and_the_reference_produce_the_same_entries() -> anyhow::Result<()>
     let mut pending = scheduled_pod("shop", "web-pending", "web-sa", "", &web);
     pending.spec.as_mut().unwrap().node_name = None;
     world.create_pod(pending).await?;
+    // Selected only by resources that fail (one renders outside the trust domain, one
+    // does not parse): the fallback applies to them in both.
+    world
+        .pod(
+            "shop",
+            "lonely-0",
+            "default",
+            "node-a",
+            &[("app", "lonely")],
+        )
+        .await?;
+    world
+        .pod(
+            "shop",
+            "lonely-1",
+            "default",
+            "node-b",
+            &[("app", "unparsable")],
+        )
+        .await?;
     // Bound to a node that has no Node object: both fail to render it (no parent ID).
     world
         .pod("shop", "ghost-0", "default", "ghost", &[("app", "db")])
@@ -158,6 +178,36 @@ async fn ours_and_the_reference_produce_the_same_entries() -> anyhow::Result<()>
         )
         .await?;
     world
+        .apply_csid(
+            "elsewhere",
+            json!({
+                "spiffeIDTemplate": "spiffe://elsewhere.test/{{ .PodMeta.Name }}",
+                "podSelector": { "matchLabels": { "app": "lonely" } },
+            }),
+        )
+        .await?;
+    world
+        .apply_csid(
+            "unparsable",
+            json!({
+                "spiffeIDTemplate": "spiffe://{{ .TrustDomain }}/{{ .PodMeta.Name",
+                "podSelector": { "matchLabels": { "app": "unparsable" } },
+            }),
+        )
+        .await?;
+    world
+        .apply_spire_object(
+            "ClusterStaticEntry",
+            "red-static",
+            json!({
+                "spiffeID": "spiffe://diff.test/red-static",
+                "parentID": "spiffe://diff.test/spire/agent/x509pop/gw",
+                "selectors": ["unix:uid:7"],
+                "className": "red",
+            }),
+        )
+        .await?;
+    world
         .apply_spire_object(
             "ClusterStaticEntry",
             "gateway",
@@ -194,8 +244,9 @@ async fn ours_and_the_reference_produce_the_same_entries() -> anyhow::Result<()>
     )
     .await?;
 
-    // kube-system is ignored; red is another class's; broken renders nothing; the
-    // pending pod is not scheduled; ghost-0's node is missing; web-0 and web-1 share an
+    // kube-system is ignored; red and red-static are another class's; broken renders
+    // nothing; elsewhere and unparsable fail, so the fallback applies; the pending pod
+    // is not scheduled; ghost-0's node is missing; web-0 and web-1 share an
     // ID, not parent or pod UID.
     pair.converge("the initial state", |e| {
         paths(e)
@@ -203,6 +254,8 @@ async fn ours_and_the_reference_produce_the_same_entries() -> anyhow::Result<()>
                 "/api/api-0",
                 "/db/db-0",
                 "/fallback/plain/tool-0",
+                "/fallback/shop/lonely-0",
+                "/fallback/shop/lonely-1",
                 "/gateway",
                 "/ns/shop/sa/web-sa",
                 "/ns/shop/sa/web-sa",
@@ -232,7 +285,7 @@ async fn ours_and_the_reference_produce_the_same_entries() -> anyhow::Result<()>
     world.delete_pod("shop", "web-0").await?;
     world.delete_pod("shop", "web-pending").await?;
     world.delete_pod("shop", "ghost-0").await?;
-    pair.converge("web-0, web-pending and ghost-0 deleted", |e| e.len() == 5)
+    pair.converge("web-0, web-pending and ghost-0 deleted", |e| e.len() == 7)
         .await?;
 
     // The static entry changes every field it has but its key, then its key, then goes.
@@ -293,7 +346,7 @@ async fn ours_and_the_reference_produce_the_same_entries() -> anyhow::Result<()>
         )
         .await?;
     pair.converge("ns-sa's template changed", |e| {
-        paths(e).contains(&"/v2/web-1".to_owned()) && e.len() == 5
+        paths(e).contains(&"/v2/web-1".to_owned()) && e.len() == 7
     })
     .await?;
 
@@ -301,7 +354,7 @@ async fn ours_and_the_reference_produce_the_same_entries() -> anyhow::Result<()>
         .label_namespace("shop", json!({ "mesh": null }))
         .await?;
     pair.converge("shop leaves the mesh", |e| {
-        !paths(e).contains(&"/v2/web-1".to_owned()) && e.len() == 4
+        !paths(e).contains(&"/v2/web-1".to_owned()) && e.len() == 6
     })
     .await?;
 

@@ -9,6 +9,9 @@
 //! "Not yet"), so this only asserts that its presence changes neither tool's entries and
 //! that ours leaves the server's federation relationships as they are; the reference
 //! creating its relationship is the control that the object is valid and seen.
+//!
+//! Last, changes: a Service stops listing a pod, and each masking owner goes, so that the
+//! masked one takes over.
 
 use std::time::Duration;
 
@@ -284,6 +287,33 @@ async fn federates_with_masking_and_dns_name_order_agree() -> anyhow::Result<()>
         [shape(&manual)],
         "ours leaves federation relationships as they are"
     );
+
+    // Service web stops listing dns-1: its second slice goes, and its Endpoints lose the
+    // second subset (deleted and made again: the reference sees the change either way).
+    world.delete_endpoint_slice("app", "web-b").await?;
+    world.delete_endpoints("app", "web").await?;
+    world
+        .endpoints_subsets("app", "web", &[&[(dns_0, "10.1.0.1", true)]])
+        .await?;
+    let expected = expected_dns("dns-1", &["api"]);
+    pair.converge("web no longer lists dns-1", |e| {
+        by_path(e, "/dns/dns-1").is_ok_and(|d| d.dns_names == expected)
+    })
+    .await?;
+
+    // The masking owners go: the masked one takes the entry over, in place or not.
+    world
+        .delete_spire_object("ClusterStaticEntry", "mask-0")
+        .await?;
+    pair.converge("mask-0's static entry deleted", |e| {
+        by_path(e, "/mask/mask-0").is_ok_and(|m| m.hint == "pod")
+    })
+    .await?;
+    world.delete_csid("pod-older").await?;
+    pair.converge("mask-1's ClusterSPIFFEID deleted", |e| {
+        by_path(e, "/mask/mask-1").is_ok_and(|m| m.hint == "static" && m.x509_svid_ttl == 7200)
+    })
+    .await?;
     Ok(())
 }
 
