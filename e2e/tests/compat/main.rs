@@ -4,6 +4,7 @@
 mod diff;
 mod differential;
 mod differential_config;
+mod differential_edges;
 mod differential_semantics;
 mod differential_ties;
 mod hardened_chart;
