@@ -1,14 +1,18 @@
 //! Differential, on input that is legal but odd.
 //!
 //! Agreed: a ClusterStaticEntry with duplicate DNS names gets no entry from either (both
-//! send the names as written, and SPIRE refuses them); one with `federatesWith` written
-//! as a SPIFFE ID gets the same entry from both.
+//! send the names as written; SPIRE's sql datastore refuses them with AlreadyExists,
+//! "UNIQUE constraint failed: dns_names.registered_entry_id, dns_names.value"); one with
+//! `federatesWith` written as a SPIFFE ID gets the same entry from both.
 //!
 //! Findings (tests ignored, see each):
 //! - duplicate selectors, in a ClusterStaticEntry or rendered by
 //!   `workloadSelectorTemplates` (also a template repeating the `k8s:pod-uid` selector
-//!   every pod entry gets): the reference sends them as they are and gets no entry;
-//!   ours deduplicates them (selectors are a set in `spire::EntryKey`) and gets one;
+//!   every pod entry gets): the reference sends them as they are and gets no entry
+//!   (SPIRE: AlreadyExists, "UNIQUE constraint failed: selectors.registered_entry_id,
+//!   selectors.type, selectors.value"); ours deduplicates them (selectors are a set in
+//!   `spire::EntryKey`) and gets one. Ours treats duplicate DNS names and duplicate
+//!   selectors differently;
 //! - a Service endpoint naming a pod by its name but with another UID (the pod was
 //!   deleted and made again under the same name, and the endpoint controllers have not
 //!   caught up): the reference matches endpoints to pods by UID (its Endpoints index on
