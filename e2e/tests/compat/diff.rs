@@ -108,6 +108,11 @@ pub async fn resync_changes_nothing(
     const LISTS: &str = "spire_operator_entry_lists_total";
     let (ours, reference) = (&pair.world.spire, &pair.reference);
     let before = operator.metrics().await?;
+    // A misnamed metric would read 0 before and after: make sure it is there.
+    anyhow::ensure!(
+        before.has(WRITES, &[]) && before.has(LISTS, &[]),
+        "{what}: {WRITES} or {LISTS} is not exported"
+    );
     let (writes, lists) = (before.value(WRITES, &[]), before.value(LISTS, &[]));
     let ours_before = entries::list(ours).await?;
     let reference_before = entries::list(reference).await?;

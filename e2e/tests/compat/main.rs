@@ -6,6 +6,7 @@ mod differential;
 mod differential_config;
 mod differential_edges;
 mod differential_semantics;
+mod differential_templates;
 mod differential_ties;
 mod hardened_chart;
 mod migration;
