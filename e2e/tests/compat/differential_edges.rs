@@ -3,7 +3,8 @@
 //! Agreed: a ClusterStaticEntry with duplicate DNS names gets no entry from either (both
 //! send the names as written; SPIRE's sql datastore refuses them with AlreadyExists,
 //! "UNIQUE constraint failed: dns_names.registered_entry_id, dns_names.value"); one with
-//! `federatesWith` written as a SPIFFE ID gets the same entry from both.
+//! `federatesWith` written as a SPIFFE ID, and one with fractional Go durations as TTLs,
+//! get the same entries from both.
 //!
 //! Findings (tests ignored, see each):
 //! - duplicate selectors, in a ClusterStaticEntry or rendered by
@@ -74,10 +75,21 @@ async fn static_entries_with_duplicate_dns_names_or_a_spiffe_id_federation_agree
         json!({ "selectors": ["unix:uid:3"], "federatesWith": ["spiffe://partner.org"] }),
     )
     .await?;
+    // Go durations with fractions: SPIRE takes whole seconds, the rest is dropped.
+    static_entry(
+        &pair,
+        "ttl-fractions",
+        json!({ "selectors": ["unix:uid:4"], "x509SVIDTTL": "1.5h", "jwtSVIDTTL": "2m30.9s" }),
+    )
+    .await?;
     let _tools = start_both(&pair).await?;
     let entries = pair
-        .converge("odd static entries", |e| paths(e) == ["/fed-id"])
+        .converge("odd static entries", |e| {
+            paths(e) == ["/fed-id", "/ttl-fractions"]
+        })
         .await?;
+    let ttl = crate::diff::by_path(&entries, "/ttl-fractions")?;
+    assert_eq!((ttl.x509_svid_ttl, ttl.jwt_svid_ttl), (5400, 150));
     let fed = crate::diff::by_path(&entries, "/fed-id")?;
     assert_eq!(
         fed.federates_with.iter().collect::<Vec<_>>(),
