@@ -3,8 +3,8 @@
 //! Agreed: a ClusterStaticEntry with duplicate DNS names gets no entry from either (both
 //! send the names as written; SPIRE's sql datastore refuses them with AlreadyExists,
 //! "UNIQUE constraint failed: dns_names.registered_entry_id, dns_names.value"); one with
-//! `federatesWith` written as a SPIFFE ID, and one with fractional Go durations as TTLs,
-//! get the same entries from both.
+//! `federatesWith` written as a SPIFFE ID, one with fractional Go durations as TTLs, and
+//! two with the same key (the older wins) get the same entries from both.
 //!
 //! Findings (tests ignored, see each):
 //! - duplicate selectors, in a ClusterStaticEntry or rendered by
@@ -59,8 +59,7 @@ async fn static_entry(pair: &Pair, name: &str, extra: Value) -> anyhow::Result<(
 }
 
 #[tokio::test]
-async fn static_entries_with_duplicate_dns_names_or_a_spiffe_id_federation_agree()
--> anyhow::Result<()> {
+async fn odd_static_entries_agree() -> anyhow::Result<()> {
     let pair = Pair::start(TRUST_DOMAIN).await?;
     pair.federated_bundle("partner.org")?;
     static_entry(
@@ -82,12 +81,29 @@ async fn static_entries_with_duplicate_dns_names_or_a_spiffe_id_federation_agree
         json!({ "selectors": ["unix:uid:4"], "x509SVIDTTL": "1.5h", "jwtSVIDTTL": "2m30.9s" }),
     )
     .await?;
+    // Two static entries with one key: the older wins (creation times a second apart).
+    let twin = |hint: &str| {
+        json!({
+            "spiffeID": format!("spiffe://{TRUST_DOMAIN}/twin"),
+            "parentID": format!("spiffe://{TRUST_DOMAIN}/spire/agent/x509pop/gw"),
+            "selectors": ["unix:uid:5"],
+            "hint": hint,
+        })
+    };
+    pair.world
+        .apply_spire_object("ClusterStaticEntry", "twin-older", twin("older"))
+        .await?;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    pair.world
+        .apply_spire_object("ClusterStaticEntry", "twin-younger", twin("younger"))
+        .await?;
     let _tools = start_both(&pair).await?;
     let entries = pair
         .converge("odd static entries", |e| {
-            paths(e) == ["/fed-id", "/ttl-fractions"]
+            paths(e) == ["/fed-id", "/ttl-fractions", "/twin"]
         })
         .await?;
+    assert_eq!(crate::diff::by_path(&entries, "/twin")?.hint, "older");
     let ttl = crate::diff::by_path(&entries, "/ttl-fractions")?;
     assert_eq!((ttl.x509_svid_ttl, ttl.jwt_svid_ttl), (5400, 150));
     let fed = crate::diff::by_path(&entries, "/fed-id")?;
