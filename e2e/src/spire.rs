@@ -221,6 +221,26 @@ impl Spire {
         Ok(stdout)
     }
 
+    /// Gives the server a bundle (a fresh CA) for `trust_domain` with the CLI, so that
+    /// entries may federate with it; [`crate::world::World::federated_bundle`] for a
+    /// server that is not a world's own.
+    pub fn set_federated_bundle(&self, trust_domain: &str) -> anyhow::Result<()> {
+        let ca = crate::pki::Ca::new(&format!("{trust_domain} CA"))?;
+        let path = self.dir().join(format!("{trust_domain}.pem"));
+        std::fs::write(&path, ca.cert_pem())?;
+        self.server_cli(&[
+            "bundle",
+            "set",
+            "-format",
+            "pem",
+            "-id",
+            &format!("spiffe://{trust_domain}"),
+            "-path",
+            &path.to_string_lossy(),
+        ])?;
+        Ok(())
+    }
+
     /// The working directory (configs, data, logs).
     pub fn dir(&self) -> &Path {
         self.dir.path()

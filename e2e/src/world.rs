@@ -328,6 +328,153 @@ impl World {
         Ok(())
     }
 
+    /// Creates the EndpointSlice `slice` of Service `service` listing `endpoints`, each a
+    /// pod with its address and its `ready` condition: for Services with several slices
+    /// and for endpoints that are not ready.
+    pub async fn endpoint_slice_named(
+        &self,
+        namespace: &str,
+        service: &str,
+        slice: &str,
+        endpoints: &[(&Pod, &str, bool)],
+    ) -> anyhow::Result<()> {
+        let endpoints: Vec<Value> = endpoints
+            .iter()
+            .map(|(pod, address, ready)| {
+                json!({
+                    "addresses": [address],
+                    "conditions": { "ready": ready },
+                    "targetRef": {
+                        "kind": "Pod",
+                        "namespace": namespace,
+                        "name": pod.name_any(),
+                        "uid": pod.uid(),
+                    },
+                })
+            })
+            .collect();
+        let object: EndpointSlice = serde_json::from_value(json!({
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {
+                "name": slice,
+                "namespace": namespace,
+                "labels": { "kubernetes.io/service-name": service },
+            },
+            "addressType": "IPv4",
+            "endpoints": endpoints,
+            "ports": [{ "name": "http", "port": 8080, "protocol": "TCP" }],
+        }))?;
+        Api::<EndpointSlice>::namespaced(self.client.clone(), namespace)
+            .create(&PostParams::default(), &object)
+            .await
+            .with_context(|| {
+                format!("creating EndpointSlice {namespace}/{slice} of Service {service}")
+            })?;
+        Ok(())
+    }
+
+    /// Creates the (legacy) Endpoints object of Service `service` with one subset per
+    /// item of `subsets`, each listing pods with their address as ready (`addresses`) or
+    /// not ready (`notReadyAddresses`): the counterpart of [`World::endpoint_slice_named`]
+    /// for the reference tool.
+    pub async fn endpoints_subsets(
+        &self,
+        namespace: &str,
+        service: &str,
+        subsets: &[&[(&Pod, &str, bool)]],
+    ) -> anyhow::Result<()> {
+        let address = |pod: &Pod, ip: &str| {
+            json!({
+                "ip": ip,
+                "targetRef": {
+                    "kind": "Pod",
+                    "namespace": namespace,
+                    "name": pod.name_any(),
+                    "uid": pod.uid(),
+                },
+            })
+        };
+        let subsets: Vec<Value> = subsets
+            .iter()
+            .enumerate()
+            .map(|(i, members)| {
+                let ready: Vec<Value> = members
+                    .iter()
+                    .filter(|(_, _, ready)| *ready)
+                    .map(|(pod, ip, _)| address(pod, ip))
+                    .collect();
+                let not_ready: Vec<Value> = members
+                    .iter()
+                    .filter(|(_, _, ready)| !*ready)
+                    .map(|(pod, ip, _)| address(pod, ip))
+                    .collect();
+                // Distinct ports keep the apiserver from merging the subsets.
+                json!({
+                    "addresses": ready,
+                    "notReadyAddresses": not_ready,
+                    "ports": [{ "name": "http", "port": 8080 + i }],
+                })
+            })
+            .collect();
+        let endpoints: Endpoints = serde_json::from_value(json!({
+            "apiVersion": "v1",
+            "kind": "Endpoints",
+            "metadata": { "name": service, "namespace": namespace },
+            "subsets": subsets,
+        }))?;
+        Api::<Endpoints>::namespaced(self.client.clone(), namespace)
+            .create(&PostParams::default(), &endpoints)
+            .await
+            .with_context(|| format!("creating the Endpoints of {namespace}/{service}"))?;
+        Ok(())
+    }
+
+    /// Deletes an EndpointSlice.
+    pub async fn delete_endpoint_slice(&self, namespace: &str, name: &str) -> anyhow::Result<()> {
+        Api::<EndpointSlice>::namespaced(self.client.clone(), namespace)
+            .delete(name, &DeleteParams::default())
+            .await
+            .with_context(|| format!("deleting EndpointSlice {namespace}/{name}"))?;
+        Ok(())
+    }
+
+    /// Deletes the (legacy) Endpoints object of Service `service`.
+    pub async fn delete_endpoints(&self, namespace: &str, service: &str) -> anyhow::Result<()> {
+        Api::<Endpoints>::namespaced(self.client.clone(), namespace)
+            .delete(service, &DeleteParams::default())
+            .await
+            .with_context(|| format!("deleting the Endpoints of {namespace}/{service}"))?;
+        Ok(())
+    }
+
+    /// Binds a pending pod to `node` through the `binding` subresource, as the scheduler
+    /// does (`spec.nodeName` cannot be changed by an update).
+    pub async fn bind_pod(&self, namespace: &str, name: &str, node: &str) -> anyhow::Result<()> {
+        let binding = json!({
+            "apiVersion": "v1",
+            "kind": "Binding",
+            "metadata": { "name": name, "namespace": namespace },
+            "target": { "apiVersion": "v1", "kind": "Node", "name": node },
+        });
+        Api::<Pod>::namespaced(self.client.clone(), namespace)
+            .create_subresource::<Value, Value>("binding", name, &PostParams::default(), &binding)
+            .await
+            .with_context(|| format!("binding pod {namespace}/{name} to node {node}"))?;
+        Ok(())
+    }
+
+    /// Deletes a cluster-scoped `spire.spiffe.io/v1alpha1` object of `kind`.
+    pub async fn delete_spire_object(&self, kind: &str, name: &str) -> anyhow::Result<()> {
+        let gvk = GroupVersionKind::gvk("spire.spiffe.io", "v1alpha1", kind);
+        let api: Api<DynamicObject> =
+            Api::all_with(self.client.clone(), &ApiResource::from_gvk(&gvk));
+        api.delete(name, &DeleteParams::default())
+            .await
+            .with_context(|| format!("deleting {kind} {name}"))?;
+        Ok(())
+    }
+
     /// Events whose involved object is `kind`/`name`, oldest first.
     pub async fn events_for(&self, kind: &str, name: &str) -> anyhow::Result<Vec<Event>> {
         let events = Api::<Event>::all(self.client.clone())

@@ -6,18 +6,19 @@
 //! namespace selectors, masking, fallback, className, Service DNS names, an invalid
 //! template, an unscheduled pod, a static entry, and changes to pods, labels and
 //! templates. Nothing here relies on a documented deliberate difference.
+//!
+//! Beyond the first comparison: both tools resync with nothing to change (equal after,
+//! and ours writes nothing), a pending pod gets scheduled, a pod whose Node is missing
+//! (a render failure in both) gets its Node, and the ClusterStaticEntry changes and goes.
 
-use std::cell::RefCell;
-use std::collections::BTreeSet;
 use std::time::Duration;
 
-use e2e::entries::{self, EntryFields, EntryView};
 use e2e::kube_util::scheduled_pod;
 use e2e::operator::Operator;
 use e2e::reference::ReferenceControllerManager;
-use e2e::world::World;
-use e2e::{Spire, wait};
 use serde_json::json;
+
+use crate::diff::{Pair, paths, resync_changes_nothing};
 
 const TRUST_DOMAIN: &str = "diff.test";
 const CLUSTER: &str = "diff";
@@ -27,62 +28,14 @@ className: blue
 watchClassless: true
 ignoreNamespaces: [kube-system, kube-public, spire-system]
 ";
-
-fn fields(entries: &[EntryView]) -> BTreeSet<EntryFields> {
-    entries.iter().map(EntryView::fields).collect()
-}
-
-/// Waits until ours satisfies `expected`, then until the reference's entries equal ours
-/// (both listed in the same poll); fails showing both sides and their difference.
-async fn converge(
-    ours: &Spire,
-    reference: &Spire,
-    what: &str,
-    expected: impl FnMut(&[EntryView]) -> bool,
-) -> anyhow::Result<Vec<EntryView>> {
-    entries::wait_for(ours, what, expected).await?;
-    let last = RefCell::new((BTreeSet::new(), BTreeSet::new()));
-    let last_ref = &last;
-    let result = wait::until(
-        &format!("{what}: the reference holds the same entries"),
-        Duration::from_secs(30),
-        Duration::from_millis(500),
-        || async move {
-            let a = entries::list(ours).await?;
-            let b = entries::list(reference).await?;
-            let equal = fields(&a) == fields(&b);
-            *last_ref.borrow_mut() = (fields(&a), fields(&b));
-            Ok(equal.then_some(a))
-        },
-    )
-    .await;
-    result.map_err(|e| {
-        let (a, b) = &*last.borrow();
-        let only_ours: Vec<_> = a.difference(b).collect();
-        let only_reference: Vec<_> = b.difference(a).collect();
-        e.context(format!(
-            "only in ours: {only_ours:#?}\nonly in the reference: {only_reference:#?}"
-        ))
-    })
-}
+/// The reference's full resync period (`gcInterval`, integer nanoseconds for it).
+const REFERENCE_GC: Duration = Duration::from_secs(1);
 
 #[tokio::test]
 async fn ours_and_the_reference_produce_the_same_entries() -> anyhow::Result<()> {
-    let world = World::start(TRUST_DOMAIN).await?;
-    let reference_spire = Spire::start(TRUST_DOMAIN).await?;
-    for spire in [&world.spire, &reference_spire] {
-        let ca = e2e::pki::Ca::new("partner.test CA")?;
-        let path = spire.dir().join("partner.pem");
-        std::fs::write(&path, ca.cert_pem())?;
-        spire.server_cli(&[
-            "bundle",
-            "set",
-            "-id",
-            "spiffe://partner.test",
-            "-path",
-            &path.to_string_lossy(),
-        ])?;
-    }
+    let pair = Pair::start(TRUST_DOMAIN).await?;
+    let world = &pair.world;
+    pair.federated_bundle("partner.test")?;
 
     world.node("node-a").await?;
     world.node("node-b").await?;
@@ -108,6 +61,30 @@ async fn ours_and_the_reference_produce_the_same_entries() -> anyhow::Result<()>
     let mut pending = scheduled_pod("shop", "web-pending", "web-sa", "", &web);
     pending.spec.as_mut().unwrap().node_name = None;
     world.create_pod(pending).await?;
+    // Selected only by resources that fail (one renders outside the trust domain, one
+    // does not parse): the fallback applies to them in both.
+    world
+        .pod(
+            "shop",
+            "lonely-0",
+            "default",
+            "node-a",
+            &[("app", "lonely")],
+        )
+        .await?;
+    world
+        .pod(
+            "shop",
+            "lonely-1",
+            "default",
+            "node-b",
+            &[("app", "unparsable")],
+        )
+        .await?;
+    // Bound to a node that has no Node object: both fail to render it (no parent ID).
+    world
+        .pod("shop", "ghost-0", "default", "ghost", &[("app", "db")])
+        .await?;
     world.endpoint_slice("shop", "api", &[&api]).await?;
     world.endpoints("shop", "api", &[&api]).await?;
 
@@ -201,6 +178,36 @@ async fn ours_and_the_reference_produce_the_same_entries() -> anyhow::Result<()>
         )
         .await?;
     world
+        .apply_csid(
+            "elsewhere",
+            json!({
+                "spiffeIDTemplate": "spiffe://elsewhere.test/{{ .PodMeta.Name }}",
+                "podSelector": { "matchLabels": { "app": "lonely" } },
+            }),
+        )
+        .await?;
+    world
+        .apply_csid(
+            "unparsable",
+            json!({
+                "spiffeIDTemplate": "spiffe://{{ .TrustDomain }}/{{ .PodMeta.Name",
+                "podSelector": { "matchLabels": { "app": "unparsable" } },
+            }),
+        )
+        .await?;
+    world
+        .apply_spire_object(
+            "ClusterStaticEntry",
+            "red-static",
+            json!({
+                "spiffeID": "spiffe://diff.test/red-static",
+                "parentID": "spiffe://diff.test/spire/agent/x509pop/gw",
+                "selectors": ["unix:uid:7"],
+                "className": "red",
+            }),
+        )
+        .await?;
+    world
         .apply_spire_object(
             "ClusterStaticEntry",
             "gateway",
@@ -220,31 +227,109 @@ async fn ours_and_the_reference_produce_the_same_entries() -> anyhow::Result<()>
 
     let _reference = ReferenceControllerManager::start(
         &world.control_plane,
-        &reference_spire,
+        &pair.reference,
         CLUSTER,
-        &format!("{SHARED_CONFIG}gcInterval: 1000000000 # 1s, in nanoseconds for the reference\n"),
+        &format!(
+            "{SHARED_CONFIG}gcInterval: {} # in nanoseconds for the reference\n",
+            REFERENCE_GC.as_nanos()
+        ),
     )
     .await?;
-    let _ours = Operator::start(&world.control_plane, &world.spire, CLUSTER, SHARED_CONFIG).await?;
+    // A short resync period so that the resync comparison below does not wait long.
+    let mut ours = Operator::start(
+        &world.control_plane,
+        &world.spire,
+        CLUSTER,
+        &format!("{SHARED_CONFIG}gcInterval: 3s\n"),
+    )
+    .await?;
 
-    // kube-system is ignored; red is another class's; broken renders nothing; the
-    // pending pod is not scheduled; web-0 and web-1 share an ID, not parent or pod UID.
-    converge(&world.spire, &reference_spire, "the initial state", |e| {
+    // kube-system is ignored; red and red-static are another class's; broken renders
+    // nothing; elsewhere and unparsable fail, so the fallback applies; the pending pod
+    // is not scheduled; ghost-0's node is missing; web-0 and web-1 share an
+    // ID, not parent or pod UID.
+    pair.converge("the initial state", |e| {
         paths(e)
             == [
                 "/api/api-0",
                 "/db/db-0",
                 "/fallback/plain/tool-0",
+                "/fallback/shop/lonely-0",
+                "/fallback/shop/lonely-1",
                 "/gateway",
                 "/ns/shop/sa/web-sa",
                 "/ns/shop/sa/web-sa",
             ]
     })
     .await?;
+    resync_changes_nothing(&mut ours, &pair, REFERENCE_GC, "the initial state").await?;
+
+    // The scheduler binds the pending pod: it gets the entry web-1 has, on its node.
+    world.bind_pod("shop", "web-pending", "node-a").await?;
+    pair.converge("web-pending scheduled", |e| {
+        paths(e)
+            .iter()
+            .filter(|p| *p == "/ns/shop/sa/web-sa")
+            .count()
+            == 3
+    })
+    .await?;
+
+    // ghost-0's Node appears: it renders now (ours at once, the reference at its resync).
+    world.node("ghost").await?;
+    pair.converge("ghost-0's node created", |e| {
+        paths(e).contains(&"/db/ghost-0".to_owned())
+    })
+    .await?;
 
     world.delete_pod("shop", "web-0").await?;
-    converge(&world.spire, &reference_spire, "web-0 deleted", |e| {
-        e.len() == 5
+    world.delete_pod("shop", "web-pending").await?;
+    world.delete_pod("shop", "ghost-0").await?;
+    pair.converge("web-0, web-pending and ghost-0 deleted", |e| e.len() == 7)
+        .await?;
+
+    // The static entry changes every field it has but its key, then its key, then goes.
+    world
+        .apply_spire_object(
+            "ClusterStaticEntry",
+            "gateway",
+            json!({
+                "spiffeID": "spiffe://diff.test/gateway",
+                "parentID": "spiffe://diff.test/spire/agent/x509pop/gw",
+                "selectors": ["unix:uid:0", "unix:gid:0"],
+                "x509SVIDTTL": "3h",
+                "jwtSVIDTTL": "20m",
+                "dnsNames": ["gw.example", "gateway.example", "edge.example"],
+                "hint": "edge-2",
+                "admin": true,
+            }),
+        )
+        .await?;
+    pair.converge("gateway changed", |e| {
+        e.iter().any(|e| e.hint == "edge-2" && e.admin)
+    })
+    .await?;
+    world
+        .apply_spire_object(
+            "ClusterStaticEntry",
+            "gateway",
+            json!({
+                "spiffeID": "spiffe://diff.test/gateway-2",
+                "parentID": "spiffe://diff.test/spire/agent/x509pop/gw",
+                "selectors": ["unix:uid:1"],
+                "hint": "edge-3",
+            }),
+        )
+        .await?;
+    pair.converge("gateway's key changed", |e| {
+        paths(e).contains(&"/gateway-2".to_owned()) && !paths(e).contains(&"/gateway".to_owned())
+    })
+    .await?;
+    world
+        .delete_spire_object("ClusterStaticEntry", "gateway")
+        .await?;
+    pair.converge("gateway deleted", |e| {
+        !paths(e).iter().any(|p| p.starts_with("/gateway"))
     })
     .await?;
 
@@ -260,49 +345,27 @@ async fn ours_and_the_reference_produce_the_same_entries() -> anyhow::Result<()>
             }),
         )
         .await?;
-    converge(
-        &world.spire,
-        &reference_spire,
-        "ns-sa's template changed",
-        |e| paths(e).contains(&"/v2/web-1".to_owned()) && e.len() == 6,
-    )
+    pair.converge("ns-sa's template changed", |e| {
+        paths(e).contains(&"/v2/web-1".to_owned()) && e.len() == 7
+    })
     .await?;
 
     world
         .label_namespace("shop", json!({ "mesh": null }))
         .await?;
-    converge(
-        &world.spire,
-        &reference_spire,
-        "shop leaves the mesh",
-        |e| !paths(e).contains(&"/v2/web-1".to_owned()) && e.len() == 5,
-    )
+    pair.converge("shop leaves the mesh", |e| {
+        !paths(e).contains(&"/v2/web-1".to_owned()) && e.len() == 6
+    })
     .await?;
 
     world
         .label_pod("plain", "tool-0", json!({ "app": "api" }))
         .await?;
     world.delete_csid("db").await?;
-    converge(
-        &world.spire,
-        &reference_spire,
-        "tool-0 relabelled, db deleted",
-        |e| {
-            paths(e).contains(&"/api/tool-0".to_owned())
-                && !paths(e).contains(&"/db/db-0".to_owned())
-        },
-    )
+    pair.converge("tool-0 relabelled, db deleted", |e| {
+        paths(e).contains(&"/api/tool-0".to_owned()) && !paths(e).contains(&"/db/db-0".to_owned())
+    })
     .await?;
+    resync_changes_nothing(&mut ours, &pair, REFERENCE_GC, "the final state").await?;
     Ok(())
-}
-
-/// The SPIFFE ID paths of the entries, sorted.
-fn paths(entries: &[EntryView]) -> Vec<String> {
-    let prefix = format!("spiffe://{TRUST_DOMAIN}");
-    let mut paths: Vec<String> = entries
-        .iter()
-        .map(|e| e.spiffe_id.trim_start_matches(&prefix).to_owned())
-        .collect();
-    paths.sort();
-    paths
 }

@@ -3,10 +3,12 @@
 
 mod agent_attestation;
 mod apiserver_version;
+mod check_spire;
 mod cli_interop;
 mod controller_manager;
 mod crd_round_trip;
 mod demo;
 mod reference_scm;
 mod spire_entries;
+mod svid_minting;
 mod workload_svid;
