@@ -16,10 +16,13 @@ use crate::driver::{our_driver, spawn_controller_stand_in};
 /// Specs csi-sanity cannot run against a node-only plugin, and why:
 /// - `Controller Server`: every spec tagged so exercises the Controller service
 ///   (CreateVolume, ListVolumes, snapshots, expansion, ...), which we do not offer.
+/// - `GroupController`: the volume group snapshot service, a controller-side service
+///   neither driver offers. Unskipped, its first spec skips itself after asking the
+///   driver for its capabilities, which made it the one spec that fails when the first
+///   connection of a run is slow (seen twice under a loaded `make test`, Go driver only).
 /// - `should remove target path`, `does not exist on the specified path`: these Node
 ///   specs first create a volume with the Controller's CreateVolume.
-const SKIP: &str =
-    "Controller Server|should remove target path|does not exist on the specified path";
+const SKIP: &str = "Controller Server|GroupController|should remove target path|does not exist on the specified path";
 
 /// What csi-sanity v5.4.0 reports for our driver with [`SKIP`]: every runnable spec
 /// passes. (passed, failed, skipped, pending)
