@@ -5,11 +5,8 @@
 //! after its deletion still renders in both; with a tie on creation time it must lose to
 //! the one not being deleted.
 //!
-//! Finding (hence `#[ignore]`): ours orders owners by `render::Age` (creation time, then
-//! UID; `operator/src/render.rs`), which has no deletion timestamp, so the deleting
-//! resource keeps winning: the entry keeps the deleting resource's fields (here its
-//! `hint`) where the reference switches to the other's. The first half (a tie broken by
-//! UID) agrees.
+//! Both agree, tie broken by UID and by deletion. (Ours ordered by creation time then UID
+//! until `render::Age` took the deletion timestamp into account; this test found it.)
 
 use std::time::Duration;
 
@@ -63,9 +60,6 @@ async fn create_tied(pair: &Pair) -> anyhow::Result<(ClusterSPIFFEID, ClusterSPI
 }
 
 #[tokio::test]
-#[ignore = "finding: ours masks by creation time then UID, ignoring deletionTimestamp \
-            (render::Age); on a creation-time tie the reference prefers the resource not \
-            being deleted"]
 async fn creation_time_ties_break_on_deletion_then_uid() -> anyhow::Result<()> {
     let pair = Pair::start(TRUST_DOMAIN).await?;
     let world = &pair.world;
