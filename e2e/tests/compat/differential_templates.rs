@@ -179,11 +179,10 @@ async fn template_builtins_render_alike() -> anyhow::Result<()> {
     render_alike(TRUST_DOMAIN, TEMPLATES, false).await
 }
 
-/// Finding: ours fails to render these (no entry; the documented difference is about a
-/// missing key *printed* into an ID as `<no value>`, which does not happen here).
+/// A missing map key inside `or`/`if`/`with` renders as in Go (ours refused these until
+/// its templates took Go's default for missing keys; only `<no value>` printed into an ID
+/// stays an error).
 #[tokio::test]
-#[ignore = "finding: ours fails on a missing map key even inside or/if/with, where the \
-            reference renders a valid ID"]
 async fn missing_keys_in_conditions_render_alike() -> anyhow::Result<()> {
     render_alike("difftpm.test", MISSING_KEY_CONDITIONS, true).await
 }

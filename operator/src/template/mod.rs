@@ -2,10 +2,13 @@
 //!
 //! Data: `.TrustDomain`, `.ClusterName`, `.ClusterDomain`, `.PodMeta`, `.PodSpec`,
 //! `.NodeMeta`, `.NodeSpec` with Go field names, as spire-controller-manager provides,
-//! plus `.NamespaceMeta` and `.ServiceAccountMeta`. One deliberate difference: a
-//! missing map key (`{{ .PodMeta.Labels.app }}` on a pod without that label) is an
-//! error here, where Go's default prints `<no value>` into the rendered ID or DNS name.
-//! `{{ index .PodMeta.Labels "app" }}` still yields "" for a missing label, as in Go.
+//! plus `.NamespaceMeta` and `.ServiceAccountMeta`. A missing map key is nil, as with Go's
+//! default, so guards work as there (`{{ or .PodMeta.Labels.app "web" }}`,
+//! `{{ if .PodMeta.Labels.tier }}...{{ end }}`, `with ... else`), and
+//! `{{ index .PodMeta.Labels "app" }}` yields "". One deliberate difference: where Go
+//! would print `<no value>` into the rendered ID or DNS name (a missing key used
+//! unguarded, or a misspelled field), rendering fails, naming the template. Go structs
+//! are maps here, so a misspelled field inside a guard is not caught, where Go fails.
 
 mod go_data;
 
@@ -20,12 +23,29 @@ pub use go_data::{Root, to_go_value};
 
 /// A template failed to parse or to render.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct TemplateError(#[from] gotmpl::TemplateError);
+pub enum TemplateError {
+    /// The Go template engine refused it.
+    #[error("{0}")]
+    Go(#[from] gotmpl::TemplateError),
+    /// It printed Go's `<no value>`: a key or field it reads unguarded is missing.
+    #[error(
+        "template {name:?} printed <no value> in {rendered:?}: a key or field it reads is missing (check the spelling, or guard it with `or`, `if` or `with`, or use `index`)"
+    )]
+    MissingValue {
+        /// The template's name (its field path).
+        name: String,
+        /// What it rendered.
+        rendered: String,
+    },
+}
+
+/// Go's rendering of a missing value.
+const NO_VALUE: &str = "<no value>";
 
 /// A parsed template, ready to render many times.
 #[derive(Clone)]
 pub struct Template {
+    name: String,
     inner: gotmpl::Template,
 }
 
@@ -40,15 +60,25 @@ impl Template {
     /// `spec.dnsNameTemplates[1]`).
     pub fn parse(name: &str, source: &str) -> Result<Self, TemplateError> {
         let inner = gotmpl::Template::new(name)
-            .missing_key(MissingKey::Error)
+            .missing_key(MissingKey::Invalid)
             .func("index", go_index)
             .parse(source)?;
-        Ok(Self { inner })
+        Ok(Self {
+            name: name.to_owned(),
+            inner,
+        })
     }
 
     /// Renders with `data`.
     pub fn render(&self, data: &TemplateData) -> Result<String, TemplateError> {
-        Ok(self.inner.execute_to_string(&data.value())?)
+        let rendered = self.inner.execute_to_string(&data.value())?;
+        if rendered.contains(NO_VALUE) {
+            return Err(TemplateError::MissingValue {
+                name: self.name.clone(),
+                rendered,
+            });
+        }
+        Ok(rendered)
     }
 }
 
@@ -205,6 +235,34 @@ mod tests {
         for (source, want) in cases {
             assert_eq!(render(source).unwrap(), want, "{source}");
         }
+    }
+
+    #[test]
+    fn guarded_missing_keys_render_as_in_go() {
+        for (source, want) in [
+            ("{{ or .PodMeta.Labels.missing \"dflt\" }}", "dflt"),
+            ("{{ or .PodMeta.Labels.app \"dflt\" }}", "web"),
+            (
+                "{{ if .PodMeta.Labels.missing }}set{{ else }}unset{{ end }}",
+                "unset",
+            ),
+            (
+                "{{ with .PodMeta.Labels.missing }}{{ . }}{{ else }}none{{ end }}",
+                "none",
+            ),
+        ] {
+            assert_eq!(render(source).unwrap(), want, "{source}");
+        }
+    }
+
+    #[test]
+    fn an_unguarded_missing_value_names_the_template() {
+        let err = render("spiffe://example.org/{{ .PodMeta.Labels.missing }}").unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("<no value>") && text.contains("test"),
+            "{text}"
+        );
     }
 
     #[test]
