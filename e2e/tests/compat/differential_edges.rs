@@ -6,19 +6,17 @@
 //! `federatesWith` written as a SPIFFE ID, one with fractional Go durations as TTLs, and
 //! two with the same key (the older wins) get the same entries from both.
 //!
-//! Findings (tests ignored, see each):
-//! - duplicate selectors, in a ClusterStaticEntry or rendered by
-//!   `workloadSelectorTemplates` (also a template repeating the `k8s:pod-uid` selector
-//!   every pod entry gets): the reference sends them as they are and gets no entry
-//!   (SPIRE: AlreadyExists, "UNIQUE constraint failed: selectors.registered_entry_id,
-//!   selectors.type, selectors.value"); ours deduplicates them (selectors are a set in
-//!   `spire::EntryKey`) and gets one. Ours treats duplicate DNS names and duplicate
-//!   selectors differently;
-//! - a Service endpoint naming a pod by its name but with another UID (the pod was
-//!   deleted and made again under the same name, and the endpoint controllers have not
-//!   caught up): the reference matches endpoints to pods by UID (its Endpoints index on
-//!   `targetRef.uid`) and adds no DNS names; ours matches by name
-//!   (`reconcile::services::slice_pods`) and adds the Service's names.
+//! Agreed too: a Service endpoint naming a pod by its name but with another UID (the pod
+//! was deleted and made again under the same name, and the endpoint controllers have not
+//! caught up) adds no DNS names in either: both match endpoints to pods by UID. (Ours
+//! matched by name until this test found it.)
+//!
+//! Deliberate difference (test ignored, README "Deliberate differences"): duplicate
+//! selectors, in a ClusterStaticEntry or rendered by `workloadSelectorTemplates` (also a
+//! template repeating the `k8s:pod-uid` selector every pod entry gets): the reference
+//! sends them as they are and gets no entry (SPIRE: AlreadyExists, "UNIQUE constraint
+//! failed: selectors.registered_entry_id, selectors.type, selectors.value"); ours treats
+//! selectors as a set (`spire::EntryKey`), as SPIRE matches them, and gets the entry.
 
 use e2e::operator::Operator;
 use e2e::reference::ReferenceControllerManager;
@@ -115,7 +113,7 @@ async fn odd_static_entries_agree() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
-#[ignore = "finding: ours deduplicates selectors and writes an entry; the reference sends \
+#[ignore = "deliberate difference (README): ours deduplicates selectors and writes an entry; the reference sends \
             the duplicates and gets none (module comment)"]
 async fn duplicate_selectors_give_what_the_reference_gives() -> anyhow::Result<()> {
     let pair = Pair::start(TRUST_DOMAIN).await?;
@@ -183,8 +181,6 @@ async fn duplicate_selectors_give_what_the_reference_gives() -> anyhow::Result<(
 }
 
 #[tokio::test]
-#[ignore = "finding: ours matches endpoints to pods by name, the reference by UID: a stale \
-            endpoint gives ours DNS names the reference does not add (module comment)"]
 async fn endpoints_name_the_pod_by_uid() -> anyhow::Result<()> {
     let pair = Pair::start(TRUST_DOMAIN).await?;
     let world = &pair.world;

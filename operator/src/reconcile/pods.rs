@@ -164,7 +164,11 @@ impl PodRenderer<'_> {
                 .services
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .services_of(&namespace_name, &pod.name_any());
+                .services_of(
+                    &namespace_name,
+                    &pod.name_any(),
+                    &pod.uid().unwrap_or_default(),
+                );
             let mut names: Vec<String> = services
                 .iter()
                 .flat_map(|s| service_dns_names(s, &namespace_name, self.cluster_domain))

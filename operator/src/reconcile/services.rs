@@ -1,13 +1,16 @@
 //! Which Services list each pod, kept from EndpointSlice events (for
 //! `autoPopulateDNSNames`). The slices themselves are not stored.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::watcher::Event;
 
-/// (namespace, slice name) -> (service name, names of the pods it lists).
-type SlicePods = HashMap<(String, String), (String, BTreeSet<String>)>;
+/// The pods one slice lists: name -> UID from the endpoint's `targetRef` (when it has one).
+type Listed = BTreeMap<String, Option<String>>;
+
+/// (namespace, slice name) -> (service name, the pods it lists).
+type SlicePods = HashMap<(String, String), (String, Listed)>;
 
 /// Pod -> names of the Services whose EndpointSlices list it, kept from slice events.
 #[derive(Debug, Default)]
@@ -17,16 +20,23 @@ pub struct ServiceIndex {
 }
 
 impl ServiceIndex {
-    /// The Services (names, in the pod's namespace) that list pod `namespace/name`.
-    pub fn services_of(&self, namespace: &str, name: &str) -> BTreeSet<String> {
+    /// The Services (names, in the pod's namespace) that list pod `namespace/name` with
+    /// UID `uid`. Like spire-controller-manager, an endpoint whose `targetRef` carries
+    /// another UID (a pod re-created under the same name) does not count.
+    pub fn services_of(&self, namespace: &str, name: &str, uid: &str) -> BTreeSet<String> {
         self.slices
             .iter()
-            .filter(|((ns, _), (_, pods))| ns == namespace && pods.contains(name))
+            .filter(|((ns, _), (_, pods))| {
+                ns == namespace
+                    && pods
+                        .get(name)
+                        .is_some_and(|listed| listed.as_deref().is_none_or(|u| u == uid))
+            })
             .map(|(_, (service, _))| service.clone())
             .collect()
     }
 
-    fn pods_of(map: &SlicePods, key: &(String, String)) -> BTreeSet<String> {
+    fn pods_of(map: &SlicePods, key: &(String, String)) -> Listed {
         map.get(key)
             .map(|(_, pods)| pods.clone())
             .unwrap_or_default()
@@ -54,8 +64,8 @@ impl ServiceIndex {
                 for key in old.keys().chain(self.slices.keys()) {
                     if old.get(key) != self.slices.get(key) {
                         for pod in Self::pods_of(&old, key)
-                            .into_iter()
-                            .chain(Self::pods_of(&self.slices, key))
+                            .into_keys()
+                            .chain(Self::pods_of(&self.slices, key).into_keys())
                         {
                             changed.insert((key.0.clone(), pod));
                         }
@@ -71,17 +81,19 @@ impl ServiceIndex {
                 let service_changed = self.slices.get(&key).is_some_and(|(s, _)| *s != value.0);
                 let new = if matches!(event, Event::Delete(_)) {
                     self.slices.remove(&key);
-                    BTreeSet::new()
+                    Listed::new()
                 } else {
                     let pods = value.1.clone();
                     self.slices.insert(key.clone(), value);
                     pods
                 };
-                let changed: Vec<String> = if service_changed {
-                    old.union(&new).cloned().collect()
-                } else {
-                    old.symmetric_difference(&new).cloned().collect()
-                };
+                // A pod whose listing (or UID) changed, or all of them with the service.
+                let names: BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+                let changed: Vec<String> = names
+                    .into_iter()
+                    .filter(|name| service_changed || old.get(*name) != new.get(*name))
+                    .cloned()
+                    .collect();
                 changed
                     .into_iter()
                     .map(|pod| (key.0.clone(), pod))
@@ -91,7 +103,7 @@ impl ServiceIndex {
     }
 }
 
-type SliceEntry = ((String, String), (String, BTreeSet<String>));
+type SliceEntry = ((String, String), (String, Listed));
 
 fn slice_pods(slice: &EndpointSlice) -> Option<SliceEntry> {
     let namespace = slice.metadata.namespace.clone()?;
@@ -109,7 +121,7 @@ fn slice_pods(slice: &EndpointSlice) -> Option<SliceEntry> {
         .filter_map(|e| e.target_ref.as_ref())
         .filter(|r| r.kind.as_deref() == Some("Pod"))
         .filter(|r| r.namespace.as_deref().is_none_or(|ns| ns == namespace))
-        .filter_map(|r| r.name.clone())
+        .filter_map(|r| Some((r.name.clone()?, r.uid.clone().filter(|u| !u.is_empty()))))
         .collect();
     Some(((namespace, name), (service, pods)))
 }
@@ -169,7 +181,7 @@ mod tests {
             ["a", "b"]
         );
         assert_eq!(
-            index.services_of("shop", "a"),
+            index.services_of("shop", "a", "any-uid"),
             BTreeSet::from(["web".to_string()])
         );
         assert_eq!(
@@ -180,13 +192,13 @@ mod tests {
             changed(&mut index, Event::Apply(slice("api-1", "api", &["c"]))),
             ["c"]
         );
-        assert_eq!(index.services_of("shop", "c").len(), 2);
-        assert!(index.services_of("other", "c").is_empty());
+        assert_eq!(index.services_of("shop", "c", "any-uid").len(), 2);
+        assert!(index.services_of("other", "c", "any-uid").is_empty());
         assert_eq!(
             changed(&mut index, Event::Delete(slice("web-1", "web", &[]))),
             ["b", "c"]
         );
-        assert!(index.services_of("shop", "b").is_empty());
+        assert!(index.services_of("shop", "b", "any-uid").is_empty());
     }
 
     #[test]
@@ -197,6 +209,37 @@ mod tests {
         assert!(changed(&mut index, Event::Init).is_empty());
         assert!(changed(&mut index, Event::InitApply(slice("api-1", "api", &["b"]))).is_empty());
         assert_eq!(changed(&mut index, Event::InitDone), ["a"]);
-        assert!(index.services_of("shop", "a").is_empty());
+        assert!(index.services_of("shop", "a", "any-uid").is_empty());
+    }
+
+    #[test]
+    fn an_endpoint_with_another_uid_does_not_list_the_pod() {
+        let mut index = ServiceIndex::default();
+        let mut listed = slice("web-1", "web", &["a"]);
+        let set_uid = |slice: &mut EndpointSlice, uid: &str| {
+            for endpoint in slice.endpoints.iter_mut().flatten() {
+                if let Some(target) = endpoint.target_ref.as_mut() {
+                    target.uid = Some(uid.into());
+                }
+            }
+        };
+        set_uid(&mut listed, "old");
+        assert_eq!(changed(&mut index, Event::Apply(listed.clone())), ["a"]);
+        assert_eq!(
+            index
+                .services_of("shop", "a", "old")
+                .into_iter()
+                .collect::<Vec<_>>(),
+            ["web"]
+        );
+        // A pod re-created under the same name is not listed until the slice says so.
+        assert!(index.services_of("shop", "a", "new").is_empty());
+        set_uid(&mut listed, "new");
+        assert_eq!(
+            changed(&mut index, Event::Apply(listed)),
+            ["a"],
+            "the UID changed"
+        );
+        assert!(!index.services_of("shop", "a", "new").is_empty());
     }
 }
