@@ -15,6 +15,7 @@ use serde_json::json;
 
 const WRITES: &str = "spire_operator_entry_writes_total";
 const ADOPTED: &str = "spire_operator_entries_adopted_total";
+const LISTS: &str = "spire_operator_entry_lists_total";
 
 #[tokio::test]
 async fn migrating_from_the_reference_controller_manager_rewrites_nothing() -> anyhow::Result<()> {
@@ -90,15 +91,22 @@ async fn migrating_from_the_reference_controller_manager_rewrites_nothing() -> a
     before.sort();
 
     world.apply_our_crds().await?;
-    let mut operator = Operator::start(&world.control_plane, &world.spire, "migrate", "").await?;
+    // Resyncs every 2 s: "nothing changes" must hold across full re-lists, not only
+    // between them.
+    let resync = "gcInterval: 2s";
+    let mut operator =
+        Operator::start(&world.control_plane, &world.spire, "migrate", resync).await?;
     operator.wait_initial_sync().await?;
     let after = entries::holds_for(
         &world.spire,
         "nothing changes",
-        Duration::from_secs(3),
+        Duration::from_secs(5),
         |e| e == before.as_slice(),
     )
     .await?;
+    operator
+        .wait_metric(LISTS, &[], Duration::from_secs(30), |v| v >= 3.0)
+        .await?;
     assert!(after.contains(&foreign));
     let metrics = operator.metrics().await?;
     assert_eq!(
@@ -115,21 +123,26 @@ async fn migrating_from_the_reference_controller_manager_rewrites_nothing() -> a
 
     // A restart with nothing changed: no write, nothing to adopt again.
     operator.stop();
-    let mut operator = Operator::start(&world.control_plane, &world.spire, "migrate", "").await?;
+    let mut operator =
+        Operator::start(&world.control_plane, &world.spire, "migrate", resync).await?;
     operator.wait_initial_sync().await?;
     entries::holds_for(
         &world.spire,
         "nothing changes after a restart",
-        Duration::from_secs(3),
+        Duration::from_secs(5),
         |e| e == before.as_slice(),
     )
     .await?;
+    operator
+        .wait_metric(LISTS, &[], Duration::from_secs(30), |v| v >= 3.0)
+        .await?;
     let metrics = operator.metrics().await?;
-    assert_eq!(metrics.value(WRITES, &[]), 0.0);
+    assert_eq!(
+        metrics.value(WRITES, &[]),
+        0.0,
+        "no write across two resyncs"
+    );
     assert_eq!(metrics.value(ADOPTED, &[]), 0.0, "adoption was remembered");
-    // Idle: the server's entries were listed once at start; the next full list waits
-    // for the resync interval (gcInterval, 10s by default).
-    assert_eq!(metrics.value("spire_operator_entry_lists_total", &[]), 1.0);
 
     // The adopted entries are ours to delete; the CLI entry is not.
     world.delete_pod("shop", "web-0").await?;
