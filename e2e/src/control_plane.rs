@@ -8,7 +8,7 @@ use anyhow::Context;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
 use crate::pki::{self, Ca};
-use crate::ports::free_port;
+use crate::ports::{free_port, retry_on_port_clash};
 use crate::process::Process;
 use crate::tools::tool;
 use crate::wait;
@@ -70,6 +70,10 @@ impl ControlPlane {
 
     /// Like [`ControlPlane::start`], with the components `options` asks for.
     pub async fn start_with(options: Options) -> anyhow::Result<Self> {
+        retry_on_port_clash("control plane", || Self::try_start(options)).await
+    }
+
+    async fn try_start(options: Options) -> anyhow::Result<Self> {
         let dir = WorkDir::new("control-plane")?;
         let pki_dir = dir.join("pki");
         std::fs::create_dir_all(&pki_dir)?;

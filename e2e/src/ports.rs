@@ -19,3 +19,55 @@ pub fn free_port() -> std::io::Result<u16> {
         }
     }
 }
+
+/// Runs `start` again, up to three times in all, when it failed because a port
+/// [`free_port`] handed out was taken by another process before the component bound it
+/// (the component's log, carried in the error, says "address already in use").
+pub async fn retry_on_port_clash<T, F, Fut>(what: &str, mut start: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let mut attempt = 1;
+    loop {
+        match start().await {
+            Err(e) if attempt < 3 && format!("{e:?}").contains("address already in use") => {
+                eprintln!("[harness] {what}: a port was taken meanwhile; starting again");
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_port_clash_is_retried_and_other_errors_are_not() {
+        let mut calls = 0;
+        let result = retry_on_port_clash("test", || {
+            calls += 1;
+            let n = calls;
+            async move {
+                if n < 3 {
+                    anyhow::bail!(
+                        "etcd exited: listen tcp 127.0.0.1:1: bind: address already in use"
+                    )
+                }
+                Ok(n)
+            }
+        })
+        .await;
+        assert_eq!(result.unwrap(), 3);
+        let mut calls = 0;
+        let result: anyhow::Result<()> = retry_on_port_clash("test", || {
+            calls += 1;
+            async { anyhow::bail!("no such file") }
+        })
+        .await;
+        assert!(result.is_err());
+        assert_eq!(calls, 1);
+    }
+}

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use spire_operator::spire::{SpiffeId, SpireAddress, SpireClient};
 
-use crate::ports::free_port;
+use crate::ports::{free_port, retry_on_port_clash};
 use crate::process::Process;
 use crate::tools::tool;
 use crate::wait;
@@ -53,6 +53,10 @@ impl Spire {
 
     /// Like [`Spire::start`], with the additions in `options`.
     pub async fn start_with(trust_domain: &str, options: Options) -> anyhow::Result<Self> {
+        retry_on_port_clash("SPIRE", || Self::try_start(trust_domain, options.clone())).await
+    }
+
+    async fn try_start(trust_domain: &str, options: Options) -> anyhow::Result<Self> {
         let dir = WorkDir::new("spire")?;
         // Short names: these sockets must fit in sun_path (108 bytes).
         let server_socket = dir.join("server/api.sock");
