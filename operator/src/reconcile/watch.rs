@@ -180,6 +180,7 @@ pub fn spawn(
         };
         watches.start(
             Api::<Pod>::all(client.clone()),
+            watcher::Config::default(),
             trim_pod,
             pods,
             "pods",
@@ -187,6 +188,7 @@ pub fn spawn(
         );
         watches.stores.nodes = watches.start_store(
             Api::all(client.clone()),
+            watcher::Config::default(),
             |node: &mut Node| {
                 node.status = None;
                 trim_meta(&mut node.metadata);
@@ -197,6 +199,7 @@ pub fn spawn(
         );
         watches.stores.namespaces = watches.start_store(
             Api::all(client.clone()),
+            watcher::Config::default(),
             |ns: &mut Namespace| {
                 ns.status = None;
                 trim_meta(&mut ns.metadata);
@@ -208,6 +211,7 @@ pub fn spawn(
         if options.access.service_accounts {
             watches.stores.service_accounts = watches.start_store(
                 Api::all(client.clone()),
+                watcher::Config::default(),
                 |sa: &mut ServiceAccount| {
                     sa.secrets = None;
                     trim_meta(&mut sa.metadata);
@@ -226,7 +230,7 @@ pub fn spawn(
         if let Some(selector) = &options.cluster_spiffe_id_selector {
             selected = selected.labels(selector);
         }
-        watches.stores.cluster_spiffe_ids = watches.start_store_with(
+        watches.stores.cluster_spiffe_ids = watches.start_store(
             Api::all(client.clone()),
             selected,
             |csid: &mut ClusterSPIFFEID| trim_meta(&mut csid.metadata),
@@ -239,6 +243,7 @@ pub fn spawn(
         if options.access.endpoint_slices {
             watches.start(
                 Api::<EndpointSlice>::all(client.clone()),
+                watcher::Config::default(),
                 |_| {},
                 slices,
                 "endpointslices",
@@ -247,6 +252,7 @@ pub fn spawn(
         } else {
             watches.start(
                 Api::<Endpoints>::all(client.clone()),
+                watcher::Config::default(),
                 |_| {},
                 EndpointsSink(slices),
                 "endpoints",
@@ -257,6 +263,7 @@ pub fn spawn(
     if options.cluster_static_entries {
         watches.stores.cluster_static_entries = watches.start_store(
             Api::all(client),
+            watcher::Config::default(),
             |cse: &mut ClusterStaticEntry| trim_meta(&mut cse.metadata),
             |_| Some(Dirty::ClusterStaticEntries),
             "clusterstaticentries",
@@ -268,20 +275,6 @@ pub fn spawn(
 
 impl Watches {
     fn start<K, S>(
-        &mut self,
-        api: Api<K>,
-        trim: fn(&mut K),
-        sink: S,
-        kind: &'static str,
-        shared: &Shared,
-    ) where
-        K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
-        S: Sink<K>,
-    {
-        self.start_with(api, watcher::Config::default(), trim, sink, kind, shared);
-    }
-
-    fn start_with<K, S>(
         &mut self,
         api: Api<K>,
         config: watcher::Config,
@@ -300,27 +293,6 @@ impl Watches {
     }
 
     fn start_store<K>(
-        &mut self,
-        api: Api<K>,
-        trim: fn(&mut K),
-        mark: fn(&K) -> Option<Dirty>,
-        kind: &'static str,
-        shared: &Shared,
-    ) -> Store<K>
-    where
-        K: Resource<DynamicType = ()>
-            + Clone
-            + DeserializeOwned
-            + Serialize
-            + std::fmt::Debug
-            + Send
-            + Sync
-            + 'static,
-    {
-        self.start_store_with(api, watcher::Config::default(), trim, mark, kind, shared)
-    }
-
-    fn start_store_with<K>(
         &mut self,
         api: Api<K>,
         config: watcher::Config,
@@ -346,7 +318,7 @@ impl Watches {
             seen: HashMap::new(),
             relist: None,
         };
-        self.start_with(api, config, trim, sink, kind, shared);
+        self.start(api, config, trim, sink, kind, shared);
         store
     }
 }
