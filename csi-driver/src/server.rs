@@ -35,8 +35,10 @@ pub enum ServeError {
 
 /// Creates the socket: parent 0700 (created so, or tightened when it already exists and
 /// is ours: under a chart it is a hostPath kubelet created 0755), a stale socket
-/// replaced, the socket itself 0600 from the start (umask), so no other user can ever
-/// connect.
+/// replaced, the socket itself 0600 before any other user could reach it: it is bound
+/// in a fresh 0700 directory, made 0600, then renamed into place. (Not by changing the
+/// umask around `bind`: the umask is process-wide, and another thread creating a file
+/// meanwhile would get the wrong mode.)
 pub fn bind_private(path: &Path) -> Result<UnixListener, ServeError> {
     let bind_err = |source| ServeError::Bind {
         path: path.to_owned(),
@@ -67,11 +69,26 @@ pub fn bind_private(path: &Path) -> Result<UnixListener, ServeError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(bind_err(e)),
     }
-    let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o177));
-    let listener = UnixListener::bind(path);
-    rustix::process::umask(old);
-    let listener = listener.map_err(bind_err)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(bind_err)?;
+    // A short name, so the staging path fits in sun_path wherever the final one does.
+    let staging = path.with_file_name(format!(".s{}", std::process::id()));
+    match std::fs::remove_dir_all(&staging) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(bind_err(e)),
+    }
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&staging)
+        .map_err(bind_err)?;
+    let staged = staging.join("s");
+    let bound = UnixListener::bind(&staged).and_then(|listener| {
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::rename(&staged, path)?;
+        Ok(listener)
+    });
+    let removed = std::fs::remove_dir(&staging);
+    let listener = bound.map_err(bind_err)?;
+    removed.map_err(bind_err)?;
     Ok(listener)
 }
 
@@ -102,6 +119,11 @@ mod tests {
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&path), 0o600);
         assert_eq!(mode(path.parent().unwrap()), 0o700);
+        let left: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["csi.sock"], "the staging directory is gone");
         // The listener is gone, the socket file stays: a restart must replace it.
         bind_private(&path).unwrap();
         let file = dir.path().join("file.sock");

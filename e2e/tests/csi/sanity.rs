@@ -183,17 +183,22 @@ async fn csi_sanity_passes_every_spec_against_ours_and_fails_the_go_driver_on_vo
         ]
     })
     .await?;
-    let go = run_against(
-        "csi-sanity-go",
-        &tool("spiffe-csi-driver")?,
-        |socket, agent, _| {
-            vec![
-                format!("-csi-socket-path={}", socket.display()),
-                format!("-workload-api-socket-dir={}", agent.display()),
-            ]
-        },
-    )
-    .await?;
+    let go_args = |socket: &Path, agent: &Path, _: &Path| {
+        vec![
+            format!("-csi-socket-path={}", socket.display()),
+            format!("-workload-api-socket-dir={}", agent.display()),
+        ]
+    };
+    let go_driver = tool("spiffe-csi-driver")?;
+    let mut go = run_against("csi-sanity-go", &go_driver, go_args).await?;
+    // The Go driver's run is a comparison, not ours to keep green, and under a loaded
+    // `make test` csi-sanity's first connection to it has timed out (60 s) a few times
+    // while every later spec connected. Such a run is repeated once; any other
+    // difference, and any failure of ours, fails the test.
+    if go.output.contains("Connection timed out") {
+        println!("csi-sanity's first connection to the Go driver timed out; running it again");
+        go = run_against("csi-sanity-go", &go_driver, go_args).await?;
+    }
 
     println!("csi-sanity v5.4.0, --ginkgo.skip='{SKIP}'");
     println!("| driver                       | passed | failed | skipped | pending | RSS after |");
