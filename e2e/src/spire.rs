@@ -226,8 +226,7 @@ impl Spire {
     }
 
     /// Gives the server a bundle (a fresh CA) for `trust_domain` with the CLI, so that
-    /// entries may federate with it; [`crate::world::World::federated_bundle`] for a
-    /// server that is not a world's own.
+    /// entries may federate with it.
     pub fn set_federated_bundle(&self, trust_domain: &str) -> anyhow::Result<()> {
         let ca = crate::pki::Ca::new(&format!("{trust_domain} CA"))?;
         let path = self.dir().join(format!("{trust_domain}.pem"));

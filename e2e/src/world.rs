@@ -19,7 +19,6 @@ use spire_operator::crd::{ClusterSPIFFEID, ClusterSPIFFEIDStatus};
 use crate::control_plane::ControlPlane;
 use crate::entries::{self, EntryView};
 use crate::kube_util::{apply_crd_objects, ensure_service_account, node, scheduled_pod};
-use crate::pki::Ca;
 use crate::spire::Spire;
 use crate::wait;
 
@@ -504,20 +503,7 @@ impl World {
     /// Gives the SPIRE server a bundle for `trust_domain` (a fresh CA) with the CLI, so
     /// that entries may federate with it.
     pub fn federated_bundle(&self, trust_domain: &str) -> anyhow::Result<()> {
-        let ca = Ca::new(&format!("{trust_domain} CA"))?;
-        let path = self.spire.dir().join(format!("{trust_domain}.pem"));
-        std::fs::write(&path, ca.cert_pem())?;
-        self.spire.server_cli(&[
-            "bundle",
-            "set",
-            "-format",
-            "pem",
-            "-id",
-            &format!("spiffe://{trust_domain}"),
-            "-path",
-            &path.to_string_lossy(),
-        ])?;
-        Ok(())
+        self.spire.set_federated_bundle(trust_domain)
     }
 
     /// Creates an entry with the SPIRE CLI, as an administrator at the server would;
