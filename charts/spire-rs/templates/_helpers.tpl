@@ -97,3 +97,23 @@ seccompProfile:
 {{- fail "spireServer.upstreamAuthority.certManager.issuerName is required when the cert-manager upstream authority is enabled" -}}
 {{- end -}}
 {{- end -}}
+
+{{/* Env entries pointing in-cluster clients at global.kubernetesServiceHost/Port, if set. */}}
+{{- define "spire-rs.kubernetesServiceEnv" -}}
+{{- $env := list -}}
+{{- with .Values.global.kubernetesServiceHost -}}
+{{- $env = append $env (dict "name" "KUBERNETES_SERVICE_HOST" "value" .) -}}
+{{- end -}}
+{{- with .Values.global.kubernetesServicePort | toString -}}
+{{- $env = append $env (dict "name" "KUBERNETES_SERVICE_PORT" "value" .) -}}
+{{- end -}}
+{{- with $env }}{{ toYaml . }}{{ end -}}
+{{- end -}}
+
+{{/* hostNetwork and the DNS policy that keeps cluster DNS for it. */}}
+{{- define "spire-rs.hostNetwork" -}}
+{{- if . -}}
+hostNetwork: true
+dnsPolicy: ClusterFirstWithHostNet
+{{- end -}}
+{{- end -}}
