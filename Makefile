@@ -28,6 +28,10 @@ print-tools-bin: ## Print the directory holding the pinned tools.
 build: ## Build all crates and binaries.
 	cargo build --workspace --all-targets
 
+.PHONY: images
+images: tools ## Build OCI image archives of the whole stack into target/images (no Docker; see images/README.md).
+	cargo run --release --quiet -p e2e --bin images -- --out target/images
+
 .PHONY: demo
 demo: tools ## Start the local stack and show a workload receiving its SPIFFE identity (Ctrl-C stops it).
 	cargo build --workspace --bins

@@ -3,9 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use anyhow::{Context, bail};
 use crate::WorkDir;
 use crate::tools;
+use anyhow::{Context, bail};
 use serde_json::Value;
 
 /// The chart directory.

@@ -13,31 +13,146 @@ pub fn binary_image(binary: &Path, name: &str, archive: &Path) -> anyhow::Result
     let file_name = binary
         .file_name()
         .with_context(|| format!("{} has no file name", binary.display()))?;
-    let rootfs = tempfile::Builder::new()
-        .prefix("spire-rs-rootfs-")
-        .tempdir()?;
-    let entrypoint = Path::new("/usr/local/bin").join(file_name);
-    copy_into(rootfs.path(), binary, &entrypoint)?;
-    for library in shared_libraries(binary)? {
-        copy_into(rootfs.path(), &library, &library)?;
+    let path = Path::new("/usr/local/bin").join(file_name);
+    Image {
+        name,
+        binary,
+        path: &path,
+        entrypoint_args: &[],
     }
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../images/oci-image.sh");
-    let out = Command::new("bash")
-        .arg(script)
-        .arg(name)
-        .arg(rootfs.path())
-        .arg(serde_json::to_string(&[entrypoint])?)
-        .arg(archive)
-        .output()
-        .with_context(|| format!("running {script}"))?;
-    if !out.status.success() {
-        bail!(
-            "{script} {name} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
+    .pack(archive)
+}
+
+/// An image holding one binary (and the shared libraries it needs) whose entrypoint is
+/// that binary with fixed leading arguments, e.g. SPIRE's `spire-server run`: the
+/// shape of the images charts expect, so their `args` work unchanged.
+pub struct Image<'a> {
+    /// The image reference containerd files it under, e.g. `spire-rs.test/x:e2e`.
+    pub name: &'a str,
+    /// The binary on this machine (symlinks are followed).
+    pub binary: &'a Path,
+    /// Its absolute path inside the image.
+    pub path: &'a Path,
+    /// Arguments after the binary in the entrypoint (a pod's `args` follow them).
+    pub entrypoint_args: &'a [&'a str],
+}
+
+impl Image<'_> {
+    /// Writes the image as an OCI archive at `archive` (see `images/oci-image.sh`).
+    pub fn pack(&self, archive: &Path) -> anyhow::Result<PathBuf> {
+        let rootfs = tempfile::Builder::new()
+            .prefix("spire-rs-rootfs-")
+            .tempdir()?;
+        copy_into(rootfs.path(), self.binary, self.path)?;
+        for library in shared_libraries(self.binary)? {
+            copy_into(rootfs.path(), &library, &library)?;
+        }
+        let mut entrypoint = vec![self.path.to_str().context("image path is not UTF-8")?];
+        entrypoint.extend_from_slice(self.entrypoint_args);
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../images/oci-image.sh");
+        let out = Command::new("bash")
+            .arg(script)
+            .arg(self.name)
+            .arg(rootfs.path())
+            .arg(serde_json::to_string(&entrypoint)?)
+            .arg(archive)
+            .output()
+            .with_context(|| format!("running {script}"))?;
+        if !out.status.success() {
+            bail!(
+                "{script} {} failed ({}): {}",
+                self.name,
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(archive.to_path_buf())
     }
-    Ok(archive.to_path_buf())
+}
+
+/// The repository prefix of the stack's images built here: `spire-rs.local/<short
+/// name>:dev`, the names `images/local-values.yaml` points the chart at.
+pub const STACK_IMAGE_PREFIX: &str = "spire-rs.local";
+/// Their tag.
+pub const STACK_IMAGE_TAG: &str = "dev";
+
+/// One image of what `charts/spire-rs` runs, built from a binary on this machine.
+pub struct StackImage {
+    /// The last path component of the repository, e.g. `spire-operator`.
+    pub short_name: &'static str,
+    /// `<STACK_IMAGE_PREFIX>/<short name>:<STACK_IMAGE_TAG>`.
+    pub name: String,
+    /// The binary to pack.
+    pub binary: PathBuf,
+    /// Where the binary lives in the image: the path the released image uses, so the
+    /// chart's commands and probes hold.
+    pub path: &'static str,
+    /// Entrypoint arguments after the binary (SPIRE's images run `<binary> run`).
+    pub entrypoint_args: &'static [&'static str],
+}
+
+impl StackImage {
+    /// The packable image.
+    pub fn image(&self) -> Image<'_> {
+        Image {
+            name: &self.name,
+            binary: &self.binary,
+            path: Path::new(self.path),
+            entrypoint_args: self.entrypoint_args,
+        }
+    }
+}
+
+/// Every image the chart runs, plus the test workload (`spire-rs.local/workload`):
+/// this workspace's binaries (built by cargo if stale, in the running binary's profile)
+/// and SPIRE's from the pinned tools.
+pub fn stack_images() -> anyhow::Result<Vec<StackImage>> {
+    let ours = |short_name: &'static str, package: &str, bin: &str, path: &'static str| {
+        anyhow::Ok(StackImage {
+            short_name,
+            name: format!("{STACK_IMAGE_PREFIX}/{short_name}:{STACK_IMAGE_TAG}"),
+            binary: crate::tools::workspace_binary(package, bin)?,
+            path,
+            entrypoint_args: &[],
+        })
+    };
+    let spire = |short_name: &'static str, args: &'static [&'static str]| {
+        anyhow::Ok(StackImage {
+            short_name,
+            name: format!("{STACK_IMAGE_PREFIX}/{short_name}:{STACK_IMAGE_TAG}"),
+            binary: crate::tools::tool(short_name)?,
+            path: match short_name {
+                "spire-server" => "/opt/spire/bin/spire-server",
+                "spire-agent" => "/opt/spire/bin/spire-agent",
+                _ => "/opt/spire/bin/oidc-discovery-provider",
+            },
+            entrypoint_args: args,
+        })
+    };
+    Ok(vec![
+        ours(
+            "spire-operator",
+            "spire-operator",
+            "spire-operator",
+            "/usr/local/bin/spire-operator",
+        )?,
+        ours(
+            "spiffe-csi-driver",
+            "spiffe-csi-driver",
+            "spiffe-csi-driver",
+            "/usr/local/bin/spiffe-csi-driver",
+        )?,
+        ours(
+            "csi-node-driver-registrar",
+            "csi-node-driver-registrar",
+            "csi-node-driver-registrar",
+            "/csi-node-driver-registrar",
+        )?,
+        ours("workload", "e2e", "workload", "/usr/local/bin/workload")?,
+        spire("spire-server", &["run"])?,
+        spire("spire-agent", &["run"])?,
+        spire("oidc-discovery-provider", &[])?,
+    ])
 }
 
 /// Copies `from` (following symlinks) to the absolute path `to` inside `rootfs`.

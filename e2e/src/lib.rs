@@ -12,10 +12,12 @@
 //! is removed on success and kept (its path printed) when the test fails.
 #![warn(missing_docs)]
 
+pub mod cluster;
 pub mod control_plane;
 pub mod csi;
 pub mod daemonset;
 pub mod entries;
+pub mod helm;
 pub mod http;
 pub mod image;
 pub mod kube_util;

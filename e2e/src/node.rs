@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use k8s_openapi::api::core::v1::Node as NodeObject;
+use k8s_openapi::jiff::Timestamp;
 
 mod host;
 
@@ -100,9 +101,22 @@ impl Node {
         for archive in ["pause.tar", "probe.tar"] {
             node.import_image(&bin.join(archive))?;
         }
-        node.kubelet = Some(node.start_kubelet(control_plane)?);
+        node.write_kubelet_files(control_plane)?;
+        node.kubelet = Some(node.spawn_kubelet()?);
         node.wait_ready(control_plane).await?;
         Ok(node)
+    }
+
+    /// Stops the kubelet and starts it again with the same configuration, as a node's
+    /// `systemctl restart kubelet` does; containers keep running meanwhile. Returns once
+    /// the Node is Ready again (after the new kubelet's first heartbeat).
+    pub async fn restart_kubelet(&mut self, control_plane: &ControlPlane) -> anyhow::Result<()> {
+        if let Some(mut kubelet) = self.kubelet.take() {
+            kubelet.stop();
+        }
+        let restarted = Timestamp::now();
+        self.kubelet = Some(self.spawn_kubelet()?);
+        self.wait_ready_since(control_plane, restarted).await
     }
 
     /// The Node object's name (also the kubelet's hostname).
@@ -119,6 +133,11 @@ impl Node {
     /// (`/var/lib/kubelet` on most nodes): `pods/`, `plugins/`, `plugins_registry/`.
     pub fn kubelet_root(&self) -> PathBuf {
         self.dir.join("kubelet")
+    }
+
+    /// The kubelet's secure port on 127.0.0.1.
+    pub fn kubelet_port(&self) -> u16 {
+        self.kubelet_port
     }
 
     /// containerd's socket (CRI and containerd API).
@@ -214,7 +233,8 @@ current-context: kubelet
         .await
     }
 
-    fn start_kubelet(&self, control_plane: &ControlPlane) -> anyhow::Result<Process> {
+    /// Writes the kubelet's certificates, kubeconfig and configuration file.
+    fn write_kubelet_files(&self, control_plane: &ControlPlane) -> anyhow::Result<()> {
         let pki = self.dir.join("pki");
         std::fs::create_dir_all(&pki)?;
         let write = |file: &str, contents: &str| -> anyhow::Result<PathBuf> {
@@ -277,11 +297,21 @@ current-context: e2e
         });
         std::fs::write(&config, config_yaml)
             .with_context(|| format!("writing {}", config.display()))?;
+        Ok(())
+    }
 
+    /// Starts the kubelet with the files [`Node::write_kubelet_files`] wrote.
+    fn spawn_kubelet(&self) -> anyhow::Result<Process> {
         let mut kubelet = Command::new(tool("kubelet")?);
         kubelet
-            .arg(format!("--config={}", config.display()))
-            .arg(format!("--kubeconfig={}", kubeconfig.display()))
+            .arg(format!(
+                "--config={}",
+                self.dir.join("kubelet.yaml").display()
+            ))
+            .arg(format!(
+                "--kubeconfig={}",
+                self.dir.join("kubelet.kubeconfig").display()
+            ))
             .arg(format!("--root-dir={}", self.kubelet_root().display()))
             .arg(format!("--hostname-override={}", self.name))
             .arg("--v=2");
@@ -289,6 +319,18 @@ current-context: e2e
     }
 
     async fn wait_ready(&mut self, control_plane: &ControlPlane) -> anyhow::Result<()> {
+        self.wait_ready_since(control_plane, Timestamp::UNIX_EPOCH)
+            .await
+    }
+
+    /// Waits for the Node's Ready condition, heart-beaten at or after `since` (the
+    /// apiserver keeps whole seconds).
+    async fn wait_ready_since(
+        &mut self,
+        control_plane: &ControlPlane,
+        since: Timestamp,
+    ) -> anyhow::Result<()> {
+        let since = since.as_second();
         let nodes = kube::Api::<NodeObject>::all(control_plane.client());
         let name = self.name.clone();
         wait::until(
@@ -311,7 +353,10 @@ current-context: e2e
                         .into_iter()
                         .find(|c| c.type_ == "Ready");
                     match ready {
-                        Some(c) if c.status == "True" => Ok(Some(())),
+                        Some(c) if c.status == "True" => Ok(c
+                            .last_heartbeat_time
+                            .filter(|t| t.0.as_second() >= since)
+                            .map(|_| ())),
                         Some(c) => bail!(
                             "Node {name} condition Ready={}: {} {}",
                             c.status,

@@ -1,43 +1,29 @@
-//! `make demo`: the whole story on the local machine, without Docker or a kubelet. A real
-//! kube-apiserver, a real SPIRE server and agent, our operator and CSI driver, and the
-//! real OIDC discovery provider; the demo itself plays the kubelet (it publishes the
-//! pod's CSI volume, puts the workload process in the pod's cgroup and answers the
-//! agent's "which pod is this process in?" on a stand-in read-only port).
+//! `make demo`: the whole story on this machine, on a real node. A control plane
+//! (etcd, kube-apiserver, kube-scheduler, kube-controller-manager) and a node (containerd
+//! and a kubelet) start on 127.0.0.1; the stack's images are built without Docker and
+//! imported; `helm install` of `charts/spire-rs` runs SPIRE, our operator, our CSI driver
+//! and the OIDC discovery provider as pods; a workload Deployment gets its identity
+//! through the CSI volume; deleting its pod removes its entry.
 //!
-//! `demo --no-wait` runs the same story and exits instead of waiting (used by the tests).
+//! `demo --no-wait` runs the story, then runs every command it suggests and checks that
+//! each does what its comment says (the tests use it), and exits instead of waiting.
 //! Everything stops and is cleaned up on Ctrl-C.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use e2e::csi::{Driver, PodVolume, uds_channel};
-use e2e::entries::{self, EntryView};
-use e2e::kube_util::{
-    apply_crd_objects, ensure_namespace, ensure_service_account, node, scheduled_pod,
-};
-use e2e::operator::Operator;
-use e2e::ports::free_port;
-use e2e::process::Process;
-use e2e::spire::KUBELET_NODE;
-use e2e::{ControlPlane, Spire, SpireOptions, WorkDir, http, tools, wait};
-use k8s_openapi::api::core::v1::{CSIVolumeSource, Node, Pod, Volume, VolumeMount};
-use kube::api::{Api, Patch, PatchParams, PostParams};
-use serde_json::{Value, json};
-use spiffe::{JwtBundle, JwtBundleSet, JwtSvid, TrustDomain};
-use spiffe_csi_driver::csi::v1 as csi;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use e2e::cluster::app::{App, name_of, pod_entry_ids, uid_of, wait_entries_gone};
+use e2e::cluster::{Cluster, NAMESPACE, OIDC_DOMAIN, local_values_file};
+use e2e::{WorkDir, tools, wait};
 
-const TRUST_DOMAIN: &str = "example.org";
-const CLUSTER: &str = "demo";
-const PLUGIN: &str = "csi.spiffe.io";
-const VOLUME: &str = "spiffe-workload-api";
-const AUDIENCE: &str = "api://AzureADTokenExchange";
-const OIDC_DOMAIN: &str = "localhost";
-/// The pod's one container, as the container runtime would name it.
-const CONTAINER_ID: &str = "5d1ea3e9c0b2f4a68e7d9c1b3a5f7e9d2c4b6a8f0e1d3c5b7a9f2e4d6c8b0a1f";
+const APP: App = App {
+    namespace: "shop",
+    name: "web",
+    service_account: "web",
+    audience: "api://AzureADTokenExchange",
+};
 
 fn step(n: u32, text: &str) {
     println!("\n[{n}] {text}");
@@ -52,606 +38,306 @@ async fn main() -> anyhow::Result<()> {
     };
     if !rustix::process::geteuid().is_root() {
         bail!(
-            "the demo plays the kubelet: it bind-mounts the pod's CSI volume and puts the \
-             workload in the pod's cgroup, which needs root. Run `sudo make demo`."
+            "the demo runs a kubelet and containerd (mounts, cgroups, namespaces), which \
+             needs root. Run `sudo make demo`."
         );
     }
     let started = Instant::now();
     let bin = tools::bin_dir()?;
-    let exe_dir = std::env::current_exe()?
-        .parent()
-        .context("no directory around the demo binary")?
-        .to_owned();
-    let dir = WorkDir::new("demo")?;
 
     step(
         1,
-        "Starting a Kubernetes control plane (etcd + kube-apiserver) on 127.0.0.1 ...",
+        "Starting a control plane (etcd, kube-apiserver, kube-scheduler, kube-controller-manager) \
+         and a node (containerd + kubelet) on 127.0.0.1, and importing the images built here \
+         (no Docker, no registry) ...",
     );
-    let control_plane = ControlPlane::start()
+    let mut cluster = Cluster::start()
         .await
-        .context("starting the control plane (did `make tools` run?)")?;
-    let client = control_plane.client();
+        .context("starting the cluster (did `make tools` run?)")?;
+    let client = cluster.control_plane.client();
     let version = client.apiserver_version().await?;
     println!(
-        "    kube-apiserver {} is ready at {}",
+        "    kube-apiserver {} at {}; Node {} is Ready",
         version.git_version,
-        control_plane.url()
+        cluster.control_plane.url(),
+        cluster.node.name()
     );
+    let env = Env {
+        path: format!(
+            "{}:{}",
+            bin.display(),
+            std::env::var("PATH").unwrap_or_default()
+        ),
+        kubeconfig: cluster.control_plane.kubeconfig().display().to_string(),
+    };
 
-    step(
-        2,
-        "Installing our CRDs (generated from the operator's Rust types) ...",
+    step(2, "helm install spire-rs charts/spire-rs ...");
+    println!(
+        "    $ helm install spire-rs charts/spire-rs -n {NAMESPACE} --create-namespace \\\n        -f {} -f {}",
+        local_values_file().display(),
+        cluster.values_file().display()
     );
-    for name in apply_crd_objects(&client, &spire_operator::crd::all()).await? {
-        println!("    {name}");
-    }
+    let installed = Instant::now();
+    cluster.install(&[])?;
+    cluster.wait_rolled_out(Duration::from_secs(180)).await?;
+    println!(
+        "    every pod Ready {:.1} s after helm install",
+        installed.elapsed().as_secs_f64()
+    );
+    println!("    $ kubectl get pods -A");
+    print_indented(&env.run("kubectl get pods -A -o wide")?);
 
     step(
         3,
-        &format!("Creating Node {KUBELET_NODE} and its stand-in kubelet ..."),
+        &format!(
+            "A workload: Deployment {}/{} with the CSI volume from the README ...",
+            APP.namespace, APP.name
+        ),
     );
-    let node_object = Api::<Node>::all(client.clone())
-        .create(&PostParams::default(), &node(KUBELET_NODE))
-        .await?;
-    let kubelet = Kubelet::start().await?;
+    let dir = WorkDir::new("demo")?;
+    let manifest = dir.join("web.yaml");
+    std::fs::write(&manifest, workload_manifest()?)?;
+    print_indented(&std::fs::read_to_string(&manifest)?);
+    print_indented(&env.run(&format!("kubectl apply -f {}", manifest.display()))?);
+    let pod = APP.running_pod(&cluster, &[]).await?;
+    let line = APP.svid_line(&cluster, &name_of(&pod), 0).await?;
     println!(
-        "    the kubelet's read-only port answers on 127.0.0.1:{} (GET /pods), as a real kubelet would",
-        kubelet.port
+        "    pod {} logged, {:.1} s after helm install:",
+        name_of(&pod),
+        installed.elapsed().as_secs_f64()
     );
+    println!("      X.509-SVID: {}", line["x509_svid"]["spiffe_id"]);
+    println!("      JWT-SVID:   {}", line["jwt_svid"]["spiffe_id"]);
+    let token = line["jwt_svid"]["token"].as_str().unwrap_or_default();
+    let verified = cluster.verify_jwt(token, APP.audience).await?;
+    println!(
+        "    checked against the OIDC discovery provider's JWKS (Host {OIDC_DOMAIN}): \
+         the token proves {} for audience {:?}",
+        verified.spiffe_id(),
+        verified.audience()
+    );
+    let socket = cluster.admin_socket().await?;
+    let uid = uid_of(&pod)?;
+    println!("    its entry, made by spire-operator from the chart's default ClusterSPIFFEID:");
+    print_indented(&env.run(&format!(
+        "spire-server entry show -socketPath {} -selector k8s:pod-uid:{uid}",
+        socket.display()
+    ))?);
 
-    step(
-        4,
-        &format!("Starting SPIRE for trust domain {TRUST_DOMAIN}: a server and an agent ..."),
-    );
-    let spire = Spire::start_with(
-        TRUST_DOMAIN,
-        SpireOptions {
-            kubelet_read_only_port: Some(kubelet.port),
-            jwt_issuer: Some(format!("http://{OIDC_DOMAIN}")),
-        },
-    )
-    .await?;
+    step(4, "Deleting the pod ...");
     println!(
-        "    spire-server admin API: {}",
-        spire.server_socket().display()
+        "    $ kubectl -n {} delete pod {}",
+        APP.namespace,
+        name_of(&pod)
     );
-    println!("    spire-agent attested as {}", spire.agent_id());
+    let deleted = Instant::now();
+    env.run(&format!(
+        "kubectl -n {} delete pod {} --wait=false",
+        APP.namespace,
+        name_of(&pod)
+    ))?;
+    let spire = cluster.spire_client().await?;
+    wait_entries_gone(&spire, &uid).await?;
     println!(
-        "    its workload attestors: unix, and k8s (asking the kubelet which pod a process is in)"
+        "    its entry was removed {:.2} s later",
+        deleted.elapsed().as_secs_f64()
     );
+    let replacement = APP.running_pod(&cluster, &[&uid]).await?;
+    let line = APP.svid_line(&cluster, &name_of(&replacement), 0).await?;
+    println!(
+        "    the replacement pod {} has its own entry and logged {}",
+        name_of(&replacement),
+        line["x509_svid"]["spiffe_id"]
+    );
+    println!("\nDone in {:.0} s.", started.elapsed().as_secs_f64());
 
-    step(5, "Starting spire-operator ...");
-    // In a cluster the agent is attested by k8s_psat as
-    // spiffe://<td>/spire/agent/k8s_psat/<cluster>/<node uid>, the default parent; here a
-    // join token attested it, so the parent template names it.
-    let operator_config = format!("parentIDTemplate: \"{}\"\n", spire.agent_id());
-    let operator = Operator::start(&control_plane, &spire, CLUSTER, &operator_config).await?;
+    let suggestions = suggestions(&cluster, &socket);
+    println!("\nIn another terminal, try:");
+    println!("  export PATH={}:$PATH", bin.display());
+    println!("  export KUBECONFIG={}", env.kubeconfig);
+    for s in &suggestions {
+        println!("  {:<52} # {}", s.command, s.comment);
+    }
     println!(
-        "    ready (metrics on http://{}/metrics); its config is spire-controller-manager's:\n      {}",
-        operator.metrics_addr(),
-        std::fs::read_to_string(operator.config_path())?
-            .trim_end()
-            .replace('\n', "\n      ")
+        "Logs: {}/*.log, {}/pod-logs/, {}/*.log",
+        cluster.node.dir().display(),
+        cluster.node.dir().display(),
+        cluster.control_plane.dir().display()
     );
-
-    step(
-        6,
-        "Starting spiffe-csi-driver (in a private mount namespace, like a node's) ...",
-    );
-    let pods_dir = dir.join("pods");
-    std::fs::create_dir_all(&pods_dir)?;
-    let csi_socket = dir.join("csi/csi.sock");
-    let agent_dir = spire
-        .workload_socket()
-        .parent()
-        .context("agent socket dir")?
-        .to_owned();
-    let driver = Driver::start(
-        "spiffe-csi-driver",
-        &e2e::csi::our_driver()?,
-        &[
-            format!("--csi-socket-path={}", csi_socket.display()),
-            format!("--workload-api-socket-dir={}", agent_dir.display()),
-            format!("--kubelet-pods-dir={}", pods_dir.display()),
-            format!("--node-id={KUBELET_NODE}"),
-            format!("--plugin-name={PLUGIN}"),
-        ],
-        &csi_socket,
-        &dir.join("spiffe-csi-driver.log"),
-    )
-    .await?;
-    println!(
-        "    CSI socket {}, serving the agent's directory {}",
-        csi_socket.display(),
-        agent_dir.display()
-    );
-
-    step(
-        7,
-        "Applying a ClusterSPIFFEID, as in any spire-controller-manager tutorial ...",
-    );
-    let csid = json!({
-        "apiVersion": "spire.spiffe.io/v1alpha1",
-        "kind": "ClusterSPIFFEID",
-        "metadata": {"name": "demo"},
-        "spec": {
-            "spiffeIDTemplate": "spiffe://{{ .TrustDomain }}/ns/{{ .PodMeta.Namespace }}/sa/{{ .PodSpec.ServiceAccountName }}",
-            "podSelector": {"matchLabels": {"app": "web"}},
-            "dnsNameTemplates": ["{{ .PodMeta.Name }}.{{ .PodMeta.Namespace }}.svc"],
+    if no_wait {
+        println!("\nChecking every suggestion ...");
+        for s in &suggestions {
+            s.check(&env, &cluster).await.with_context(|| {
+                format!("the suggested command `{}` ({})", s.command, s.comment)
+            })?;
+            println!("    ok: {}", s.command);
         }
-    });
-    println!("{}", indent(&serde_norway::to_string(&csid)?, 4));
-    let api: Api<kube::api::DynamicObject> = Api::all_with(
-        client.clone(),
-        &kube::discovery::ApiResource::erase::<spire_operator::crd::ClusterSPIFFEID>(&()),
-    );
-    api.patch("demo", &PatchParams::apply("demo"), &Patch::Apply(&csid))
-        .await?;
-
-    step(
-        8,
-        "Creating namespace shop, ServiceAccount web and Pod web-0 on the node ...",
-    );
-    ensure_namespace(&client, "shop").await?;
-    ensure_service_account(&client, "shop", "web").await?;
-    let pod = pod_with_csi_volume();
-    let pod = Api::<Pod>::namespaced(client.clone(), "shop")
-        .create(&PostParams::default(), &pod)
-        .await?;
-    let pod_uid = pod.metadata.uid.clone().context("pod without uid")?;
-    println!(
-        "    the pod mounts its identity with `csi: {{driver: {PLUGIN}, readOnly: true}}`, no hostPath"
-    );
-    println!("    pod uid {pod_uid}");
-
-    step(9, "The operator registers the pod on the SPIRE server ...");
-    let all = entries::wait_for(&spire, "the pod's entry", |all| {
-        entries::for_pod(all, &pod_uid).len() == 1
-    })
-    .await?;
-    let entry: &EntryView = entries::for_pod(&all, &pod_uid)[0];
-    println!("    entry {}", entry.id);
-    println!("      SPIFFE ID  {}", entry.spiffe_id);
-    println!("      parent     {}", entry.parent_id);
-    println!(
-        "      selectors  {}",
-        entry
-            .selectors
-            .iter()
-            .cloned()
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    println!("      DNS names  {}", entry.dns_names.join(", "));
-    println!(
-        "    (node {} has uid {}; the pod-uid selector ties the entry to this pod alone)",
-        KUBELET_NODE,
-        node_object.metadata.uid.unwrap_or_default()
-    );
-
-    step(
-        10,
-        "The kubelet publishes the pod's CSI volume (NodePublishVolume) ...",
-    );
-    let target = pods_dir
-        .join(&pod_uid)
-        .join("volumes/kubernetes.io~csi")
-        .join(VOLUME)
-        .join("mount");
-    // kubelet creates the volume's directory; the driver creates `mount` inside it.
-    std::fs::create_dir_all(target.parent().context("target has a parent")?)?;
-    let mut node_client = csi::node_client::NodeClient::new(uds_channel(&csi_socket).await?);
-    node_client
-        .node_publish_volume(pod_volume(&pod_uid).publish_request(&target))
-        .await
-        .context("NodePublishVolume")?;
-    let mount = mount_line(driver.process.id(), &target)?;
-    println!(
-        "    {} is now a read-only bind of the agent's directory:",
-        target.display()
-    );
-    println!("      {mount}");
-
-    step(
-        11,
-        "The container starts: in the pod's cgroup, seeing the volume at its mount path ...",
-    );
-    let cgroup = PodCgroup::create(&pod_uid)?;
-    kubelet.set_pods(vec![running_pod(&pod)?]);
-    // A socket path must fit in 108 bytes; a container reaches the mount through its
-    // short mount path, the workload here through a short symlink to it.
-    let short = dir.join("w");
-    std::os::unix::fs::symlink(&target, &short)?;
-    let endpoint = format!("unix://{}/spire-agent.sock", short.display());
-    println!("    cgroup {}", cgroup.path.display());
-    println!("    SPIFFE_ENDPOINT_SOCKET={endpoint}");
-    let got = run_workload(
-        &exe_dir.join("workload"),
-        &cgroup,
-        driver.process.id(),
-        &endpoint,
-    )
-    .await?;
-    let want = format!("spiffe://{TRUST_DOMAIN}/ns/shop/sa/web");
-    println!(
-        "    X.509-SVID: {} ({} certificate(s) in the chain)",
-        got["x509_svid"]["spiffe_id"], got["x509_svid"]["chain_length"]
-    );
-    println!(
-        "    JWT-SVID:   {} for audience {}",
-        got["jwt_svid"]["spiffe_id"], got["jwt_svid"]["audience"]
-    );
-    if got["x509_svid"]["spiffe_id"] != want.as_str()
-        || got["jwt_svid"]["spiffe_id"] != want.as_str()
-    {
-        bail!("the workload received {got} instead of {want}");
+        return Ok(());
     }
-
-    step(
-        12,
-        "A relying party (Azure AD, Vault, AWS) validates the JWT-SVID with the OIDC discovery provider ...",
-    );
-    let oidc = OidcProvider::start(&dir, &spire).await?;
-    let (status, discovery) =
-        http::get_with_host(&oidc.addr, "/.well-known/openid-configuration", OIDC_DOMAIN).await?;
-    anyhow::ensure!(status == 200, "discovery document: {status} {discovery}");
-    let discovery: Value = serde_json::from_str(&discovery)?;
-    println!(
-        "    issuer {}, jwks_uri {}",
-        discovery["issuer"], discovery["jwks_uri"]
-    );
-    let (status, jwks) = http::get_with_host(&oidc.addr, "/keys", OIDC_DOMAIN).await?;
-    anyhow::ensure!(status == 200, "JWKS: {status} {jwks}");
-    let keys: Value = serde_json::from_str(&jwks)?;
-    println!(
-        "    JWKS: {} key(s), \"use\": {}",
-        keys["keys"].as_array().map_or(0, Vec::len),
-        keys["keys"][0]["use"]
-    );
-    let bundle: JwtBundleSet = [JwtBundle::from_jwt_authorities(
-        TrustDomain::new(TRUST_DOMAIN)?,
-        jwks.as_bytes(),
-    )?]
-    .into_iter()
-    .collect();
-    let token = got["jwt_svid"]["token"].as_str().context("no JWT token")?;
-    let svid = JwtSvid::parse_and_validate(token, &bundle, &[AUDIENCE])
-        .context("validating the JWT-SVID against the JWKS")?;
-    println!(
-        "    signature, audience and expiry check out: the token proves {}",
-        svid.spiffe_id()
-    );
-    if svid.spiffe_id().to_string() != want {
-        bail!(
-            "the validated JWT-SVID is for {} instead of {want}",
-            svid.spiffe_id()
-        );
-    }
-    println!(
-        "\nThe workload received its identity {} s after start.",
-        started.elapsed().as_secs()
-    );
-
-    if !no_wait {
-        print_next_steps(&bin, &control_plane, &spire, &operator, &oidc);
-        wait_for_shutdown().await?;
-    }
-    println!(
-        "\nStopping: unpublishing the volume, then every process; removing temporary directories ..."
-    );
-    node_client
-        .node_unpublish_volume(pod_volume(&pod_uid).unpublish_request(&target))
-        .await
-        .context("NodeUnpublishVolume")?;
-    drop((
-        oidc,
-        driver,
-        operator,
-        spire,
-        kubelet,
-        cgroup,
-        control_plane,
-    ));
-    println!("Done.");
+    println!("\nThe stack keeps running until you press Ctrl-C.");
+    wait_for_shutdown().await?;
+    println!("\nStopping ...");
     Ok(())
 }
 
-fn indent(text: &str, by: usize) -> String {
-    let pad = " ".repeat(by);
-    text.lines()
-        .map(|l| format!("{pad}{l}"))
-        .collect::<Vec<_>>()
-        .join("\n")
+/// The environment the suggestions assume: our tools first on PATH, the cluster's
+/// kubeconfig.
+struct Env {
+    path: String,
+    kubeconfig: String,
 }
 
-fn pod_with_csi_volume() -> Pod {
-    let mut pod = scheduled_pod("shop", "web-0", "web", KUBELET_NODE, &[("app", "web")]);
-    let spec = pod.spec.as_mut().expect("scheduled_pod has a spec");
-    spec.volumes = Some(vec![Volume {
-        name: VOLUME.into(),
-        csi: Some(CSIVolumeSource {
-            driver: PLUGIN.into(),
-            read_only: Some(true),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }]);
-    spec.containers[0].volume_mounts = Some(vec![VolumeMount {
-        name: VOLUME.into(),
-        mount_path: "/spiffe-workload-api".into(),
-        read_only: Some(true),
-        ..Default::default()
-    }]);
-    pod
-}
-
-/// Pod web-0's CSI volume, as kubelet describes it to the driver.
-fn pod_volume(pod_uid: &str) -> PodVolume<'_> {
-    PodVolume {
-        pod: "web-0",
-        namespace: "shop",
-        uid: pod_uid,
-        service_account: "web",
-        volume: VOLUME,
-    }
-}
-
-/// The mountinfo line of `target` in the driver's mount namespace.
-fn mount_line(driver_pid: u32, target: &Path) -> anyhow::Result<String> {
-    let mountinfo = std::fs::read_to_string(format!("/proc/{driver_pid}/mountinfo"))?;
-    let target = target.display().to_string();
-    mountinfo
-        .lines()
-        .find(|l| l.split(' ').nth(4) == Some(target.as_str()))
-        .map(str::to_owned)
-        .with_context(|| format!("{target} is not mounted"))
-}
-
-/// The pod as the kubelet reports it once its container runs.
-fn running_pod(pod: &Pod) -> anyhow::Result<Value> {
-    let mut value = serde_json::to_value(pod)?;
-    value["status"] = json!({
-        "phase": "Running",
-        "containerStatuses": [{
-            "name": "app",
-            "image": "registry.invalid/app:1",
-            "imageID": "registry.invalid/app@sha256:0000000000000000000000000000000000000000000000000000000000000000",
-            "containerID": format!("containerd://{CONTAINER_ID}"),
-            "ready": true,
-            "restartCount": 0,
-            "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}
-        }]
-    });
-    Ok(value)
-}
-
-/// Runs the workload as the container's process: in the pod's cgroup (where the agent's
-/// k8s attestor finds the pod UID and container ID) and the driver's mount namespace
-/// (where the volume is mounted).
-async fn run_workload(
-    workload: &Path,
-    cgroup: &PodCgroup,
-    driver_pid: u32,
-    endpoint: &str,
-) -> anyhow::Result<Value> {
-    let mut command = Command::new("sh");
-    command
-        .arg("-c")
-        .arg(r#"echo $$ > "$1/cgroup.procs" && shift && exec "$@""#)
-        .arg("sh")
-        .arg(&cgroup.path)
-        .arg("nsenter")
-        .arg(format!("--mount=/proc/{driver_pid}/ns/mnt"))
-        .arg(workload)
-        .args(["--jwt-audience", AUDIENCE, "--timeout-secs", "60"])
-        .env("SPIFFE_ENDPOINT_SOCKET", endpoint);
-    let output = tokio::task::spawn_blocking(move || command.output())
-        .await?
-        .with_context(|| {
-            format!(
-                "running {} (build it with `cargo build -p e2e --bins`)",
-                workload.display()
-            )
-        })?;
-    if !output.status.success() {
-        bail!(
-            "the workload got no identity:\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    Ok(serde_json::from_slice(&output.stdout)?)
-}
-
-/// `/sys/fs/cgroup/pids/spire-rs-demo-<pid>/pod<uid>/<container id>`, shaped like the
-/// kubelet's so the agent's k8s attestor reads the pod UID and container ID from it.
-struct PodCgroup {
-    root: PathBuf,
-    path: PathBuf,
-}
-
-impl PodCgroup {
-    fn create(pod_uid: &str) -> anyhow::Result<Self> {
-        let hierarchy = [
-            "/sys/fs/cgroup/pids",
-            "/sys/fs/cgroup/unified",
-            "/sys/fs/cgroup",
-        ]
-        .into_iter()
-        .map(Path::new)
-        .find(|p| p.join("cgroup.procs").exists())
-        .context("no writable cgroup hierarchy under /sys/fs/cgroup")?;
-        let root = hierarchy.join(format!("spire-rs-demo-{}", std::process::id()));
-        let path = root.join(format!("pod{pod_uid}")).join(CONTAINER_ID);
-        std::fs::create_dir_all(&path)
-            .with_context(|| format!("creating cgroup {}", path.display()))?;
-        Ok(Self { root, path })
-    }
-}
-
-impl Drop for PodCgroup {
-    fn drop(&mut self) {
-        // Only empty cgroups can go; the workload has exited by now.
-        if let Some(pod) = self.path.parent() {
-            let _ = std::fs::remove_dir(&self.path);
-            let _ = std::fs::remove_dir(pod);
+impl Env {
+    /// Runs `command` with bash in this environment; its standard output, or an error
+    /// with both outputs.
+    fn run(&self, command: &str) -> anyhow::Result<String> {
+        let out = Command::new("bash")
+            .args(["-c", command])
+            .env("PATH", &self.path)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .output()
+            .with_context(|| format!("running {command}"))?;
+        if !out.status.success() {
+            bail!(
+                "`{command}` failed ({}):\n{}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
-        let _ = std::fs::remove_dir(&self.root);
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 }
 
-/// The part of a kubelet the SPIRE agent's k8s workload attestor uses: `GET /pods` on the
-/// read-only port, the pods bound to this node with their container statuses.
-struct Kubelet {
-    port: u16,
-    pods: Arc<Mutex<Vec<Value>>>,
-    task: tokio::task::JoinHandle<()>,
+/// A command printed at the end, and what its comment promises.
+struct Suggestion {
+    command: String,
+    comment: &'static str,
+    expect: Expect,
 }
 
-impl Kubelet {
-    async fn start() -> anyhow::Result<Self> {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
-        let port = listener.local_addr()?.port();
-        let pods: Arc<Mutex<Vec<Value>>> = Arc::default();
-        let shared = pods.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((mut stream, _)) = listener.accept().await {
-                let pods = shared.clone();
-                tokio::spawn(async move {
-                    let mut request = Vec::new();
-                    let mut buf = [0u8; 1024];
-                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match stream.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => request.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    let (status, body) = if request.starts_with(b"GET /pods ") {
-                        let items = pods.lock().expect("pods lock").clone();
-                        (
-                            "200 OK",
-                            json!({"kind": "PodList", "apiVersion": "v1", "items": items})
-                                .to_string(),
-                        )
-                    } else {
-                        ("404 Not Found", String::new())
-                    };
-                    let response = format!(
-                        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
-                    let _ = stream.write_all(response.as_bytes()).await;
-                });
-            }
-        });
-        Ok(Self { port, pods, task })
-    }
-
-    fn set_pods(&self, pods: Vec<Value>) {
-        *self.pods.lock().expect("pods lock") = pods;
-    }
+enum Expect {
+    /// The output contains each of these.
+    Output(Vec<String>),
+    /// The app's pod is replaced: the old pod's entry goes, the new pod gets its own
+    /// and its SVID.
+    PodReplaced,
 }
 
-impl Drop for Kubelet {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// The real SPIRE OIDC discovery provider, reading the JWT signing keys from the
-/// server's API, serving plain HTTP on loopback (a TLS proxy fronts it in production).
-struct OidcProvider {
-    addr: String,
-    _process: Process,
-}
-
-impl OidcProvider {
-    async fn start(dir: &WorkDir, spire: &Spire) -> anyhow::Result<Self> {
-        let addr = format!("127.0.0.1:{}", free_port()?);
-        let config = dir.join("oidc-discovery-provider.conf");
-        std::fs::write(
-            &config,
-            format!(
-                r#"log_level = "INFO"
-domains = ["{OIDC_DOMAIN}"]
-insecure_addr = "{addr}"
-allow_insecure_scheme = true
-set_key_use = true
-server_api {{
-    address = "unix://{socket}"
-}}
-"#,
-                socket = spire.server_socket().display()
+fn suggestions(cluster: &Cluster, socket: &Path) -> Vec<Suggestion> {
+    let id = APP.spiffe_id();
+    vec![
+        Suggestion {
+            command: "kubectl get pods -A".into(),
+            comment: "the stack and the workload, as pods on the node",
+            expect: Expect::Output(vec![
+                "spire-rs-spire-server-0".into(),
+                "spire-rs-spire-agent-".into(),
+                "spire-rs-spiffe-csi-driver-".into(),
+                "spire-rs-oidc-discovery-provider-".into(),
+                format!("{}-", APP.name),
+            ]),
+        },
+        Suggestion {
+            command: "kubectl get clusterspiffeids".into(),
+            comment: "PODS / ENTRIES / READY of each",
+            expect: Expect::Output(vec!["default".into(), "True".into()]),
+        },
+        Suggestion {
+            command: format!(
+                "kubectl -n {} logs deploy/{} --tail=1",
+                APP.namespace, APP.name
             ),
-        )?;
-        let mut command = Command::new(tools::tool("oidc-discovery-provider")?);
-        command.arg("-config").arg(&config);
-        let mut process = Process::spawn(
-            "oidc-discovery-provider",
-            command,
-            &dir.join("oidc-discovery-provider.log"),
-        )?;
-        let probe = addr.clone();
-        wait::until(
-            "the OIDC discovery provider serving keys",
-            Duration::from_secs(30),
-            Duration::from_millis(200),
-            || {
-                let running = process.ensure_running();
-                let addr = probe.clone();
-                async move {
-                    running?;
-                    Ok(
-                        match http::get_with_host(&addr, "/keys", OIDC_DOMAIN).await {
-                            Ok((200, body)) if body.contains("\"kid\"") => Some(()),
-                            _ => None,
-                        },
-                    )
+            comment: "the workload's latest fetch of its SVIDs",
+            expect: Expect::Output(vec![id.clone()]),
+        },
+        Suggestion {
+            command: format!("spire-server entry show -socketPath {}", socket.display()),
+            comment: "the entries, as the SPIRE server has them",
+            expect: Expect::Output(vec![id.clone(), "k8s:pod-uid:".into()]),
+        },
+        Suggestion {
+            command: format!(
+                "curl -s -H 'Host: {OIDC_DOMAIN}' http://127.0.0.1:{}/keys",
+                cluster.ports.oidc
+            ),
+            comment: "the JWKS relying parties validate JWT-SVIDs with",
+            expect: Expect::Output(vec!["\"keys\"".into(), "\"kid\"".into()]),
+        },
+        Suggestion {
+            command: format!(
+                "kubectl -n {} delete pod -l app={}",
+                APP.namespace, APP.name
+            ),
+            comment: "its entry goes; the new pod gets its own",
+            expect: Expect::PodReplaced,
+        },
+    ]
+}
+
+impl Suggestion {
+    async fn check(&self, env: &Env, cluster: &Cluster) -> anyhow::Result<()> {
+        match &self.expect {
+            Expect::Output(wanted) => {
+                let out = env.run(&self.command)?;
+                for w in wanted {
+                    anyhow::ensure!(out.contains(w.as_str()), "{w:?} missing from:\n{out}");
                 }
-            },
-        )
-        .await?;
-        Ok(Self {
-            addr,
-            _process: process,
-        })
+            }
+            Expect::PodReplaced => {
+                let before = APP.running_pod(cluster, &[]).await?;
+                let before_uid = uid_of(&before)?;
+                env.run(&self.command)?;
+                let spire = cluster.spire_client().await?;
+                wait_entries_gone(&spire, &before_uid).await?;
+                let after = APP.running_pod(cluster, &[&before_uid]).await?;
+                APP.svid_line(cluster, &name_of(&after), 0).await?;
+                let uid = uid_of(&after)?;
+                let spire = &spire;
+                wait::until(
+                    "the new pod's entry",
+                    Duration::from_secs(30),
+                    Duration::from_millis(200),
+                    || {
+                        let uid = uid.clone();
+                        async move {
+                            Ok((pod_entry_ids(spire, &uid).await? == [APP.spiffe_id()])
+                                .then_some(()))
+                        }
+                    },
+                )
+                .await?;
+            }
+        }
+        Ok(())
     }
 }
 
-fn print_next_steps(
-    bin: &Path,
-    control_plane: &ControlPlane,
-    spire: &Spire,
-    operator: &Operator,
-    oidc: &OidcProvider,
-) {
-    println!("\nThe stack keeps running until you press Ctrl-C. In another terminal, try:");
-    println!("  export PATH={}:$PATH", bin.display());
-    println!(
-        "  export KUBECONFIG={}",
-        control_plane.kubeconfig().display()
-    );
-    println!("  kubectl get clusterspiffeids        # PODS / ENTRIES / READY");
-    println!("  kubectl get clusterspiffeid demo -o yaml");
-    println!("  kubectl -n shop delete pod web-0     # and watch the entry go");
-    println!(
-        "  spire-server entry show -socketPath {}",
-        spire.server_socket().display()
-    );
-    println!(
-        "  curl -s http://{}/metrics | grep spire_operator_entr",
-        operator.metrics_addr()
-    );
-    println!(
-        "  curl -s -H 'Host: {OIDC_DOMAIN}' http://{}/keys",
-        oidc.addr
-    );
-    println!(
-        "Logs: {}/*.log, {}/*.log, {}",
-        control_plane.dir().display(),
-        spire.dir().display(),
-        operator.log_path().display()
-    );
+/// The workload as a user writes it (`kubectl apply -f`): its ServiceAccount and
+/// Deployment, in its namespace.
+fn workload_manifest() -> anyhow::Result<String> {
+    let mut deployment = serde_json::to_value(APP.deployment()?)?;
+    deployment["apiVersion"] = "apps/v1".into();
+    deployment["kind"] = "Deployment".into();
+    deployment["metadata"]["namespace"] = APP.namespace.into();
+    let namespace = serde_json::json!({
+        "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": APP.namespace},
+    });
+    let service_account = serde_json::json!({
+        "apiVersion": "v1", "kind": "ServiceAccount",
+        "metadata": {"name": APP.service_account, "namespace": APP.namespace},
+    });
+    Ok([namespace, service_account, deployment]
+        .iter()
+        .map(serde_norway::to_string)
+        .collect::<Result<Vec<_>, _>>()?
+        .join("---\n"))
+}
+
+fn print_indented(text: &str) {
+    for line in text.trim_end().lines() {
+        println!("    {line}");
+    }
 }
 
 async fn wait_for_shutdown() -> anyhow::Result<()> {

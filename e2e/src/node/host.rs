@@ -10,8 +10,8 @@ use crate::workdir::WorkDir;
 /// Sets up mount propagation as on a real node, before containerd's mount namespace
 /// copies the host's mounts: the node's directory becomes a private bind mount (so the
 /// rootfs mounts containerd makes under it never reach the host, even where `/` is
-/// shared), and the kubelet's root directory inside it a shared one, which containerd's
-/// copy joins as a peer. Then the volumes the kubelet mounts there (tmpfs for secrets,
+/// shared), and the kubelet's root directory and the node's `run/` inside it shared
+/// ones, which containerd's copy joins as a peer. Then the volumes the kubelet mounts there (tmpfs for secrets,
 /// downward API, projected tokens) reach containers, and mounts a container makes under
 /// a `Bidirectional` volume (a CSI driver's) reach the host. (The kubelet would make its
 /// root shared itself, but only after containerd's namespace exists.)
@@ -24,9 +24,15 @@ pub(super) fn set_up_propagation(dir: &WorkDir) -> anyhow::Result<()> {
         Ok(())
     };
     bind(dir.path(), MountPropagationFlags::PRIVATE)?;
-    let root = dir.join("kubelet");
-    std::fs::create_dir_all(&root)?;
-    bind(&root, MountPropagationFlags::SHARED)
+    // The kubelet's root, and the node's `/run` (where agents put their sockets): a
+    // hostPath volume with HostToContainer or Bidirectional propagation must lie on a
+    // shared mount, as everything does on a systemd host.
+    for shared in ["kubelet", "run"] {
+        let path = dir.join(shared);
+        std::fs::create_dir_all(&path)?;
+        bind(&path, MountPropagationFlags::SHARED)?;
+    }
+    Ok(())
 }
 
 /// Detaches every mount at or below `dir`, deepest first, so the directory can go.

@@ -17,7 +17,7 @@ use kube::api::{Api, DeleteParams, ListParams};
 use serde_norway::Value;
 use spire_operator::crd::ClusterSPIFFEID;
 
-use crate::helm::{self, Helm};
+use e2e::helm::{self, Helm};
 
 const NAMESPACE: &str = "spire-system";
 const TRUST_DOMAIN: &str = "example.org";

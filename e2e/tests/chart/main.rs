@@ -2,6 +2,5 @@
 //! rendered object against the real kube-apiserver's schemas, install and uninstall it,
 //! and prove its RBAC by running the operator with the chart's ServiceAccount.
 
-mod helm;
 mod install;
 mod render;

@@ -14,7 +14,7 @@ use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::discovery::{Discovery, Scope};
 use serde_json::Value;
 
-use crate::helm::{self, Helm};
+use e2e::helm::{self, Helm};
 
 const NAMESPACE: &str = "spire-system";
 

@@ -4,8 +4,8 @@
 use std::process::Command;
 
 #[tokio::test]
-async fn demo_shows_a_workload_receiving_its_identity_and_its_suggestions_work() -> anyhow::Result<()>
-{
+async fn demo_shows_a_workload_receiving_its_identity_and_its_suggestions_work()
+-> anyhow::Result<()> {
     let output = tokio::task::spawn_blocking(|| {
         Command::new(env!("CARGO_BIN_EXE_demo"))
             .arg("--no-wait")

@@ -7,7 +7,6 @@ mod check_spire;
 mod cli_interop;
 mod controller_manager;
 mod crd_round_trip;
-mod demo;
 mod reference_scm;
 mod spire_entries;
 mod svid_minting;
