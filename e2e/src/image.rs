@@ -13,11 +13,28 @@ pub fn binary_image(binary: &Path, name: &str, archive: &Path) -> anyhow::Result
     let file_name = binary
         .file_name()
         .with_context(|| format!("{} has no file name", binary.display()))?;
+    let entrypoint = Path::new("/usr/local/bin").join(file_name);
+    binary_image_at(binary, &entrypoint, name, archive)
+}
+
+/// [`binary_image`] with the binary, the entrypoint, at the absolute path `entrypoint`
+/// instead: for an image that stands in for another one whose users may name the
+/// binary in `command` (upstream's node-driver-registrar is `/csi-node-driver-registrar`).
+pub fn binary_image_at(
+    binary: &Path,
+    entrypoint: &Path,
+    name: &str,
+    archive: &Path,
+) -> anyhow::Result<PathBuf> {
+    anyhow::ensure!(
+        entrypoint.is_absolute(),
+        "entrypoint {} of image {name} is not an absolute path",
+        entrypoint.display()
+    );
     let rootfs = tempfile::Builder::new()
         .prefix("spire-rs-rootfs-")
         .tempdir()?;
-    let entrypoint = Path::new("/usr/local/bin").join(file_name);
-    copy_into(rootfs.path(), binary, &entrypoint)?;
+    copy_into(rootfs.path(), binary, entrypoint)?;
     for library in shared_libraries(binary)? {
         copy_into(rootfs.path(), &library, &library)?;
     }
