@@ -23,6 +23,29 @@ pub fn binary_image(binary: &Path, name: &str, archive: &Path) -> anyhow::Result
     .pack(archive)
 }
 
+/// [`binary_image`] with the binary, the entrypoint, at the absolute path `entrypoint`
+/// instead: for an image that stands in for another one whose users may name the
+/// binary in `command` (upstream's node-driver-registrar is `/csi-node-driver-registrar`).
+pub fn binary_image_at(
+    binary: &Path,
+    entrypoint: &Path,
+    name: &str,
+    archive: &Path,
+) -> anyhow::Result<PathBuf> {
+    anyhow::ensure!(
+        entrypoint.is_absolute(),
+        "entrypoint {} of image {name} is not an absolute path",
+        entrypoint.display()
+    );
+    Image {
+        name,
+        binary,
+        path: entrypoint,
+        entrypoint_args: &[],
+    }
+    .pack(archive)
+}
+
 /// An image holding one binary (and the shared libraries it needs) whose entrypoint is
 /// that binary with fixed leading arguments, e.g. SPIRE's `spire-server run`: the
 /// shape of the images charts expect, so their `args` work unchanged.

@@ -29,7 +29,8 @@ use crate::workdir::WorkDir;
 /// The image containerd runs pod sandboxes from (`images/node-images.sh`).
 pub const PAUSE_IMAGE: &str = "spire-rs.test/pause:e2e";
 /// A test image: `/probe echo WORD...` prints the words on one line and exits 0;
-/// without arguments it waits for SIGTERM.
+/// without arguments it waits for SIGTERM; `cat FILE...`, `ls DIR` and `mount-tmpfs DIR`
+/// are described in `images/node/main.go`.
 pub const PROBE_IMAGE: &str = "spire-rs.test/probe:e2e";
 
 /// The Node's name. The kubelet refuses a loopback node IP, so the apiserver reaches

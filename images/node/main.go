@@ -4,6 +4,8 @@
 //	node-probe echo WORD... print the words on one line to stdout, then exit 0
 //	node-probe cat FILE...  copy the files to stdout, then exit 0 (1 if one cannot be read)
 //	node-probe mount-tmpfs DIR  mount a tmpfs on DIR (created), print "mounted DIR", then exit 0
+//	node-probe ls DIR       print "NAME TYPE" per entry of DIR (sorted; TYPE is dir, file,
+//	                        socket, symlink or other), then exit 0 (1 if DIR cannot be read)
 //
 // Static (no cgo) so the images need nothing else: no libc, no shell.
 package main
@@ -51,8 +53,37 @@ func main() {
 			os.Exit(1)
 		}
 		fmt.Println("mounted", args[1])
+	case "ls":
+		if len(args) != 2 {
+			fmt.Fprintln(os.Stderr, "node-probe: ls wants one directory")
+			os.Exit(2)
+		}
+		entries, err := os.ReadDir(args[1])
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "node-probe: %v\n", err)
+			os.Exit(1)
+		}
+		for _, entry := range entries {
+			fmt.Println(entry.Name(), fileType(entry.Type()))
+		}
 	default:
-		fmt.Fprintf(os.Stderr, "node-probe: unknown command %q (want no argument, echo WORD..., cat FILE... or mount-tmpfs DIR)\n", args[0])
+		fmt.Fprintf(os.Stderr, "node-probe: unknown command %q (want no argument, echo WORD..., cat FILE..., mount-tmpfs DIR or ls DIR)\n", args[0])
 		os.Exit(2)
+	}
+}
+
+// fileType names a directory entry's type the way the tests match it.
+func fileType(mode os.FileMode) string {
+	switch {
+	case mode.IsDir():
+		return "dir"
+	case mode.IsRegular():
+		return "file"
+	case mode&os.ModeSocket != 0:
+		return "socket"
+	case mode&os.ModeSymlink != 0:
+		return "symlink"
+	default:
+		return "other"
 	}
 }

@@ -12,9 +12,11 @@
 //! - [`driver`]: asking the driver for its name (CSI Identity over its socket).
 //! - [`registration`]: the Registration service and its socket.
 //! - [`health`]: `GET /healthz` for the container's liveness probe.
+//! - [`authority`]: the request rewriting kubelet's plugin watcher needs to talk to tonic.
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod authority;
 pub mod driver;
 pub mod health;
 pub mod registration;

@@ -130,10 +130,11 @@ impl Cli {
 }
 
 fn init_logging(cli: &Cli) {
+    // klog's -v raises this program's verbosity, not its libraries'.
     let level = match cli.verbosity {
         0..=3 => "info",
-        4 => "debug",
-        _ => "trace",
+        4 => "info,csi_node_driver_registrar=debug",
+        _ => "info,csi_node_driver_registrar=trace",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));

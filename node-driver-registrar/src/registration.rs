@@ -15,6 +15,7 @@ use crate::api::registration_server::{Registration, RegistrationServer};
 use crate::api::{
     CSI_PLUGIN, InfoRequest, PluginInfo, RegistrationStatus, RegistrationStatusResponse,
 };
+use crate::authority::relay;
 
 /// Why the registration socket could not be served.
 #[derive(Debug, thiserror::Error)]
@@ -133,9 +134,12 @@ pub async fn serve(
     service: RegistrationService,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RegistrationError> {
+    use tokio_stream::StreamExt;
+    // kubelet's requests carry an authority tonic refuses; see crate::authority.
+    let incoming = UnixListenerStream::new(listener).map(|stream| stream.map(relay));
     tonic::transport::Server::builder()
         .add_service(RegistrationServer::new(service))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())
 }

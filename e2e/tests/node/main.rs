@@ -1,6 +1,7 @@
 //! A real node: containerd and a kubelet registered with the control plane run pods
 //! from an image this repository builds. See `e2e::node`. One scenario per file.
 
+mod csi;
 mod kubelet_api;
 mod pod;
 mod volumes;
