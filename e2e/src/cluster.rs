@@ -191,7 +191,8 @@ impl Cluster {
     }
 
     /// Runs helm with `args` followed by this cluster's kubeconfig, namespace and
-    /// values file; fails with helm's output unless it succeeds.
+    /// values files (for install, upgrade, template); fails with helm's output unless it
+    /// succeeds.
     pub fn helm(&self, args: &[&str]) -> anyhow::Result<String> {
         let kubeconfig = self.control_plane.kubeconfig().to_str().context("path")?;
         let values = self.values.to_str().context("path")?;
@@ -221,6 +222,19 @@ impl Cluster {
         ];
         args.extend_from_slice(extra);
         self.helm(&args)
+    }
+
+    /// `helm uninstall spire-rs`.
+    pub fn uninstall(&self) -> anyhow::Result<String> {
+        let kubeconfig = self.control_plane.kubeconfig().to_str().context("path")?;
+        self.helm.run(&[
+            "uninstall",
+            RELEASE,
+            "--kubeconfig",
+            kubeconfig,
+            "--namespace",
+            NAMESPACE,
+        ])
     }
 
     /// `helm upgrade spire-rs charts/spire-rs` with `extra` args (e.g. `--set k=v`).

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use e2e::cluster::app::{
     App, entry_ids, name_of, pod_entry_ids, uid_of, unix_now, wait_entries_gone, wait_pod_gone,
 };
-use e2e::cluster::{Cluster, NAMESPACE, RELEASE, TRUST_DOMAIN};
+use e2e::cluster::{Cluster, NAMESPACE, TRUST_DOMAIN, describe_pods};
 use e2e::wait;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::storage::v1::CSINode;
@@ -135,9 +135,10 @@ async fn helm_install_workload_identity_restarts_upgrade_and_uninstall() -> anyh
         ids.iter().all(|id| !id.starts_with(&app_prefix)),
         "workload entries left after scaling to 0: {ids:?}"
     );
-    cluster.helm(&["uninstall", RELEASE])?;
+    cluster.uninstall()?;
     let release_pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
-    wait::until(
+    let uninstalled = Instant::now();
+    let gone = wait::until(
         "no pod left in the release namespace",
         Duration::from_secs(120),
         Duration::from_millis(500),
@@ -149,7 +150,14 @@ async fn helm_install_workload_identity_restarts_upgrade_and_uninstall() -> anyh
             }
         },
     )
-    .await?;
+    .await;
+    if let Err(e) = gone {
+        return Err(e.context(describe_pods(&client, NAMESPACE).await));
+    }
+    println!(
+        "helm uninstall -> no pod left: {:.1} s",
+        uninstalled.elapsed().as_secs_f64()
+    );
     let kubelet_root = cluster.node.kubelet_root();
     let kubelet_root = kubelet_root.to_string_lossy();
     let csi_mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")?
