@@ -171,8 +171,10 @@ async fn default_service_account(client: &kube::Client) -> anyhow::Result<()> {
 }
 
 /// The chart's CSI template with our images (never pulled), the node's kubelet root, the
-/// test's agent directory, the host network (the node has no pod network) and a free
-/// health port (the registrar's /healthz is then a port of the host).
+/// test's agent directory, the host network and a free health port (the registrar's
+/// /healthz is then a port of the host). Pods on the node's bridge network run too, but a
+/// node torn down by killing containerd never releases their addresses: the bridge and
+/// host-local's reservations (`/var/lib/cni/networks/e2e`) would stay on the host.
 fn render(kubelet_root: &Path, agent_dir: &Path, health_port: u16) -> anyhow::Result<Vec<Value>> {
     let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/spire-rs");
     let home = WorkDir::new("helm")?;
