@@ -309,6 +309,29 @@ mod tests {
         assert!(cli.ignored().is_empty());
     }
 
+    /// spiffe/helm-charts-hardened's spiffe-csi-driver DaemonSet: single dashes, separate
+    /// values, the deprecated --health-port.
+    #[test]
+    fn the_hardened_charts_registrar_args_parse() {
+        let cli = parse(&[
+            "csi-node-driver-registrar",
+            "-csi-address",
+            "/spiffe-csi/csi.sock",
+            "-kubelet-registration-path",
+            "/var/lib/kubelet/plugins/csi.spiffe.io/csi.sock",
+            "-health-port",
+            "9809",
+        ])
+        .unwrap();
+        assert_eq!(cli.csi_address, "/spiffe-csi/csi.sock");
+        assert_eq!(
+            cli.kubelet_registration_path,
+            "/var/lib/kubelet/plugins/csi.spiffe.io/csi.sock"
+        );
+        assert_eq!(cli.http_address().unwrap().as_deref(), Some(":9809"));
+        assert!(cli.ignored().is_empty());
+    }
+
     #[test]
     fn go_flag_spellings_parse() {
         let cli = parse(&[
