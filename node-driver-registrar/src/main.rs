@@ -200,13 +200,16 @@ async fn main() -> anyhow::Result<()> {
             timeout: cli.timeout,
         }));
         tracing::info!(address = %address, "serving /healthz");
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(http, router).await {
-                // Upstream exits too: without /healthz the liveness probe fails anyway.
-                tracing::error!(error = %e, "HTTP server failed");
-                std::process::exit(1);
-            }
-        });
+        for listener in http {
+            let router = router.clone();
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, router).await {
+                    // Upstream exits too: without /healthz the liveness probe fails anyway.
+                    tracing::error!(error = %e, "HTTP server failed");
+                    std::process::exit(1);
+                }
+            });
+        }
     }
 
     let (refusals, mut refused) = tokio::sync::mpsc::channel(1);
