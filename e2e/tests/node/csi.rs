@@ -2,8 +2,8 @@
 //! on the real node, with images of our spiffe-csi-driver and our
 //! csi-node-driver-registrar: the real kubelet registers the driver (CSINode), mounts the
 //! agent's socket directory into a pod through it and unmounts it when the pod goes, and
-//! registers the driver again after the registration socket is deleted or the driver
-//! container restarts.
+//! registers the driver again after the registration socket is deleted, the driver
+//! container restarts or the pod is replaced.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -150,6 +150,24 @@ async fn chart_csi_daemonset_registers_with_kubelet_and_mounts_the_agent_socket(
     );
     wait_registered(&client, &mut node, true).await?;
     workload_gets_the_socket(&client, &mut node, "workload-2").await?;
+
+    // A deleted pod (a rollout): the registrar removes its socket on SIGTERM, kubelet drops
+    // the driver, and the DaemonSet's next pod registers it again.
+    let old = name_of(&pod).to_owned();
+    Api::<Pod>::namespaced(client.clone(), NAMESPACE)
+        .delete(&old, &DeleteParams::default())
+        .await?;
+    let deleted = Instant::now();
+    wait_registered(&client, &mut node, false).await?;
+    let dropped_after = deleted.elapsed();
+    let pod = wait_daemonset_pod(&client, &mut node, |pod| name_of(pod) != old).await?;
+    wait_registered(&client, &mut node, true).await?;
+    println!(
+        "pod {old} deleted: driver dropped from CSINode after {dropped_after:.1?}, \
+         listed again through pod {} after {:.1?}",
+        name_of(&pod),
+        deleted.elapsed()
+    );
     Ok(())
 }
 
