@@ -134,15 +134,24 @@ async fn healthz(State(health): State<Arc<Health>>) -> (StatusCode, String) {
     }
 }
 
-/// Listens on a Go-style `--http-endpoint` address: `:9809` means every interface (IPv6
-/// and IPv4 where the host has IPv6, else IPv4), `host:port` that host.
-pub async fn listen(address: &str) -> std::io::Result<tokio::net::TcpListener> {
-    match address.strip_prefix(':') {
-        Some(port) => match tokio::net::TcpListener::bind(format!("[::]:{port}")).await {
-            Ok(listener) => Ok(listener),
-            Err(_) => tokio::net::TcpListener::bind(format!("0.0.0.0:{port}")).await,
-        },
-        None => tokio::net::TcpListener::bind(address).await,
+/// Listens on a Go-style `--http-endpoint` address: `host:port` on that host, `:port` on
+/// every interface as Go does: `[::]` (which also takes IPv4 unless the host sets
+/// `net.ipv6.bindv6only`, in which case `0.0.0.0` is bound beside it), or `0.0.0.0` alone
+/// on a host without IPv6.
+pub async fn listen(address: &str) -> std::io::Result<Vec<tokio::net::TcpListener>> {
+    use tokio::net::TcpListener;
+    let Some(port) = address.strip_prefix(':') else {
+        return Ok(vec![TcpListener::bind(address).await?]);
+    };
+    let v4 = format!("0.0.0.0:{port}");
+    let Ok(v6) = TcpListener::bind(format!("[::]:{port}")).await else {
+        return Ok(vec![TcpListener::bind(v4).await?]);
+    };
+    // Fails with "address in use" exactly when the IPv6 socket already takes IPv4.
+    let port = v6.local_addr()?.port();
+    match TcpListener::bind(format!("0.0.0.0:{port}")).await {
+        Ok(v4) => Ok(vec![v6, v4]),
+        Err(_) => Ok(vec![v6]),
     }
 }
 
@@ -190,6 +199,18 @@ mod tests {
             .await
             .unwrap();
         (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn a_port_alone_listens_on_ipv4_loopback_too() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let _listeners = listen(&format!(":{port}")).await.unwrap();
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
     }
 
     #[tokio::test]

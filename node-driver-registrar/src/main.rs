@@ -200,13 +200,16 @@ async fn main() -> anyhow::Result<()> {
             timeout: cli.timeout,
         }));
         tracing::info!(address = %address, "serving /healthz");
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(http, router).await {
-                // Upstream exits too: without /healthz the liveness probe fails anyway.
-                tracing::error!(error = %e, "HTTP server failed");
-                std::process::exit(1);
-            }
-        });
+        for listener in http {
+            let router = router.clone();
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, router).await {
+                    // Upstream exits too: without /healthz the liveness probe fails anyway.
+                    tracing::error!(error = %e, "HTTP server failed");
+                    std::process::exit(1);
+                }
+            });
+        }
     }
 
     let (refusals, mut refused) = tokio::sync::mpsc::channel(1);
@@ -306,6 +309,29 @@ mod tests {
         assert_eq!(cli.http_address().unwrap().as_deref(), Some(":9809"));
         assert_eq!(cli.verbosity, 5);
         assert_eq!(cli.timeout, Duration::from_secs(1));
+        assert!(cli.ignored().is_empty());
+    }
+
+    /// spiffe/helm-charts-hardened's spiffe-csi-driver DaemonSet: single dashes, separate
+    /// values, the deprecated --health-port.
+    #[test]
+    fn the_hardened_charts_registrar_args_parse() {
+        let cli = parse(&[
+            "csi-node-driver-registrar",
+            "-csi-address",
+            "/spiffe-csi/csi.sock",
+            "-kubelet-registration-path",
+            "/var/lib/kubelet/plugins/csi.spiffe.io/csi.sock",
+            "-health-port",
+            "9809",
+        ])
+        .unwrap();
+        assert_eq!(cli.csi_address, "/spiffe-csi/csi.sock");
+        assert_eq!(
+            cli.kubelet_registration_path,
+            "/var/lib/kubelet/plugins/csi.spiffe.io/csi.sock"
+        );
+        assert_eq!(cli.http_address().unwrap().as_deref(), Some(":9809"));
         assert!(cli.ignored().is_empty());
     }
 

@@ -2,8 +2,8 @@
 //! on the real node, with images of our spiffe-csi-driver and our
 //! csi-node-driver-registrar: the real kubelet registers the driver (CSINode), mounts the
 //! agent's socket directory into a pod through it and unmounts it when the pod goes, and
-//! registers the driver again after the registration socket is deleted or the driver
-//! container restarts.
+//! registers the driver again after the registration socket is deleted, the driver
+//! container restarts or the pod is replaced.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -150,6 +150,24 @@ async fn chart_csi_daemonset_registers_with_kubelet_and_mounts_the_agent_socket(
     );
     wait_registered(&client, &mut node, true).await?;
     workload_gets_the_socket(&client, &mut node, "workload-2").await?;
+
+    // A deleted pod (a rollout): the registrar removes its socket on SIGTERM, kubelet drops
+    // the driver, and the DaemonSet's next pod registers it again.
+    let old = name_of(&pod).to_owned();
+    Api::<Pod>::namespaced(client.clone(), NAMESPACE)
+        .delete(&old, &DeleteParams::default())
+        .await?;
+    let deleted = Instant::now();
+    wait_registered(&client, &mut node, false).await?;
+    let dropped_after = deleted.elapsed();
+    let pod = wait_daemonset_pod(&client, &mut node, |pod| name_of(pod) != old).await?;
+    wait_registered(&client, &mut node, true).await?;
+    println!(
+        "pod {old} deleted: driver dropped from CSINode after {dropped_after:.1?}, \
+         listed again through pod {} after {:.1?}",
+        name_of(&pod),
+        deleted.elapsed()
+    );
     Ok(())
 }
 
@@ -171,8 +189,10 @@ async fn default_service_account(client: &kube::Client) -> anyhow::Result<()> {
 }
 
 /// The chart's CSI template with our images (never pulled), the node's kubelet root, the
-/// test's agent directory, the host network (the node has no pod network) and a free
-/// health port (the registrar's /healthz is then a port of the host).
+/// test's agent directory, the host network and a free health port (the registrar's
+/// /healthz is then a port of the host). Pods on the node's bridge network run too, but a
+/// node torn down by killing containerd never releases their addresses: the bridge and
+/// host-local's reservations (`/var/lib/cni/networks/e2e`) would stay on the host.
 fn render(kubelet_root: &Path, agent_dir: &Path, health_port: u16) -> anyhow::Result<Vec<Value>> {
     let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/spire-rs");
     let home = WorkDir::new("helm")?;
