@@ -10,8 +10,9 @@
 //!
 //! [`Options::endpoint_routing`]: crate::control_plane::Options::endpoint_routing
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -200,4 +201,40 @@ pub fn kubectl_apply(kubeconfig: &std::path::Path, manifest: &str) -> anyhow::Re
         bail!("{}", String::from_utf8_lossy(&output.stderr).trim());
     }
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// The leaf certificate (DER) the webhook server at `address` presents for
+/// `server_name`, after verifying the chain against `roots` (DER CA certificates, e.g. the
+/// SPIRE trust bundle) and the name, as the API server does with the `caBundle`.
+pub async fn served_certificate(
+    address: SocketAddr,
+    server_name: &str,
+    roots: &[Vec<u8>],
+) -> anyhow::Result<Vec<u8>> {
+    use rustls::pki_types::{CertificateDer, ServerName};
+    let mut store = rustls::RootCertStore::empty();
+    for der in roots {
+        store.add(CertificateDer::from(der.clone()))?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(store)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(address)
+        .await
+        .with_context(|| format!("connecting to the webhook at {address}"))?;
+    let name = ServerName::try_from(server_name.to_owned())?;
+    let tls = connector
+        .connect(name, tcp)
+        .await
+        .with_context(|| format!("TLS handshake with the webhook at {address} as {server_name}"))?;
+    let (_, connection) = tls.get_ref();
+    let leaf = connection
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .context("the webhook presented no certificate")?;
+    Ok(leaf.to_vec())
 }
