@@ -45,6 +45,7 @@ const HOOKS: [Hook<'static>; 3] = [
 /// the address it listens on.
 async fn served(
     trust_domain: &str,
+    extra_config: &str,
     env: &[(&str, &str)],
 ) -> anyhow::Result<(World, Operator, SocketAddr)> {
     let options = Options {
@@ -53,19 +54,15 @@ async fn served(
     };
     let world = World::start_with(trust_domain, options).await?;
     world.apply_our_crds().await?;
-    let host = webhook::host_address()?;
-    let port = free_port()?;
-    let operator = Operator::start_with_env(
-        &world.control_plane,
-        &world.spire,
-        "webhook",
-        &format!(
-            "validatingWebhookConfigurationName: {CONFIGURATION}\nwebhook: {{host: \"{host}\", port: {port}}}\n"
-        ),
-        env,
+    let (operator, address) = replica(&world, extra_config, env).await?;
+    webhook::route_service(
+        &world.client,
+        OPERATOR_NAMESPACE,
+        SERVICE,
+        webhook::host_address()?,
+        address.port(),
     )
     .await?;
-    webhook::route_service(&world.client, OPERATOR_NAMESPACE, SERVICE, host, port).await?;
     webhook::apply_configuration(
         &world.client,
         CONFIGURATION,
@@ -75,7 +72,28 @@ async fn served(
         "Fail",
     )
     .await?;
-    Ok((world, operator, SocketAddr::from((host, port))))
+    Ok((world, operator, address))
+}
+
+/// An operator replica serving the webhook on this host's address and a free port.
+async fn replica(
+    world: &World,
+    extra_config: &str,
+    env: &[(&str, &str)],
+) -> anyhow::Result<(Operator, SocketAddr)> {
+    let host = webhook::host_address()?;
+    let port = free_port()?;
+    let operator = Operator::start_with_env(
+        &world.control_plane,
+        &world.spire,
+        "webhook",
+        &format!(
+            "validatingWebhookConfigurationName: {CONFIGURATION}\nwebhook: {{host: \"{host}\", port: {port}}}\n{extra_config}"
+        ),
+        env,
+    )
+    .await?;
+    Ok((operator, SocketAddr::from((host, port))))
 }
 
 /// The certificate the webhook serves, verified as the API server verifies it: against
@@ -170,7 +188,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 #[tokio::test]
 async fn invalid_resources_are_refused_with_our_message_and_valid_ones_admitted()
 -> anyhow::Result<()> {
-    let (world, operator, address) = served("webhook.test", &[]).await?;
+    let (world, operator, address) = served("webhook.test", "", &[]).await?;
     wait_admitting(&world, &operator).await?;
 
     // The certificate is an X.509-SVID of the webhook's SPIFFE ID with the Service's name.
@@ -302,10 +320,27 @@ spec:
 }
 
 #[tokio::test]
-async fn a_short_lived_certificate_rotates_without_a_refused_request() -> anyhow::Result<()> {
-    // 20 s certificates, renewed every 10 s.
+async fn a_standby_replicas_short_lived_certificate_rotates_without_a_refused_request()
+-> anyhow::Result<()> {
+    // 20 s certificates, renewed every 10 s, on two replicas under leader election; the
+    // Service is then routed to the one that is not leading.
     let env = [("SPIRE_OPERATOR_WEBHOOK_CERTIFICATE_TTL", "20s")];
-    let (world, mut operator, address) = served("rotation.test", &env).await?;
+    let election = "leaderElection: {leaderElect: true, resourceName: webhook-e2e}\n";
+    let (world, mut leader, _) = served("rotation.test", election, &env).await?;
+    leader
+        .wait_metric("spire_operator_leader", &[], Duration::from_secs(30), |v| {
+            v == 1.0
+        })
+        .await?;
+    let (mut operator, address) = replica(&world, election, &env).await?;
+    webhook::route_service(
+        &world.client,
+        OPERATOR_NAMESPACE,
+        SERVICE,
+        webhook::host_address()?,
+        address.port(),
+    )
+    .await?;
     wait_admitting(&world, &operator).await?;
     let first_expiry = operator.metrics().await?.value(
         "spire_operator_webhook_certificate_expiry_timestamp_seconds",
@@ -338,6 +373,15 @@ async fn a_short_lived_certificate_rotates_without_a_refused_request() -> anyhow
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     operator.ensure_running()?;
+    leader.ensure_running()?;
+    assert_eq!(
+        operator
+            .metrics()
+            .await?
+            .value("spire_operator_leader", &[]),
+        0.0,
+        "the replica serving was not the leader"
+    );
     assert!(
         refused.is_empty(),
         "{} of {sent} refused: {:?}",

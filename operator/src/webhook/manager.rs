@@ -109,6 +109,7 @@ pub async fn run(
     let mut patch = Backoff::new();
     let mut warned_missing = false;
     let mut warned_no_service = false;
+    let mut bundle_failing = false;
     loop {
         let wake = next_wake(bundle_due, issued.as_ref(), &mint);
         tokio::select! {
@@ -133,13 +134,19 @@ pub async fn run(
             bundle_due = Instant::now() + BUNDLE_INTERVAL;
             match spire.get_bundle().await {
                 Ok(bundle) => {
+                    if std::mem::take(&mut bundle_failing) {
+                        tracing::info!("reading the trust bundle again");
+                    }
                     ca_bundle = Some(pem_bundle(
                         bundle.x509_authorities.iter().map(|a| a.asn1.as_slice()),
                     ));
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "reading the trust bundle for the webhook caBundle")
+                // Once per outage: it is retried every 5 s.
+                Err(e) if !bundle_failing => {
+                    bundle_failing = true;
+                    tracing::warn!(error = %e, "reading the trust bundle for the webhook caBundle (retried every 5 s)");
                 }
+                Err(e) => tracing::debug!(error = %e, "reading the trust bundle"),
             }
         }
 
@@ -257,4 +264,60 @@ async fn mint_certificate(
     let expires =
         SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(svid.expires_at).unwrap_or(0));
     Ok((request.certified(svid.cert_chain)?, expires))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn issued(renew_in: Duration) -> Issued {
+        Issued {
+            dns_names: vec!["svc.ns.svc".into()],
+            renew_at: SystemTime::now() + renew_in,
+        }
+    }
+
+    fn near(a: Instant, b: Instant) -> bool {
+        a.max(b) - a.min(b) < Duration::from_millis(200)
+    }
+
+    #[test]
+    fn wakes_for_the_renewal_when_it_comes_before_the_bundle_read() {
+        let now = Instant::now();
+        let bundle = now + BUNDLE_INTERVAL;
+        let mint = Backoff::new();
+        let wake = next_wake(bundle, Some(&issued(Duration::from_secs(2))), &mint);
+        assert!(near(wake, now + Duration::from_secs(2)));
+        // A renewal after the next read waits for that read.
+        let wake = next_wake(bundle, Some(&issued(Duration::from_secs(3600))), &mint);
+        assert!(near(wake, bundle));
+    }
+
+    #[test]
+    fn a_failed_mint_is_retried_after_its_backoff_not_in_a_loop() {
+        let now = Instant::now();
+        let bundle = now + BUNDLE_INTERVAL;
+        let mut mint = Backoff::new();
+        mint.failed();
+        // Renewal overdue, retry due in 1 s: wake then, not at once.
+        let wake = next_wake(bundle, Some(&issued(Duration::ZERO)), &mint);
+        assert!(near(wake, now + MIN_BACKOFF), "{:?}", wake - now);
+        // Nothing to mint yet (no configuration): only the bundle read wakes it.
+        let idle = Backoff::new();
+        assert!(near(next_wake(bundle, None, &idle), bundle));
+    }
+
+    #[test]
+    fn backoff_doubles_to_a_minute_and_resets() {
+        let mut b = Backoff::new();
+        let mut delays = Vec::new();
+        for _ in 0..8 {
+            b.failed();
+            delays.push(b.delay.as_secs());
+        }
+        assert_eq!(delays, [2, 4, 8, 16, 32, 60, 60, 60]);
+        b.succeeded();
+        assert_eq!(b.delay, MIN_BACKOFF);
+        assert!(b.due <= Instant::now());
+    }
 }
