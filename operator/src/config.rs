@@ -263,10 +263,11 @@ impl Default for Webhook {
 }
 
 impl Webhook {
-    /// `host:port` to bind (`[host]:port` for an IPv6 host, `0.0.0.0:port` for none).
+    /// `host:port` to bind (`[host]:port` for an IPv6 host; `[::]:port`, every interface
+    /// of both families, for none, as Go's `:port`).
     pub fn address(&self) -> String {
         match self.host.as_str() {
-            "" => format!("0.0.0.0:{}", self.port),
+            "" => format!("[::]:{}", self.port),
             host if host.contains(':') => format!("[{host}]:{}", self.port),
             host => format!("{host}:{}", self.port),
         }

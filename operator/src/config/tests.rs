@@ -293,7 +293,7 @@ health: {healthProbeBindAddress: "0"}
         "spire-controller-manager-webhook"
     );
     assert_eq!(c.cluster_spiffe_id_label_selector, None);
-    assert_eq!(c.webhook.address(), "0.0.0.0:9443");
+    assert_eq!(c.webhook.address(), "0.0.0.0:9443", "host 0.0.0.0 as given");
     assert_eq!(
         note_keys(&c),
         [
@@ -503,7 +503,7 @@ fn cache_namespaces_restrict_the_pods_considered() {
 fn webhook_listen_address() {
     let base = "trustDomain: example.org\nclusterName: c\n";
     let c = Config::from_yaml(base).unwrap();
-    assert_eq!(c.webhook.address(), "0.0.0.0:9443");
+    assert_eq!(c.webhook.address(), "[::]:9443");
     let c = Config::from_yaml(&format!("{base}webhook: {{host: 10.1.2.3, port: 0}}")).unwrap();
     assert_eq!(c.webhook.address(), "10.1.2.3:9443");
     let c = Config::from_yaml(&format!("{base}webhook: {{host: \"::1\", port: 8443}}")).unwrap();

@@ -39,7 +39,7 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     stopped: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let tcp = TcpListener::bind(address).await.map_err(|e| {
+    let tcp = bind(address).await.map_err(|e| {
         std::io::Error::new(
             e.kind(),
             format!("binding the webhook server to {address}: {e}"),
@@ -57,6 +57,21 @@ pub async fn serve(
     axum::serve(listener, router)
         .with_graceful_shutdown(stopped)
         .await
+}
+
+/// Binds `address`; `[::]:port` (every interface, both families: the API server may call
+/// a pod's IPv6 address) falls back to `0.0.0.0:port` where the kernel has no IPv6.
+async fn bind(address: &str) -> std::io::Result<TcpListener> {
+    match TcpListener::bind(address).await {
+        Err(e)
+            if address.starts_with("[::]:")
+                && (e.raw_os_error() == Some(libc::EAFNOSUPPORT)
+                    || e.kind() == std::io::ErrorKind::AddrNotAvailable) =>
+        {
+            TcpListener::bind(address.replacen("[::]", "0.0.0.0", 1)).await
+        }
+        other => other,
+    }
 }
 
 async fn review(State(state): State<AppState>, body: Bytes) -> Response {
@@ -142,5 +157,19 @@ impl axum::serve::Listener for TlsListener {
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
         Ok(self.local)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn every_interface_includes_ipv4() {
+        let listener = bind("[::]:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accept = tokio::spawn(async move { listener.accept().await.map(|_| ()) });
+        TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        accept.await.unwrap().unwrap();
     }
 }
