@@ -6,7 +6,9 @@
 //! What the node cannot offer, the chart's documented options cover: there is no pod
 //! network, kube-proxy or cluster DNS, so the server, the operator and the OIDC
 //! provider run with `hostNetwork`, the agents reach the server at 127.0.0.1, and the
-//! server and operator reach the API server through `global.kubernetesServiceHost`.
+//! server and operator reach the API server through `global.kubernetesServiceHost`; the
+//! API server reaches the operator's webhook through its Service's endpoints
+//! (`--enable-aggregator-routing`), the node's address.
 //! Every port is picked free, and every host path lies in the node's directory, so
 //! clusters of parallel tests do not meet.
 
@@ -63,6 +65,8 @@ pub struct Ports {
     pub oidc_health: u16,
     /// The node-driver-registrar's /healthz.
     pub registrar_health: u16,
+    /// The operator's validating webhook.
+    pub webhook: u16,
 }
 
 impl Ports {
@@ -76,6 +80,7 @@ impl Ports {
             oidc: free_port()?,
             oidc_health: free_port()?,
             registrar_health: free_port()?,
+            webhook: free_port()?,
         })
     }
 }
@@ -104,6 +109,9 @@ impl Cluster {
             nodes: true,
             scheduler: true,
             controller_manager: true,
+            // Admission webhooks reached through their Service's endpoints (the host's
+            // address, as the operator's pod uses the host network): no kube-proxy here.
+            endpoint_routing: true,
         })
         .await?;
         let node = Node::start(&control_plane).await?;
@@ -167,6 +175,7 @@ impl Cluster {
             "operator": {
                 "metricsPort": p.operator_metrics,
                 "healthPort": p.operator_health,
+                "webhook": {"port": p.webhook},
             },
             "spireAgent": {
                 "server": {"address": "127.0.0.1", "port": p.server},
@@ -222,6 +231,47 @@ impl Cluster {
         ];
         args.extend_from_slice(extra);
         self.helm(&args)
+    }
+
+    /// `kubectl <args>` with the admin kubeconfig; its output, or an error with both
+    /// outputs.
+    pub fn kubectl(&self, args: &[&str]) -> anyhow::Result<String> {
+        self.kubectl_with_input(args, None)
+    }
+
+    /// `kubectl apply -f -` of `manifest`.
+    pub fn kubectl_apply(&self, manifest: &str) -> anyhow::Result<String> {
+        self.kubectl_with_input(&["apply", "-f", "-"], Some(manifest))
+    }
+
+    fn kubectl_with_input(&self, args: &[&str], input: Option<&str>) -> anyhow::Result<String> {
+        use std::io::Write as _;
+        use std::process::{Command, Stdio};
+        let mut child = Command::new(crate::tools::tool("kubectl")?)
+            .arg(format!(
+                "--kubeconfig={}",
+                self.control_plane.kubeconfig().display()
+            ))
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("running kubectl")?;
+        if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+            stdin.write_all(input.as_bytes())?;
+        }
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!(
+                "kubectl {} failed ({}): {}{}",
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// `helm uninstall spire-rs`.

@@ -39,6 +39,13 @@ pub struct Options {
     /// register with a not-ready taint that only the node lifecycle controller lifts,
     /// so this goes with `controller_manager` and `nodes`.
     pub scheduler: bool,
+    /// `--enable-aggregator-routing=true`: the apiserver calls admission webhooks (and
+    /// aggregated APIs) at an address from the Service's EndpointSlices instead of its
+    /// ClusterIP, which nothing routes here (no kube-proxy). With it, a selector-less
+    /// Service and a hand-made EndpointSlice pointing at this host's non-loopback
+    /// address (EndpointSlice validation refuses loopback) reach a local webhook server
+    /// under the Service's DNS name (see [`crate::webhook`]).
+    pub endpoint_routing: bool,
 }
 
 /// The user the apiserver authenticates as to kubelets (with [`Options::nodes`]).
@@ -152,6 +159,9 @@ impl ControlPlane {
             .arg("--profiling=false")
             // One client at a time; flow control only adds latency here.
             .arg("--enable-priority-and-fairness=false");
+        if options.endpoint_routing {
+            apiserver.arg("--enable-aggregator-routing=true");
+        }
         if options.nodes {
             let kubelet_client = ca.issue_client(KUBELET_CLIENT_USER, &[])?;
             let cert = write("apiserver-kubelet-client.crt", &kubelet_client.cert_pem)?;

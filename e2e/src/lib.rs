@@ -30,6 +30,7 @@ pub mod reference;
 pub mod spire;
 pub mod tools;
 pub mod wait;
+pub mod webhook;
 pub mod workdir;
 pub mod world;
 

@@ -20,7 +20,7 @@ use crate::workdir::WorkDir;
 use crate::{http, kube_util, wait};
 
 mod deployed;
-pub use deployed::Deployment;
+pub use deployed::{Deployment, Listen};
 
 /// The operator's own namespace (`--namespace`): it keeps its ConfigMap and, with leader
 /// election, its Lease there.
@@ -40,6 +40,7 @@ pub struct Operator {
     process: Process,
     metrics_addr: String,
     health_addr: String,
+    webhook_port: u16,
     readiness_path: String,
     identity: String,
     config_path: PathBuf,
@@ -102,6 +103,7 @@ impl Operator {
             cluster_name,
             extra_config,
             control_plane.kubeconfig(),
+            &[],
         )
         .await
     }
@@ -115,11 +117,57 @@ impl Operator {
         extra_config: &str,
         kubeconfig: &Path,
     ) -> anyhow::Result<Self> {
+        Self::start_inner(
+            control_plane,
+            spire,
+            cluster_name,
+            extra_config,
+            kubeconfig,
+            &[],
+        )
+        .await
+    }
+
+    /// Like [`Operator::start`], with `env` added to the process environment (e.g.
+    /// `SPIRE_OPERATOR_WEBHOOK_CERTIFICATE_TTL`).
+    pub async fn start_with_env(
+        control_plane: &ControlPlane,
+        spire: &Spire,
+        cluster_name: &str,
+        extra_config: &str,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        let kubeconfig = control_plane.kubeconfig();
+        Self::start_inner(
+            control_plane,
+            spire,
+            cluster_name,
+            extra_config,
+            kubeconfig,
+            env,
+        )
+        .await
+    }
+
+    async fn start_inner(
+        control_plane: &ControlPlane,
+        spire: &Spire,
+        cluster_name: &str,
+        extra_config: &str,
+        kubeconfig: &Path,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let mut attempt = 1;
         loop {
-            let mut operator =
-                Self::spawn_with(control_plane, spire, cluster_name, extra_config, kubeconfig)
-                    .await?;
+            let mut operator = Self::spawn_with(
+                control_plane,
+                spire,
+                cluster_name,
+                extra_config,
+                kubeconfig,
+                env,
+            )
+            .await?;
             match operator.wait_serving(READY_TIMEOUT).await {
                 Ok(()) => return Ok(operator),
                 Err(e) if attempt < BIND_ATTEMPTS && operator.bind_failed() => {
@@ -170,6 +218,7 @@ impl Operator {
         cluster_name: &str,
         extra_config: &str,
         kubeconfig: &Path,
+        env: &[(&str, &str)],
     ) -> anyhow::Result<Self> {
         let binary = Self::binary()?;
         let dir = WorkDir::new("operator")?;
@@ -178,6 +227,7 @@ impl Operator {
         let config = config_yaml(
             &metrics_addr,
             &health_addr,
+            free_port()?,
             cluster_name,
             spire.trust_domain(),
             spire.server_socket(),
@@ -189,6 +239,12 @@ impl Operator {
             .and_then(Value::as_str)
             .map(|p| format!("/{}", p.trim_start_matches('/')))
             .unwrap_or_else(|| "/readyz".into());
+        let webhook_port = config
+            .get("webhook")
+            .and_then(|w| w.get("port"))
+            .and_then(Value::as_u64)
+            .and_then(|p| u16::try_from(p).ok())
+            .unwrap_or(9443);
 
         let mut namespaces = vec![OPERATOR_NAMESPACE.to_owned()];
         if let Some(ns) = config
@@ -219,12 +275,14 @@ impl Operator {
             .arg(OPERATOR_NAMESPACE)
             .env("KUBECONFIG", kubeconfig)
             .env("POD_NAME", &identity)
-            .env("RUST_BACKTRACE", "1");
+            .env("RUST_BACKTRACE", "1")
+            .envs(env.iter().copied());
         let process = Process::spawn("spire-operator", command, &log_path)?;
         Ok(Self {
             process,
             metrics_addr,
             health_addr,
+            webhook_port,
             readiness_path,
             identity,
             config_path,
@@ -380,6 +438,12 @@ impl Operator {
         &self.health_addr
     }
 
+    /// The port the webhook server listens on (`webhook.port`; by default a free port
+    /// on 127.0.0.1, so parallel operators never contend for 9443).
+    pub fn webhook_port(&self) -> u16 {
+        self.webhook_port
+    }
+
     /// The identity it runs as (`POD_NAME`), e.g. the Lease holder under leader election.
     pub fn identity(&self) -> &str {
         &self.identity
@@ -473,6 +537,7 @@ fn build_binary() -> anyhow::Result<PathBuf> {
 fn config_yaml(
     metrics_addr: &str,
     health_addr: &str,
+    webhook_port: u16,
     cluster_name: &str,
     trust_domain: &str,
     socket: &Path,
@@ -485,6 +550,9 @@ metrics:
   bindAddress: {metrics_addr}
 health:
   healthProbeBindAddress: {health_addr}
+webhook:
+  host: 127.0.0.1
+  port: {webhook_port}
 leaderElection:
   leaderElect: false
 clusterName: {cluster_name}
@@ -743,6 +811,7 @@ with_exemplar_total 4 # {trace_id="abc"} 1.0
         let config = config_yaml(
             "127.0.0.1:1",
             "127.0.0.1:2",
+            3,
             "c",
             "td.test",
             Path::new("/s.sock"),
@@ -763,10 +832,12 @@ with_exemplar_total 4 # {trace_id="abc"} 1.0
             Some(true)
         );
         assert_eq!(config["trustDomain"].as_str(), Some("td.test"));
+        assert_eq!(config["webhook"]["port"].as_u64(), Some(3));
 
         let plain = config_yaml(
             "a:1",
             "b:2",
+            3,
             "c",
             "td",
             Path::new("/s"),
@@ -777,6 +848,6 @@ with_exemplar_total 4 # {trace_id="abc"} 1.0
             plain["leaderElection"]["leaderElect"].as_bool(),
             Some(false)
         );
-        assert!(config_yaml("a:1", "b:2", "c", "td", Path::new("/s"), "- a list").is_err());
+        assert!(config_yaml("a:1", "b:2", 3, "c", "td", Path::new("/s"), "- a list").is_err());
     }
 }

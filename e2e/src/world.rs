@@ -16,7 +16,7 @@ use kube::discovery::ApiResource;
 use serde_json::{Value, json};
 use spire_operator::crd::{ClusterSPIFFEID, ClusterSPIFFEIDStatus};
 
-use crate::control_plane::ControlPlane;
+use crate::control_plane::{ControlPlane, Options};
 use crate::entries::{self, EntryView};
 use crate::kube_util::{apply_crd_objects, ensure_service_account, node, scheduled_pod};
 use crate::spire::Spire;
@@ -45,8 +45,15 @@ impl World {
 
     /// Starts both without any CRD (e.g. to install the reference tool's CRDs first).
     pub async fn start_without_crds(trust_domain: &str) -> anyhow::Result<Self> {
-        let (control_plane, spire) =
-            tokio::try_join!(ControlPlane::start(), Spire::start(trust_domain))?;
+        Self::start_with(trust_domain, Options::default()).await
+    }
+
+    /// Like [`World::start_without_crds`], with the control plane `options` asks for.
+    pub async fn start_with(trust_domain: &str, options: Options) -> anyhow::Result<Self> {
+        let (control_plane, spire) = tokio::try_join!(
+            ControlPlane::start_with(options),
+            Spire::start(trust_domain)
+        )?;
         let client = control_plane.client();
         Ok(Self {
             control_plane,

@@ -148,8 +148,12 @@ pub struct Config {
     /// `grpc.maxCallRecvMsgSize`: the largest SPIRE API response accepted, in bytes;
     /// `None` keeps the client's default.
     pub grpc_max_call_recv_msg_size: Option<usize>,
-    /// `validatingWebhookConfigurationName`. Default: `spire-controller-manager-webhook`.
+    /// `validatingWebhookConfigurationName`: the ValidatingWebhookConfiguration whose
+    /// webhooks the operator serves and whose `caBundle` it keeps current. Default:
+    /// `spire-controller-manager-webhook`.
     pub validating_webhook_configuration_name: String,
+    /// `webhook.*`: where the webhook server listens.
+    pub webhook: Webhook,
     /// What a reader should know about keys accepted but not honoured, or unknown.
     #[serde(skip)]
     pub notes: Vec<ConfigNote>,
@@ -237,6 +241,36 @@ fn serving_address<'a>(configured: Option<&'a str>, default: &'a str) -> Option<
         Some("0") => None,
         Some(address) if !address.is_empty() => Some(address),
         _ => Some(default),
+    }
+}
+
+/// `webhook.*` (controller-runtime's webhook server settings).
+#[derive(Serialize, Debug, Clone, PartialEq, Eq)]
+pub struct Webhook {
+    /// `webhook.host`: the address to listen on; empty means every interface. Default: empty.
+    pub host: String,
+    /// `webhook.port`. Default: 9443 (also for 0, as controller-runtime).
+    pub port: u16,
+}
+
+impl Default for Webhook {
+    fn default() -> Self {
+        Self {
+            host: String::new(),
+            port: 9443,
+        }
+    }
+}
+
+impl Webhook {
+    /// `host:port` to bind (`[host]:port` for an IPv6 host; `[::]:port`, every interface
+    /// of both families, for none, as Go's `:port`).
+    pub fn address(&self) -> String {
+        match self.host.as_str() {
+            "" => format!("[::]:{}", self.port),
+            host if host.contains(':') => format!("[{host}]:{}", self.port),
+            host => format!("{host}:{}", self.port),
+        }
     }
 }
 
@@ -427,6 +461,7 @@ impl Config {
                     },
                 )?),
             };
+        let webhook = webhook(raw.webhook.as_ref())?;
         let log_level = match raw.log_level {
             None => LogLevel::default(),
             Some(text) => LogLevel::parse(&text).ok_or_else(|| ConfigError::Invalid {
@@ -475,6 +510,7 @@ impl Config {
                 raw.validating_webhook_configuration_name,
             )
             .unwrap_or_else(|| "spire-controller-manager-webhook".into()),
+            webhook,
             notes,
         })
     }
@@ -624,16 +660,15 @@ fn note_unhonoured(raw: &RawConfig, notes: &mut Vec<ConfigNote>) {
             message: message.into(),
         });
     };
-    if raw.validating_webhook_configuration_name.is_some() {
-        note(
-            "validatingWebhookConfigurationName",
-            "no validating webhook is served yet: resources are checked when reconciled, and errors show in their status",
-        );
-    }
-    if let Some(webhook) = &raw.webhook
-        && (webhook.port.is_some() || webhook.host.is_some() || webhook.cert_dir.is_some())
+    if raw
+        .webhook
+        .as_ref()
+        .is_some_and(|w| w.cert_dir.as_deref().is_some_and(|d| !d.is_empty()))
     {
-        note("webhook", "no validating webhook is served yet; ignored");
+        note(
+            "webhook.certDir",
+            "ignored: the webhook certificate is minted from SPIRE and kept in memory",
+        );
     }
     if raw.sync_period.is_some() {
         note(
@@ -669,6 +704,24 @@ fn note_unhonoured(raw: &RawConfig, notes: &mut Vec<ConfigNote>) {
             "ignored: static mode is not implemented",
         );
     }
+}
+
+fn webhook(raw: Option<&raw::RawWebhook>) -> Result<Webhook, ConfigError> {
+    let mut webhook = Webhook::default();
+    let Some(raw) = raw else { return Ok(webhook) };
+    if let Some(host) = &raw.host {
+        webhook.host = host.clone();
+    }
+    match raw.port {
+        None | Some(0) => {}
+        Some(port) => {
+            webhook.port = u16::try_from(port).map_err(|_| ConfigError::Invalid {
+                key: "webhook.port".into(),
+                message: format!("{port} is not a TCP port (1-65535)"),
+            })?;
+        }
+    }
+    Ok(webhook)
 }
 
 fn leader_election(

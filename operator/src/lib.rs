@@ -15,3 +15,4 @@ pub mod render;
 pub mod spire;
 pub mod status;
 pub mod template;
+pub mod webhook;

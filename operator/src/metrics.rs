@@ -46,6 +46,12 @@ struct MethodLabels {
     method: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReviewLabels {
+    kind: String,
+    allowed: &'static str,
+}
+
 type HistogramFamily = Family<MethodLabels, Histogram, fn() -> Histogram>;
 
 /// Every metric the operator exports.
@@ -88,6 +94,17 @@ pub struct Metrics {
     pub desired_drift: Counter,
     /// Status patches and event publications that failed (retried).
     pub report_failures: Counter,
+    webhook_reviews: Family<ReviewLabels, Counter>,
+    /// Time to decide one admission review (body read to response built).
+    pub webhook_review_duration: Histogram,
+    /// Webhook serving certificates minted.
+    pub webhook_certificates_minted: Counter,
+    /// Failed attempts to mint the webhook serving certificate (retried with backoff).
+    pub webhook_mint_failures: Counter,
+    /// Expiry of the webhook serving certificate in use, Unix seconds; 0 before the first.
+    pub webhook_certificate_expiry: Gauge,
+    /// Patches of the ValidatingWebhookConfiguration's caBundle.
+    pub webhook_ca_bundle_patches: Counter,
 }
 
 impl Default for Metrics {
@@ -151,7 +168,41 @@ impl Metrics {
             "report_failures",
             "Status patches and Kubernetes Events that failed to be written (retried)",
         );
+        let webhook_reviews = Family::<ReviewLabels, Counter>::default();
+        registry.register(
+            "webhook_reviews",
+            "Admission reviews answered, by kind and verdict",
+            webhook_reviews.clone(),
+        );
+        let webhook_review_duration = Histogram::new(exponential_buckets(0.00005, 2.0, 14));
+        registry.register(
+            "webhook_review_duration_seconds",
+            "Time to decide one admission review",
+            webhook_review_duration.clone(),
+        );
         Self {
+            webhook_reviews,
+            webhook_review_duration,
+            webhook_certificates_minted: counter(
+                &mut registry,
+                "webhook_certificates_minted",
+                "Webhook serving certificates minted by SPIRE",
+            ),
+            webhook_mint_failures: counter(
+                &mut registry,
+                "webhook_mint_failures",
+                "Failed attempts to mint the webhook serving certificate (retried)",
+            ),
+            webhook_certificate_expiry: gauge(
+                &mut registry,
+                "webhook_certificate_expiry_timestamp_seconds",
+                "Expiry of the webhook serving certificate in use, Unix seconds (0: none yet)",
+            ),
+            webhook_ca_bundle_patches: counter(
+                &mut registry,
+                "webhook_ca_bundle_patches",
+                "Patches of the ValidatingWebhookConfiguration's caBundle",
+            ),
             caches_synced: gauge(
                 &mut registry,
                 "caches_synced",
@@ -238,6 +289,17 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
+    /// Counts one admission review of `kind` and its verdict.
+    pub fn record_review(&self, kind: &str, allowed: bool, elapsed: Duration) {
+        self.webhook_reviews
+            .get_or_create(&ReviewLabels {
+                kind: kind.to_owned(),
+                allowed: if allowed { "true" } else { "false" },
+            })
+            .inc();
+        self.webhook_review_duration.observe(elapsed.as_secs_f64());
+    }
+
     /// The OpenMetrics text served at `/metrics`.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -284,6 +346,11 @@ mod tests {
             "spire_operator_spire_reachable",
             "spire_operator_desired_drift_total",
             "spire_operator_report_failures_total",
+            "spire_operator_webhook_certificates_minted_total",
+            "spire_operator_webhook_mint_failures_total",
+            "spire_operator_webhook_certificate_expiry_timestamp_seconds",
+            "spire_operator_webhook_ca_bundle_patches_total",
+            "spire_operator_webhook_review_duration_seconds_bucket",
         ] {
             assert!(text.contains(name), "{name} missing from\n{text}");
         }

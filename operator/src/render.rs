@@ -11,6 +11,10 @@ use crate::label_selector::Selector;
 use crate::spire::{EntryKey, EntrySpec, SpiffeId};
 use crate::template::{Template, TemplateData};
 
+mod federation;
+
+pub use federation::{EndpointProfile, FederationRelationship};
+
 /// The parent ID template spire-controller-manager uses when `parentIDTemplate` is unset:
 /// the k8s_psat agent on the pod's node.
 pub const DEFAULT_PARENT_ID_TEMPLATE: &str =
@@ -273,6 +277,51 @@ pub fn service_dns_names(name: &str, namespace: &str, cluster_domain: &str) -> V
     names
 }
 
+/// What can be known of a `spiffeIDTemplate` before any pod exists: it is not empty,
+/// and the literal text before its first action (`{{`) is compatible with a SPIFFE ID in
+/// `trust_domain`. A template whose trust domain comes from an action
+/// (`spiffe://{{ .TrustDomain }}/...`) is checked when rendered.
+pub fn check_spiffe_id_template(source: &str, trust_domain: &str) -> Result<(), SpecError> {
+    const FIELD: &str = "spec.spiffeIDTemplate";
+    const SCHEME: &str = "spiffe://";
+    if source.trim().is_empty() {
+        return Err(SpecError::new(
+            FIELD,
+            "is required (an empty template renders no SPIFFE ID)",
+        ));
+    }
+    let (literal, complete) = match source.find("{{") {
+        Some(i) => (&source[..i], false),
+        None => (source, true),
+    };
+    let scheme_ok = if literal.len() >= SCHEME.len() {
+        literal.starts_with(SCHEME)
+    } else {
+        SCHEME.starts_with(literal)
+    };
+    if !scheme_ok {
+        return Err(SpecError::new(
+            FIELD,
+            format!("{source:?} does not render a SPIFFE ID: it must start with spiffe://"),
+        ));
+    }
+    let rest = literal.get(SCHEME.len()..).unwrap_or_default();
+    let written = match rest.find('/') {
+        Some(i) => Some(&rest[..i]),
+        None if complete => Some(rest),
+        None => None,
+    };
+    match written {
+        Some(td) if td != trust_domain => Err(SpecError::new(
+            FIELD,
+            format!(
+                "{source:?} renders IDs in trust domain {td:?}, not in this cluster's {trust_domain:?}"
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn in_trust_domain(field: &str, rendered: &str, trust_domain: &str) -> Result<SpiffeId, SpecError> {
     let id: SpiffeId = rendered.parse().map_err(|e| SpecError::new(field, e))?;
     if id.trust_domain() != trust_domain {
@@ -298,27 +347,30 @@ fn check_selector(field: &str, selector: &str) -> Result<(), SpecError> {
 /// ID (`spiffe://partner.org`, any path), as go-spiffe's `TrustDomainFromString` reads
 /// them for spire-controller-manager; SPIRE gets the bare name.
 fn federates_with(names: &[String]) -> Result<BTreeSet<String>, SpecError> {
-    let mut set = BTreeSet::new();
-    for (i, name) in names.iter().enumerate() {
-        let field = || format!("spec.federatesWith[{i}]");
-        let trust_domain = if name.contains(":/") {
-            name.parse::<SpiffeId>()
-                .map_err(|e| SpecError::new(field(), e))?
-                .trust_domain()
-                .to_owned()
-        } else if TRUST_DOMAIN_NAME.is_match(name) {
-            name.clone()
-        } else {
-            return Err(SpecError::new(
-                field(),
-                format!(
-                    "{name:?} is not a trust domain name (lowercase letters, digits, '.', '-', '_') or spiffe://<trust domain>"
-                ),
-            ));
-        };
-        set.insert(trust_domain);
+    (names.iter().enumerate())
+        .map(|(i, name)| trust_domain_name(&format!("spec.federatesWith[{i}]"), name))
+        .collect()
+}
+
+/// A trust domain written as a name (`partner.org`) or as a SPIFFE ID
+/// (`spiffe://partner.org`, any path), reduced to the name.
+fn trust_domain_name(field: &str, name: &str) -> Result<String, SpecError> {
+    if name.contains(":/") {
+        Ok(name
+            .parse::<SpiffeId>()
+            .map_err(|e| SpecError::new(field, e))?
+            .trust_domain()
+            .to_owned())
+    } else if TRUST_DOMAIN_NAME.is_match(name) {
+        Ok(name.to_owned())
+    } else {
+        Err(SpecError::new(
+            field,
+            format!(
+                "{name:?} is not a trust domain name (lowercase letters, digits, '.', '-', '_') or spiffe://<trust domain>"
+            ),
+        ))
     }
-    Ok(set)
 }
 
 /// SVID TTLs are whole seconds in SPIRE; like spire-controller-manager, fractions are dropped.

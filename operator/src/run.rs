@@ -18,6 +18,7 @@ use spire_operator::reconcile::dirty::DirtySet;
 use spire_operator::reconcile::runner::{Context, Reconciler};
 use spire_operator::reconcile::watch::{self, WatchOptions};
 use spire_operator::spire::{ClientOptions, SpireAddress, SpireClient};
+use spire_operator::webhook::{self, Validator};
 use tokio::sync::Notify;
 
 /// Arguments of `run`.
@@ -48,6 +49,14 @@ pub struct RunArgs {
     /// config file's `spireServerSocketPath`.
     #[arg(long)]
     pub spire_api_socket: Option<PathBuf>,
+    /// spire-controller-manager's switch for the validating webhook: `false` turns the
+    /// webhook server and its certificate off; any other value keeps them on.
+    #[arg(long, env = "ENABLE_WEBHOOKS", default_value = "true")]
+    pub enable_webhooks: String,
+    /// Lifetime asked of SPIRE for the webhook's serving certificate (the server may cap
+    /// it); each replica renews its certificate at half the lifetime.
+    #[arg(long, env = "SPIRE_OPERATOR_WEBHOOK_CERTIFICATE_TTL", default_value = "24h", value_parser = crate::parse_duration)]
+    pub webhook_certificate_ttl: Duration,
 }
 
 /// Where a pod's service account token mount says which namespace the pod runs in.
@@ -154,7 +163,42 @@ pub async fn run(mut args: RunArgs, config: Config) -> anyhow::Result<()> {
         })
     });
 
+    // Bound before SPIRE is reached, so a taken port fails the start at once; TLS
+    // handshakes fail until the certificate manager below has minted a certificate.
+    let webhook = if args.enable_webhooks == "false" {
+        tracing::info!("ENABLE_WEBHOOKS=false: no validating webhook is served");
+        None
+    } else {
+        let validator = Validator {
+            trust_domain: config.trust_domain.clone(),
+            class_name: config.class_name.clone(),
+        };
+        let (store, handle) = webhook::spawn_server(
+            config.webhook.address(),
+            validator,
+            metrics.clone(),
+            stopped(),
+        )
+        .context("configuring TLS for the webhook server")?;
+        Some((store, handle))
+    };
+
     let spire = connect_spire(&config, args.spire_timeout, &metrics).await;
+
+    if let Some((store, _)) = &webhook {
+        let manager = webhook::ManagerConfig {
+            trust_domain: config.trust_domain.clone(),
+            configuration_name: config.validating_webhook_configuration_name.clone(),
+            certificate_ttl: args.webhook_certificate_ttl,
+        };
+        let (kube, spire, store, metrics) =
+            (kube.clone(), spire.clone(), store.clone(), metrics.clone());
+        let alive = health.task_alive("webhook certificate manager");
+        tokio::spawn(async move {
+            webhook::manager::run(kube, spire, manager, store, metrics).await;
+            alive.ended();
+        });
+    }
 
     // Watches run on every replica, so a new leader starts with warm caches. Every kind's
     // first listing must be complete before the first pass: deciding on a partial view
@@ -252,7 +296,11 @@ pub async fn run(mut args: RunArgs, config: Config) -> anyhow::Result<()> {
     };
     shutdown.notify_waiters();
     let _ = tokio::time::timeout(Duration::from_secs(5), async {
-        for server in [metrics_server, health_server].into_iter().flatten() {
+        let webhook_server = webhook.map(|(_, handle)| handle);
+        for server in [metrics_server, health_server, webhook_server]
+            .into_iter()
+            .flatten()
+        {
             let _ = server.await;
         }
     })

@@ -53,6 +53,12 @@ seccompProfile:
 {{- define "spire-rs.serverName" -}}{{ include "spire-rs.name" (dict "root" . "component" "spire-server") }}{{- end -}}
 {{- define "spire-rs.agentName" -}}{{ include "spire-rs.name" (dict "root" . "component" "spire-agent") }}{{- end -}}
 {{- define "spire-rs.operatorName" -}}{{ include "spire-rs.name" (dict "root" . "component" "spire-operator") }}{{- end -}}
+{{- /* Cluster-scoped, so the namespace keeps two releases of one name apart. */}}
+{{- define "spire-rs.webhookConfigurationName" -}}{{ .Release.Namespace }}-{{ include "spire-rs.operatorName" . }}-webhook{{- end -}}
+{{- define "spire-rs.webhookServiceName" -}}{{ include "spire-rs.operatorName" . }}-webhook{{- end -}}
+{{- /* On the chart's own spire.spiffe.io objects: the webhook's objectSelector lets them
+  through, so an install does not wait on an operator that is not up yet. */}}
+{{- define "spire-rs.webhookSkipLabel" -}}spire-rs.spiffe.io/webhook: skip{{- end -}}
 {{- define "spire-rs.csiName" -}}{{ include "spire-rs.name" (dict "root" . "component" "spiffe-csi-driver") }}{{- end -}}
 {{- define "spire-rs.oidcName" -}}{{ include "spire-rs.name" (dict "root" . "component" "oidc-discovery-provider") }}{{- end -}}
 
@@ -115,5 +121,14 @@ seccompProfile:
 {{- if . -}}
 hostNetwork: true
 dnsPolicy: ClusterFirstWithHostNet
+{{- end -}}
+{{- end -}}
+
+{{/* A CSI container's preStop sleep (csiDriver.shutdownDelaySeconds): see values.yaml. */}}
+{{- define "spire-rs.csiShutdownDelay" -}}
+{{- with int .shutdownDelaySeconds -}}
+lifecycle:
+  preStop:
+    sleep: {seconds: {{ . }}}
 {{- end -}}
 {{- end -}}

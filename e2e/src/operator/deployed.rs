@@ -13,12 +13,23 @@ use crate::workdir::WorkDir;
 pub struct Deployment<'a> {
     /// The config file's name in the working directory, e.g. `controller-manager-config.yaml`.
     pub file_name: &'a str,
-    /// The file's text, given the metrics and health addresses to bind (free ports).
-    pub config: &'a dyn Fn(&str, &str) -> String,
+    /// The file's text, given the addresses to bind (free ports).
+    pub config: &'a dyn Fn(&Listen) -> String,
     /// The container args, verbatim, e.g. `["--config=controller-manager-config.yaml"]`.
     pub args: &'a [String],
     /// The container's environment (nothing else is inherited but `PATH`).
     pub env: &'a [(&'a str, &'a str)],
+}
+
+/// Where the harness wants the operator's servers: free ports (the webhook's host is
+/// the fixture's business: 127.0.0.1, or a routable address for the API server to call).
+pub struct Listen {
+    /// `metrics.bindAddress`.
+    pub metrics: String,
+    /// `health.healthProbeBindAddress`.
+    pub health: String,
+    /// `webhook.port`.
+    pub webhook_port: u16,
 }
 
 impl Operator {
@@ -28,11 +39,13 @@ impl Operator {
         let dir = WorkDir::new("operator")?;
         let metrics_addr = format!("127.0.0.1:{}", free_port()?);
         let health_addr = format!("127.0.0.1:{}", free_port()?);
+        let listen = Listen {
+            metrics: metrics_addr.clone(),
+            health: health_addr.clone(),
+            webhook_port: free_port()?,
+        };
         let config_path = dir.join(deployment.file_name);
-        std::fs::write(
-            &config_path,
-            (deployment.config)(&metrics_addr, &health_addr),
-        )?;
+        std::fs::write(&config_path, (deployment.config)(&listen))?;
         let log_path = dir.join("operator.log");
         let mut command = Command::new(&binary);
         command
@@ -49,6 +62,7 @@ impl Operator {
             process,
             metrics_addr,
             health_addr,
+            webhook_port: listen.webhook_port,
             readiness_path: "/readyz".into(),
             identity,
             config_path,

@@ -110,6 +110,17 @@ async fn install_reconcile_as_the_chart_service_account_and_uninstall() -> anyho
             v == 1.0
         })
         .await?;
+    // The chart's RBAC lets it watch and patch its ValidatingWebhookConfiguration (by
+    // name only): all three webhooks get the trust bundle.
+    let configuration = format!("{NAMESPACE}-spire-rs-spire-operator-webhook");
+    let bundles = e2e::webhook::wait_ca_bundles(&client, &configuration)
+        .await
+        .with_context(|| operator.log_tail(30))?;
+    assert_eq!(
+        bundles.len(),
+        3,
+        "caBundle on each webhook of {configuration}"
+    );
 
     let node = world.node("node-a").await?;
     world.namespace("shop", &[]).await?;
@@ -208,7 +219,7 @@ async fn install_reconcile_as_the_chart_service_account_and_uninstall() -> anyho
 }
 
 /// The operator config the chart rendered, without the keys the harness sets itself
-/// (socket path and listen addresses).
+/// (socket path and listen addresses, the webhook's included).
 async fn chart_operator_config(client: &kube::Client) -> anyhow::Result<String> {
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), NAMESPACE);
     let map = config_maps.get("spire-rs-spire-operator").await?;
@@ -218,7 +229,7 @@ async fn chart_operator_config(client: &kube::Client) -> anyhow::Result<String> 
         .context("config.yaml missing from the chart's operator ConfigMap")?;
     let mut config: Value = serde_norway::from_str(&text)?;
     let mapping = config.as_mapping_mut().context("config is not a mapping")?;
-    for key in ["spireServerSocketPath", "metrics", "health"] {
+    for key in ["spireServerSocketPath", "metrics", "health", "webhook"] {
         mapping.remove(key);
     }
     Ok(serde_norway::to_string(&config)?)

@@ -58,12 +58,19 @@ async fn every_values_file_lints_renders_and_validates_against_the_apiserver() -
         "Deployment/spire-rs-oidc-discovery-provider",
         "ClusterSPIFFEID/default",
         "ClusterSPIFFEID/spire-rs-oidc-discovery-provider",
+        "ValidatingWebhookConfiguration/spire-system-spire-rs-spire-operator-webhook",
+        "Service/spire-rs-spire-operator-webhook",
     ] {
         assert!(
             defaults.iter().any(|k| k == expected),
             "{expected} missing from {defaults:?}"
         );
     }
+    let no_webhook = kinds("no-webhook-values");
+    assert!(
+        !no_webhook.iter().any(|k| k.contains("webhook")),
+        "{no_webhook:?}"
+    );
     let existing = kinds("existing-spire-values");
     assert!(
         !existing

@@ -51,6 +51,31 @@ async fn helm_install_workload_identity_restarts_upgrade_and_uninstall() -> anyh
         "CSINode drivers (name, node id)"
     );
 
+    // The chart's validating webhook answers the real API server: kubectl apply of an
+    // invalid ClusterSPIFFEID is refused with the operator's message, a valid one passes.
+    let bad = "apiVersion: spire.spiffe.io/v1alpha1
+kind: ClusterSPIFFEID
+metadata: {name: bad}
+spec:
+  spiffeIDTemplate: \"spiffe://example.org/ns/{{ .PodMeta.Namespace }}\"
+  federatesWith: [\"Not A Domain\"]
+";
+    let refused = cluster
+        .kubectl_apply(bad)
+        .expect_err("an invalid ClusterSPIFFEID is refused");
+    assert!(
+        refused.to_string().contains(
+            "denied the request: ClusterSPIFFEID \"bad\": spec.federatesWith[0]: \"Not A Domain\" is not a trust domain name"
+        ),
+        "{refused:#}"
+    );
+    let admitted = cluster.kubectl_apply(&bad.replace("\"Not A Domain\"", "partner.test"))?;
+    assert!(
+        admitted.contains("clusterspiffeid.spire.spiffe.io/bad created"),
+        "{admitted}"
+    );
+    cluster.kubectl(&["delete", "clusterspiffeid", "bad"])?;
+
     // 2. A workload Deployment as in the README gets its SVIDs through the CSI volume.
     APP.create(&client).await?;
     let first = APP.running_pod(&cluster, &[]).await?;

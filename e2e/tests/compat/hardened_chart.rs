@@ -8,9 +8,10 @@
 use std::time::Duration;
 
 use anyhow::Context;
+use e2e::control_plane::Options;
 use e2e::entries::{self, EntryView};
 use e2e::kube_util::{self, apply_crds, ensure_namespace};
-use e2e::operator::{Deployment, Operator};
+use e2e::operator::{Deployment, Listen, Operator};
 use e2e::reference::ReferenceControllerManager;
 use e2e::world::World;
 use kube::api::{Api, DynamicObject, GroupVersionKind, Patch, PatchParams};
@@ -24,17 +25,20 @@ const FIXTURES: &str = concat!(
 const WRITES: &str = "spire_operator_entry_writes_total";
 
 /// The fixture's text with the harness's addresses and socket in place of the chart's
-/// (line by line, so everything else, e.g. `gcInterval: 1e+10`, stays as the chart wrote it).
-fn adapt(fixture: &str, metrics: &str, health: &str, world: &World) -> String {
+/// (line by line, so everything else, e.g. `gcInterval: 1e+10`, stays as the chart wrote it),
+/// and a `webhook` block (the chart leaves controller-runtime's `:9443`, which tests
+/// running side by side cannot all bind) on `webhook_host`.
+fn adapt(fixture: &str, listen: &Listen, webhook_host: &str, world: &World) -> String {
     let text = std::fs::read_to_string(format!("{FIXTURES}/{fixture}"))
         .unwrap_or_else(|e| panic!("reading fixture {fixture}: {e}"));
-    text.lines()
+    let mut lines: Vec<String> = text
+        .lines()
         .map(|line| {
             let indent = &line[..line.len() - line.trim_start().len()];
             match line.trim_start().split_once(':').map(|(key, _)| key) {
-                Some("bindAddress") => format!("{indent}bindAddress: {metrics}"),
+                Some("bindAddress") => format!("{indent}bindAddress: {}", listen.metrics),
                 Some("healthProbeBindAddress") => {
-                    format!("{indent}healthProbeBindAddress: {health}")
+                    format!("{indent}healthProbeBindAddress: {}", listen.health)
                 }
                 Some("spireServerSocketPath") => format!(
                     "spireServerSocketPath: \"{}\"",
@@ -43,8 +47,12 @@ fn adapt(fixture: &str, metrics: &str, health: &str, world: &World) -> String {
                 _ => line.to_owned(),
             }
         })
-        .collect::<Vec<_>>()
-        .join("\n")
+        .collect();
+    lines.push(format!(
+        "webhook:\n  host: \"{webhook_host}\"\n  port: {}",
+        listen.webhook_port
+    ));
+    lines.join("\n")
 }
 
 /// Starts our binary as the chart's Deployment would: `fixture` adapted (see [`adapt`])
@@ -57,7 +65,19 @@ async fn deploy(
     args: &[&str],
     env: &[(&str, &str)],
 ) -> anyhow::Result<Operator> {
-    let config = |metrics: &str, health: &str| adapt(fixture, metrics, health, world);
+    deploy_on(world, fixture, file_name, args, env, "127.0.0.1").await
+}
+
+/// [`deploy`] with the webhook listening on `webhook_host`.
+pub(super) async fn deploy_on(
+    world: &World,
+    fixture: &str,
+    file_name: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+    webhook_host: &str,
+) -> anyhow::Result<Operator> {
+    let config = |listen: &Listen| adapt(fixture, listen, webhook_host, world);
     let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
     let mut operator = Operator::spawn_deployed(&Deployment {
         file_name,
@@ -69,7 +89,7 @@ async fn deploy(
     Ok(operator)
 }
 
-fn admin_kubeconfig(world: &World) -> String {
+pub(super) fn admin_kubeconfig(world: &World) -> String {
     world
         .control_plane
         .kubeconfig()
@@ -79,7 +99,15 @@ fn admin_kubeconfig(world: &World) -> String {
 
 /// A world with spire-controller-manager's CRDs, the chart's namespace, a node and pods.
 async fn world(trust_domain: &str, pods: &[(&str, &str)]) -> anyhow::Result<World> {
-    let world = World::start_without_crds(trust_domain).await?;
+    world_with(trust_domain, pods, Options::default()).await
+}
+
+pub(super) async fn world_with(
+    trust_domain: &str,
+    pods: &[(&str, &str)],
+    options: Options,
+) -> anyhow::Result<World> {
+    let world = World::start_with(trust_domain, options).await?;
     apply_crds(&world.client, &ReferenceControllerManager::crd_files()?).await?;
     ensure_namespace(&world.client, "identity").await?;
     world.node("node-a").await?;
@@ -93,7 +121,12 @@ async fn world(trust_domain: &str, pods: &[(&str, &str)]) -> anyhow::Result<Worl
 }
 
 /// Applies a ClusterSPIFFEID with labels (the chart labels its own with their class).
-async fn csid(world: &World, name: &str, labels: Value, spec: Value) -> anyhow::Result<()> {
+pub(super) async fn csid(
+    world: &World,
+    name: &str,
+    labels: Value,
+    spec: Value,
+) -> anyhow::Result<()> {
     let gvk = GroupVersionKind::gvk("spire.spiffe.io", "v1alpha1", "ClusterSPIFFEID");
     let api: Api<DynamicObject> = Api::all_with(world.client.clone(), &ApiResource::from_gvk(&gvk));
     let object: DynamicObject = serde_json::from_value(json!({
@@ -112,7 +145,7 @@ async fn csid(world: &World, name: &str, labels: Value, spec: Value) -> anyhow::
     Ok(())
 }
 
-fn csid_spec(path: &str, class: Option<&str>) -> Value {
+pub(super) fn csid_spec(path: &str, class: Option<&str>) -> Value {
     let mut spec = json!({
         "spiffeIDTemplate": format!("spiffe://{{{{ .TrustDomain }}}}/{path}/{{{{ .PodMeta.Namespace }}}}/{{{{ .PodMeta.Name }}}}"),
         "podSelector": {},
@@ -325,7 +358,7 @@ async fn an_external_cluster_config_with_its_kubeconfig_flag() -> anyhow::Result
 /// The rules the hardened chart grants the server pod's ServiceAccount, which
 /// spire-controller-manager's container (and so our image in its place) runs as: core
 /// Endpoints but no EndpointSlices, no ServiceAccounts, events only in its namespace.
-async fn grant_the_charts_rbac(
+pub(super) async fn grant_the_charts_rbac(
     world: &World,
     namespace: &str,
     account: &str,

@@ -9,4 +9,5 @@ mod differential_semantics;
 mod differential_templates;
 mod differential_ties;
 mod hardened_chart;
+mod hardened_webhook;
 mod migration;

@@ -38,6 +38,7 @@ async fn chart_csi_daemonset_registers_with_kubelet_and_mounts_the_agent_socket(
         nodes: true,
         scheduler: true,
         controller_manager: true,
+        ..Default::default()
     })
     .await?;
     let mut node = Node::start(&cp).await?;

@@ -62,6 +62,7 @@ async fn scheduler_binds_a_pod_to_the_node() -> anyhow::Result<()> {
         nodes: true,
         scheduler: true,
         controller_manager: true,
+        ..ControlPlaneOptions::default()
     })
     .await?;
     let mut node = Node::start(&cp).await?;

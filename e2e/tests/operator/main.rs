@@ -7,3 +7,4 @@ mod large_entries;
 mod leader_election;
 mod pod_entries;
 mod reconcile_switches;
+mod webhook;

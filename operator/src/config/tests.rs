@@ -293,11 +293,11 @@ health: {healthProbeBindAddress: "0"}
         "spire-controller-manager-webhook"
     );
     assert_eq!(c.cluster_spiffe_id_label_selector, None);
+    assert_eq!(c.webhook.address(), "0.0.0.0:9443", "host 0.0.0.0 as given");
     assert_eq!(
         note_keys(&c),
         [
-            "validatingWebhookConfigurationName",
-            "webhook",
+            "webhook.certDir",
             "syncPeriod",
             "gracefulShutDown",
             "controller",
@@ -419,8 +419,9 @@ mod hardened_chart {
             "id-spire-controller-manager-webhook"
         );
         assert!(c.is_namespace_ignored("openshift-monitoring"));
-        // Only the webhook name is worth a note: nothing else is unknown or unhonoured.
-        assert_eq!(note_keys(&c), ["validatingWebhookConfigurationName"]);
+        // Nothing is unknown or unhonoured; the webhook is served (on 9443, as there).
+        assert!(c.notes.is_empty(), "{:?}", c.notes);
+        assert_eq!(c.webhook, Webhook::default());
     }
 
     #[test]
@@ -495,5 +496,21 @@ fn cache_namespaces_restrict_the_pods_considered() {
             "{MINIMAL}cacheNamespace: bank\ncacheNamespaces: {{shop: {{}}}}\n"
         ))
         .is_err()
+    );
+}
+
+#[test]
+fn webhook_listen_address() {
+    let base = "trustDomain: example.org\nclusterName: c\n";
+    let c = Config::from_yaml(base).unwrap();
+    assert_eq!(c.webhook.address(), "[::]:9443");
+    let c = Config::from_yaml(&format!("{base}webhook: {{host: 10.1.2.3, port: 0}}")).unwrap();
+    assert_eq!(c.webhook.address(), "10.1.2.3:9443");
+    let c = Config::from_yaml(&format!("{base}webhook: {{host: \"::1\", port: 8443}}")).unwrap();
+    assert_eq!(c.webhook.address(), "[::1]:8443");
+    let err = Config::from_yaml(&format!("{base}webhook: {{port: 70000}}")).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "config key \"webhook.port\": 70000 is not a TCP port (1-65535)"
     );
 }
