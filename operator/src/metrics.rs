@@ -88,6 +88,11 @@ pub struct Metrics {
     pub desired_drift: Counter,
     /// Status patches and event publications that failed (retried).
     pub report_failures: Counter,
+    federation_writes: Family<WriteLabels, Counter>,
+    /// Federation relationships on the server this operator owns.
+    pub federation_relationships_owned: Gauge,
+    /// Federation relationships on the server this operator leaves alone.
+    pub federation_relationships_foreign: Gauge,
 }
 
 impl Default for Metrics {
@@ -151,7 +156,24 @@ impl Metrics {
             "report_failures",
             "Status patches and Kubernetes Events that failed to be written (retried)",
         );
+        let federation_writes = Family::<WriteLabels, Counter>::default();
+        registry.register(
+            "federation_relationship_writes",
+            "SPIRE federation relationships written, by operation and result",
+            federation_writes.clone(),
+        );
         Self {
+            federation_writes,
+            federation_relationships_owned: gauge(
+                &mut registry,
+                "federation_relationships_owned",
+                "Federation relationships on the server owned by this operator",
+            ),
+            federation_relationships_foreign: gauge(
+                &mut registry,
+                "federation_relationships_foreign",
+                "Federation relationships on the server this operator leaves alone (server CLI, other tools)",
+            ),
             caches_synced: gauge(
                 &mut registry,
                 "caches_synced",
@@ -220,6 +242,20 @@ impl Metrics {
         for (result, n) in [("success", succeeded), ("failure", failed)] {
             if n > 0 {
                 self.entry_writes
+                    .get_or_create(&WriteLabels {
+                        operation: op.label(),
+                        result,
+                    })
+                    .inc_by(n);
+            }
+        }
+    }
+
+    /// Counts federation relationships written with `op`.
+    pub fn record_federation_writes(&self, op: Operation, succeeded: u64, failed: u64) {
+        for (result, n) in [("success", succeeded), ("failure", failed)] {
+            if n > 0 {
+                self.federation_writes
                     .get_or_create(&WriteLabels {
                         operation: op.label(),
                         result,

@@ -351,6 +351,39 @@ impl SpireClient {
         check_count(METHOD, sent, response.into_inner().results)
     }
 
+    /// Updates the fields of `relationships` selected by `mask`; one result per
+    /// relationship, in order.
+    pub async fn batch_update_federation_relationships(
+        &self,
+        relationships: Vec<types::FederationRelationship>,
+        mask: types::FederationRelationshipMask,
+    ) -> Result<Vec<trustdomain::FederationRelationshipResult>, SpireError> {
+        const METHOD: &str = "trustdomain.v1.TrustDomain/BatchUpdateFederationRelationship";
+        let sent = relationships.len();
+        let request = trustdomain::BatchUpdateFederationRelationshipRequest {
+            federation_relationships: relationships,
+            input_mask: Some(mask),
+            output_mask: None,
+        };
+        let response = self
+            .trust_domain()
+            .batch_update_federation_relationship(request)
+            .await
+            .map_err(rpc(METHOD))?;
+        check_count(METHOD, sent, response.into_inner().results)
+    }
+
+    /// Asks the server to fetch `trust_domain`'s bundle from its bundle endpoint now.
+    pub async fn refresh_bundle(&self, trust_domain: &str) -> Result<(), SpireError> {
+        self.trust_domain()
+            .refresh_bundle(trustdomain::RefreshBundleRequest {
+                trust_domain: trust_domain.to_owned(),
+            })
+            .await
+            .map(drop)
+            .map_err(rpc("trustdomain.v1.TrustDomain/RefreshBundle"))
+    }
+
     /// Deletes federation relationships by trust domain; one result per trust domain.
     pub async fn batch_delete_federation_relationships(
         &self,
