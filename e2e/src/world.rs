@@ -19,7 +19,7 @@ use spire_operator::crd::{ClusterSPIFFEID, ClusterSPIFFEIDStatus};
 use crate::control_plane::ControlPlane;
 use crate::entries::{self, EntryView};
 use crate::kube_util::{apply_crd_objects, ensure_service_account, node, scheduled_pod};
-use crate::spire::Spire;
+use crate::spire::{Options as SpireOptions, Spire};
 use crate::wait;
 
 /// Field manager of the objects a scenario applies.
@@ -39,6 +39,23 @@ impl World {
     /// Starts both, applies our CRDs and waits until they are served.
     pub async fn start(trust_domain: &str) -> anyhow::Result<Self> {
         let world = Self::start_without_crds(trust_domain).await?;
+        world.apply_our_crds().await?;
+        Ok(world)
+    }
+
+    /// Like [`World::start`], with SPIRE started with `options` (a bundle endpoint, the
+    /// k8s workload attestor...).
+    pub async fn start_with(trust_domain: &str, options: SpireOptions) -> anyhow::Result<Self> {
+        let (control_plane, spire) = tokio::try_join!(
+            ControlPlane::start(),
+            Spire::start_with(trust_domain, options)
+        )?;
+        let client = control_plane.client();
+        let world = Self {
+            control_plane,
+            spire,
+            client,
+        };
         world.apply_our_crds().await?;
         Ok(world)
     }

@@ -7,9 +7,8 @@
 //! `demo --no-wait` runs the same story and exits instead of waiting (used by the tests).
 //! Everything stops and is cleaned up on Ctrl-C.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -22,13 +21,13 @@ use e2e::operator::Operator;
 use e2e::ports::free_port;
 use e2e::process::Process;
 use e2e::spire::KUBELET_NODE;
+use e2e::stand_in_kubelet::{Kubelet, PodCgroup, running_pod};
 use e2e::{ControlPlane, Spire, SpireOptions, WorkDir, http, tools, wait};
 use k8s_openapi::api::core::v1::{CSIVolumeSource, Node, Pod, Volume, VolumeMount};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use spiffe::{JwtBundle, JwtBundleSet, JwtSvid, TrustDomain};
 use spiffe_csi_driver::csi::v1 as csi;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TRUST_DOMAIN: &str = "example.org";
 const CLUSTER: &str = "demo";
@@ -36,8 +35,6 @@ const PLUGIN: &str = "csi.spiffe.io";
 const VOLUME: &str = "spiffe-workload-api";
 const AUDIENCE: &str = "api://AzureADTokenExchange";
 const OIDC_DOMAIN: &str = "localhost";
-/// The pod's one container, as the container runtime would name it.
-const CONTAINER_ID: &str = "5d1ea3e9c0b2f4a68e7d9c1b3a5f7e9d2c4b6a8f0e1d3c5b7a9f2e4d6c8b0a1f";
 
 fn step(n: u32, text: &str) {
     println!("\n[{n}] {text}");
@@ -109,6 +106,7 @@ async fn main() -> anyhow::Result<()> {
         SpireOptions {
             kubelet_read_only_port: Some(kubelet.port),
             jwt_issuer: Some(format!("http://{OIDC_DOMAIN}")),
+            ..SpireOptions::default()
         },
     )
     .await?;
@@ -408,24 +406,6 @@ fn mount_line(driver_pid: u32, target: &Path) -> anyhow::Result<String> {
         .with_context(|| format!("{target} is not mounted"))
 }
 
-/// The pod as the kubelet reports it once its container runs.
-fn running_pod(pod: &Pod) -> anyhow::Result<Value> {
-    let mut value = serde_json::to_value(pod)?;
-    value["status"] = json!({
-        "phase": "Running",
-        "containerStatuses": [{
-            "name": "app",
-            "image": "registry.invalid/app:1",
-            "imageID": "registry.invalid/app@sha256:0000000000000000000000000000000000000000000000000000000000000000",
-            "containerID": format!("containerd://{CONTAINER_ID}"),
-            "ready": true,
-            "restartCount": 0,
-            "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}
-        }]
-    });
-    Ok(value)
-}
-
 /// Runs the workload as the container's process: in the pod's cgroup (where the agent's
 /// k8s attestor finds the pod UID and container ID) and the driver's mount namespace
 /// (where the volume is mounted).
@@ -435,13 +415,8 @@ async fn run_workload(
     driver_pid: u32,
     endpoint: &str,
 ) -> anyhow::Result<Value> {
-    let mut command = Command::new("sh");
+    let mut command = cgroup.command(Path::new("nsenter"));
     command
-        .arg("-c")
-        .arg(r#"echo $$ > "$1/cgroup.procs" && shift && exec "$@""#)
-        .arg("sh")
-        .arg(&cgroup.path)
-        .arg("nsenter")
         .arg(format!("--mount=/proc/{driver_pid}/ns/mnt"))
         .arg(workload)
         .args(["--jwt-audience", AUDIENCE, "--timeout-secs", "60"])
@@ -461,101 +436,6 @@ async fn run_workload(
         );
     }
     Ok(serde_json::from_slice(&output.stdout)?)
-}
-
-/// `/sys/fs/cgroup/pids/spire-rs-demo-<pid>/pod<uid>/<container id>`, shaped like the
-/// kubelet's so the agent's k8s attestor reads the pod UID and container ID from it.
-struct PodCgroup {
-    root: PathBuf,
-    path: PathBuf,
-}
-
-impl PodCgroup {
-    fn create(pod_uid: &str) -> anyhow::Result<Self> {
-        let hierarchy = [
-            "/sys/fs/cgroup/pids",
-            "/sys/fs/cgroup/unified",
-            "/sys/fs/cgroup",
-        ]
-        .into_iter()
-        .map(Path::new)
-        .find(|p| p.join("cgroup.procs").exists())
-        .context("no writable cgroup hierarchy under /sys/fs/cgroup")?;
-        let root = hierarchy.join(format!("spire-rs-demo-{}", std::process::id()));
-        let path = root.join(format!("pod{pod_uid}")).join(CONTAINER_ID);
-        std::fs::create_dir_all(&path)
-            .with_context(|| format!("creating cgroup {}", path.display()))?;
-        Ok(Self { root, path })
-    }
-}
-
-impl Drop for PodCgroup {
-    fn drop(&mut self) {
-        // Only empty cgroups can go; the workload has exited by now.
-        if let Some(pod) = self.path.parent() {
-            let _ = std::fs::remove_dir(&self.path);
-            let _ = std::fs::remove_dir(pod);
-        }
-        let _ = std::fs::remove_dir(&self.root);
-    }
-}
-
-/// The part of a kubelet the SPIRE agent's k8s workload attestor uses: `GET /pods` on the
-/// read-only port, the pods bound to this node with their container statuses.
-struct Kubelet {
-    port: u16,
-    pods: Arc<Mutex<Vec<Value>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Kubelet {
-    async fn start() -> anyhow::Result<Self> {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
-        let port = listener.local_addr()?.port();
-        let pods: Arc<Mutex<Vec<Value>>> = Arc::default();
-        let shared = pods.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((mut stream, _)) = listener.accept().await {
-                let pods = shared.clone();
-                tokio::spawn(async move {
-                    let mut request = Vec::new();
-                    let mut buf = [0u8; 1024];
-                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match stream.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => request.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    let (status, body) = if request.starts_with(b"GET /pods ") {
-                        let items = pods.lock().expect("pods lock").clone();
-                        (
-                            "200 OK",
-                            json!({"kind": "PodList", "apiVersion": "v1", "items": items})
-                                .to_string(),
-                        )
-                    } else {
-                        ("404 Not Found", String::new())
-                    };
-                    let response = format!(
-                        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
-                    let _ = stream.write_all(response.as_bytes()).await;
-                });
-            }
-        });
-        Ok(Self { port, pods, task })
-    }
-
-    fn set_pods(&self, pods: Vec<Value>) {
-        *self.pods.lock().expect("pods lock") = pods;
-    }
-}
-
-impl Drop for Kubelet {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 /// The real SPIRE OIDC discovery provider, reading the JWT signing keys from the

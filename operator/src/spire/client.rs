@@ -281,6 +281,23 @@ impl SpireClient {
             .map_err(rpc("bundle.v1.Bundle/GetBundle"))
     }
 
+    /// The bundle the server holds for the federated trust domain `trust_domain`
+    /// (NotFound when it has none).
+    pub async fn get_federated_bundle(
+        &self,
+        trust_domain: &str,
+    ) -> Result<types::Bundle, SpireError> {
+        let request = bundle::GetFederatedBundleRequest {
+            trust_domain: trust_domain.to_owned(),
+            output_mask: None,
+        };
+        bundle::bundle_client::BundleClient::new(self.channel.clone())
+            .get_federated_bundle(request)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(rpc("bundle.v1.Bundle/GetFederatedBundle"))
+    }
+
     /// Signs a PKCS#10 request (DER) as an X.509-SVID for the SPIFFE ID in its URI SAN.
     pub async fn mint_x509_svid(
         &self,
