@@ -167,7 +167,7 @@ fn verify_chain(context: &spiffe::X509Context, pem_chain: &[u8]) -> anyhow::Resu
     let trust_domain = id.trust_domain();
     let bundle = context
         .bundle_set()
-        .get(&trust_domain)
+        .get(trust_domain)
         .with_context(|| format!("no bundle for trust domain {trust_domain}"))?;
     for cert in &certs {
         anyhow::ensure!(
