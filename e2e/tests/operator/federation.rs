@@ -450,6 +450,17 @@ async fn cli_relationships_are_left_alone_and_owned_ones_follow_their_resource()
     )
     .await?;
 
+    // Another operator's class: neither a relationship nor a status.
+    world
+        .apply_spire_object(
+            "ClusterFederatedTrustDomain",
+            "elsewhere",
+            json!({"trustDomain": "class.federation.test", "className": "other",
+                   "bundleEndpointURL": "https://127.0.0.1:9/other",
+                   "bundleEndpointProfile": {"type": "https_web"}}),
+        )
+        .await?;
+
     // A resource for the CLI's trust domain does not take its relationship over.
     world
         .apply_spire_object(
@@ -491,6 +502,16 @@ async fn cli_relationships_are_left_alone_and_owned_ones_follow_their_resource()
         .filter(|r| r.trust_domain == CLI)
         .collect();
     assert_eq!(cli_now, cli_made);
+    assert!(
+        !relationships(&world.spire)
+            .await?
+            .iter()
+            .any(|r| r.trust_domain == "class.federation.test")
+    );
+    let elsewhere = Api::<ClusterFederatedTrustDomain>::all(world.client.clone())
+        .get("elsewhere")
+        .await?;
+    assert_eq!(elsewhere.status, None, "{elsewhere:?}");
 
     // The operator stops; "down" is deleted meanwhile. Its successor still knows the
     // relationship is its own (the ConfigMap record) and deletes it.

@@ -128,6 +128,7 @@ impl FederationReconciler {
             "trustdomain.v1.TrustDomain/ListFederationRelationships",
             started.elapsed(),
         );
+        self.ctx.metrics.spire_reachable.set(1);
         let listed: BTreeMap<String, types::FederationRelationship> = listed
             .into_iter()
             .map(|r| (r.trust_domain.clone(), r))
