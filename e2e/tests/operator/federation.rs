@@ -491,7 +491,13 @@ async fn cli_relationships_are_left_alone_and_owned_ones_follow_their_resource()
         },
     )
     .await?;
+    // Four resyncs change nothing: what was written is what is listed back.
+    let writes = "spire_operator_federation_relationship_writes_total";
+    let before = operator.metrics().await?.value(writes, &[]);
+    // Created web and down, updated down's bundle, deleted web.
+    assert!(before >= 4.0, "{writes}: {before}");
     tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(operator.metrics().await?.value(writes, &[]), before);
     let cli_now: Vec<_> = relationships(&world.spire)
         .await?
         .into_iter()
