@@ -230,8 +230,8 @@ impl FederationReconciler {
                         if status.code == 0 {
                             good += 1;
                             tracing::info!(trust_domain = %td, resource = %resource, url = %relationship.bundle_endpoint_url, "created federation relationship");
+                            // SPIRE starts fetching a new relationship's bundle by itself.
                             self.sent(td, relationship);
-                            refresh.push(td.clone());
                         } else if status.code == ALREADY_EXISTS {
                             // Made by someone else since the listing: not ours.
                             bad += 1;
@@ -331,7 +331,8 @@ impl FederationReconciler {
                 .metrics
                 .record_federation_writes(Operation::Delete, good, bad);
         }
-        // The server polls its relationships every 10 s; ask for the bundle now.
+        // After an update the server keeps its fetch schedule (the bundle's refresh hint,
+        // minutes): ask it to fetch from the new endpoint, or with the new bundle, now.
         for td in refresh {
             if let Err(e) = self.ctx.spire.refresh_bundle(&td).await {
                 tracing::debug!(trust_domain = %td, error = %e, "immediate bundle refresh failed; the server fetches it at its next poll");
