@@ -26,6 +26,8 @@ pub mod plan;
 pub mod record;
 pub mod relationship;
 pub mod runner;
+#[cfg(test)]
+mod tests;
 
 pub use runner::{FederationContext, FederationReconciler};
 

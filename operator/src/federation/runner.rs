@@ -112,7 +112,7 @@ impl FederationReconciler {
     }
 
     /// One full pass; false when something failed and needs another try.
-    async fn pass(&mut self) -> bool {
+    pub(super) async fn pass(&mut self) -> bool {
         let started = Instant::now();
         let listed = match self.ctx.spire.list_federation_relationships().await {
             Ok(listed) => listed,
