@@ -374,26 +374,46 @@ async fn cli_relationships_are_left_alone_and_owned_ones_follow_their_resource()
     .await?;
     operator.wait_initial_sync().await?;
 
-    // https_web, no bundle needed: A fetches B's bundle over Web PKI TLS.
+    // https_web, no bundle needed: A fetches B's bundle over Web PKI TLS. First at a
+    // wrong URL: the server's first fetch fails, and without a bundle it tries again
+    // only a minute later (SPIRE's minimum refresh hint).
+    let web = |url: &str| {
+        json!({"trustDomain": B, "bundleEndpointURL": url,
+               "bundleEndpointProfile": {"type": "https_web"}})
+    };
     world
         .apply_spire_object(
             "ClusterFederatedTrustDomain",
             "web",
-            json!({"trustDomain": B, "bundleEndpointURL": b_url,
-                   "bundleEndpointProfile": {"type": "https_web"}}),
+            web("https://127.0.0.1:9/wrong"),
         )
+        .await?;
+    wait_ready(&world, "web", "Ready at the wrong URL", |c| {
+        c.status == "True"
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(world.spire.client().get_federated_bundle(B).await.is_err());
+    // The corrected URL is fetched at once: the operator asks for it after the update.
+    let corrected = Instant::now();
+    world
+        .apply_spire_object("ClusterFederatedTrustDomain", "web", web(&b_url))
         .await?;
     let a_client = world.spire.client();
     let fetched = wait::until(
         "A's server holding B's bundle fetched over https_web",
-        Duration::from_secs(60),
-        Duration::from_millis(50),
+        Duration::from_secs(20),
+        Duration::from_millis(20),
         || {
             let a_client = a_client.clone();
             async move { Ok(a_client.get_federated_bundle(B).await.ok()) }
         },
     )
     .await?;
+    eprintln!(
+        "bundleEndpointURL corrected -> B's bundle fetched on A's server: {:?}",
+        corrected.elapsed()
+    );
     assert_eq!(
         fetched.x509_authorities,
         b.client().get_bundle().await?.x509_authorities
@@ -494,8 +514,8 @@ async fn cli_relationships_are_left_alone_and_owned_ones_follow_their_resource()
     // Four resyncs change nothing: what was written is what is listed back.
     let writes = "spire_operator_federation_relationship_writes_total";
     let before = operator.metrics().await?.value(writes, &[]);
-    // Created web and down, updated down's bundle, deleted web.
-    assert!(before >= 4.0, "{writes}: {before}");
+    // Created web and down, updated web's URL and down's bundle, deleted web.
+    assert!(before >= 5.0, "{writes}: {before}");
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(operator.metrics().await?.value(writes, &[]), before);
     let cli_now: Vec<_> = relationships(&world.spire)
