@@ -2,6 +2,7 @@
 
 mod dns_names;
 mod federation;
+mod federation_ownership;
 mod health;
 mod identities;
 mod large_entries;
