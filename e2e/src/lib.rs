@@ -28,6 +28,7 @@ pub mod ports;
 pub mod process;
 pub mod reference;
 pub mod spire;
+pub mod stand_in_kubelet;
 pub mod tools;
 pub mod wait;
 pub mod webhook;

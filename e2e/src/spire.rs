@@ -25,6 +25,21 @@ pub struct Options {
     pub kubelet_read_only_port: Option<u16>,
     /// The server's `jwt_issuer` (the `iss` claim of JWT-SVIDs).
     pub jwt_issuer: Option<String>,
+    /// Serve this server's SPIFFE bundle endpoint (`federation.bundle_endpoint`) on
+    /// 127.0.0.1, with this profile; see [`Spire::bundle_endpoint_url`].
+    pub bundle_endpoint: Option<BundleEndpoint>,
+    /// Extra environment of the server process, e.g. `SSL_CERT_FILE` so that its
+    /// https_web federation client trusts a test CA as it would the Web PKI.
+    pub server_env: Vec<(String, String)>,
+}
+
+/// How a server's bundle endpoint authenticates itself.
+#[derive(Debug, Clone)]
+pub enum BundleEndpoint {
+    /// With the server's own X.509-SVID (`spiffe://<td>/spire/server`).
+    HttpsSpiffe,
+    /// With this certificate (for 127.0.0.1), as a Web PKI server would.
+    HttpsWeb(crate::pki::CertAndKey),
 }
 
 /// The node name the agent's k8s workload attestor reports (`k8s:node-name`).
@@ -41,6 +56,7 @@ pub struct Spire {
     agent_id: SpiffeId,
     server_socket: PathBuf,
     workload_socket: PathBuf,
+    bundle_endpoint_port: Option<u16>,
     dir: WorkDir,
 }
 
@@ -65,6 +81,10 @@ impl Spire {
             std::fs::create_dir_all(dir.join(d))?;
         }
         let port = free_port()?;
+        let bundle_endpoint_port = match &options.bundle_endpoint {
+            Some(_) => Some(free_port()?),
+            None => None,
+        };
 
         let server_conf = dir.join("server.conf");
         std::fs::write(
@@ -75,10 +95,12 @@ impl Spire {
                 &server_socket,
                 &dir.join("server-data"),
                 &options,
-            ),
+                bundle_endpoint_port.map(|p| (p, dir.path())),
+            )?,
         )?;
         let mut server = Command::new(tool("spire-server")?);
         server.arg("run").arg("-config").arg(&server_conf);
+        server.envs(options.server_env.iter().map(|(k, v)| (k, v)));
         let mut server = Process::spawn("spire-server", server, &dir.join("spire-server.log"))?;
 
         let address = SpireAddress::Unix(server_socket.clone());
@@ -169,8 +191,22 @@ impl Spire {
             agent_id,
             server_socket,
             workload_socket,
+            bundle_endpoint_port,
             dir,
         })
+    }
+
+    /// `https://127.0.0.1:<port>`, where the bundle endpoint serves (with
+    /// [`Options::bundle_endpoint`]).
+    pub fn bundle_endpoint_url(&self) -> Option<String> {
+        self.bundle_endpoint_port
+            .map(|port| format!("https://127.0.0.1:{port}"))
+    }
+
+    /// The server's own bundle in SPIFFE bundle JSON (`bundle show -format spiffe`),
+    /// what a ClusterFederatedTrustDomain's `trustDomainBundle` holds.
+    pub fn bundle_json(&self) -> anyhow::Result<String> {
+        self.server_cli(&["bundle", "show", "-format", "spiffe"])
     }
 
     /// A client on the server's admin socket.
@@ -290,13 +326,50 @@ fn server_config(
     socket: &Path,
     data: &Path,
     options: &Options,
-) -> String {
+    bundle_endpoint: Option<(u16, &Path)>,
+) -> anyhow::Result<String> {
     let jwt_issuer = options
         .jwt_issuer
         .as_ref()
         .map(|issuer| format!("jwt_issuer = \"{issuer}\""))
         .unwrap_or_default();
-    format!(
+    let federation = match (&options.bundle_endpoint, bundle_endpoint) {
+        (Some(profile), Some((port, dir))) => {
+            let profile = match profile {
+                BundleEndpoint::HttpsSpiffe => r#"profile "https_spiffe" {}"#.to_owned(),
+                BundleEndpoint::HttpsWeb(cert) => {
+                    let (cert_path, key_path) = (
+                        dir.join("bundle-endpoint.crt"),
+                        dir.join("bundle-endpoint.key"),
+                    );
+                    std::fs::write(&cert_path, &cert.cert_pem)?;
+                    std::fs::write(&key_path, &cert.key_pem)?;
+                    format!(
+                        r#"profile "https_web" {{
+                serving_cert_file {{
+                    cert_file_path = "{}"
+                    key_file_path = "{}"
+                    file_sync_interval = "1h"
+                }}
+            }}"#,
+                        cert_path.display(),
+                        key_path.display()
+                    )
+                }
+            };
+            format!(
+                r#"federation {{
+        bundle_endpoint {{
+            address = "127.0.0.1"
+            port = {port}
+            {profile}
+        }}
+    }}"#
+            )
+        }
+        _ => String::new(),
+    };
+    Ok(format!(
         r#"server {{
     bind_address = "127.0.0.1"
     bind_port = "{port}"
@@ -308,6 +381,7 @@ fn server_config(
     default_x509_svid_ttl = "1h"
     default_jwt_svid_ttl = "5m"
     {jwt_issuer}
+    {federation}
 }}
 
 plugins {{
@@ -327,7 +401,7 @@ plugins {{
 "#,
         socket = socket.display(),
         data = data.display(),
-    )
+    ))
 }
 
 fn agent_config(

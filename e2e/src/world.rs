@@ -19,7 +19,7 @@ use spire_operator::crd::{ClusterSPIFFEID, ClusterSPIFFEIDStatus};
 use crate::control_plane::{ControlPlane, Options};
 use crate::entries::{self, EntryView};
 use crate::kube_util::{apply_crd_objects, ensure_service_account, node, scheduled_pod};
-use crate::spire::Spire;
+use crate::spire::{Options as SpireOptions, Spire};
 use crate::wait;
 
 /// Field manager of the objects a scenario applies.
@@ -43,13 +43,33 @@ impl World {
         Ok(world)
     }
 
+    /// Like [`World::start`], with SPIRE started with `options` (a bundle endpoint, the
+    /// k8s workload attestor...).
+    pub async fn start_with(trust_domain: &str, options: SpireOptions) -> anyhow::Result<Self> {
+        let (control_plane, spire) = tokio::try_join!(
+            ControlPlane::start(),
+            Spire::start_with(trust_domain, options)
+        )?;
+        let client = control_plane.client();
+        let world = Self {
+            control_plane,
+            spire,
+            client,
+        };
+        world.apply_our_crds().await?;
+        Ok(world)
+    }
+
     /// Starts both without any CRD (e.g. to install the reference tool's CRDs first).
     pub async fn start_without_crds(trust_domain: &str) -> anyhow::Result<Self> {
-        Self::start_with(trust_domain, Options::default()).await
+        Self::start_without_crds_with(trust_domain, Options::default()).await
     }
 
     /// Like [`World::start_without_crds`], with the control plane `options` asks for.
-    pub async fn start_with(trust_domain: &str, options: Options) -> anyhow::Result<Self> {
+    pub async fn start_without_crds_with(
+        trust_domain: &str,
+        options: Options,
+    ) -> anyhow::Result<Self> {
         let (control_plane, spire) = tokio::try_join!(
             ControlPlane::start_with(options),
             Spire::start(trust_domain)

@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod crd;
+pub mod federation;
 pub mod http;
 pub mod label_selector;
 pub mod leader;

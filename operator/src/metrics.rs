@@ -105,6 +105,11 @@ pub struct Metrics {
     pub webhook_certificate_expiry: Gauge,
     /// Patches of the ValidatingWebhookConfiguration's caBundle.
     pub webhook_ca_bundle_patches: Counter,
+    federation_writes: Family<WriteLabels, Counter>,
+    /// Federation relationships on the server this operator owns.
+    pub federation_relationships_owned: Gauge,
+    /// Federation relationships on the server this operator leaves alone.
+    pub federation_relationships_foreign: Gauge,
 }
 
 impl Default for Metrics {
@@ -180,6 +185,12 @@ impl Metrics {
             "Time to decide one admission review",
             webhook_review_duration.clone(),
         );
+        let federation_writes = Family::<WriteLabels, Counter>::default();
+        registry.register(
+            "federation_relationship_writes",
+            "SPIRE federation relationships written, by operation and result",
+            federation_writes.clone(),
+        );
         Self {
             webhook_reviews,
             webhook_review_duration,
@@ -202,6 +213,17 @@ impl Metrics {
                 &mut registry,
                 "webhook_ca_bundle_patches",
                 "Patches of the ValidatingWebhookConfiguration's caBundle",
+            ),
+            federation_writes,
+            federation_relationships_owned: gauge(
+                &mut registry,
+                "federation_relationships_owned",
+                "Federation relationships on the server owned by this operator",
+            ),
+            federation_relationships_foreign: gauge(
+                &mut registry,
+                "federation_relationships_foreign",
+                "Federation relationships on the server this operator leaves alone (server CLI, other tools)",
             ),
             caches_synced: gauge(
                 &mut registry,
@@ -271,6 +293,20 @@ impl Metrics {
         for (result, n) in [("success", succeeded), ("failure", failed)] {
             if n > 0 {
                 self.entry_writes
+                    .get_or_create(&WriteLabels {
+                        operation: op.label(),
+                        result,
+                    })
+                    .inc_by(n);
+            }
+        }
+    }
+
+    /// Counts federation relationships written with `op`.
+    pub fn record_federation_writes(&self, op: Operation, succeeded: u64, failed: u64) {
+        for (result, n) in [("success", succeeded), ("failure", failed)] {
+            if n > 0 {
+                self.federation_writes
                     .get_or_create(&WriteLabels {
                         operation: op.label(),
                         result,

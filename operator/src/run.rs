@@ -10,6 +10,7 @@ use anyhow::Context as _;
 use clap::Args;
 use kube::runtime::events::{Recorder, Reporter};
 use spire_operator::config::Config;
+use spire_operator::federation::{FederationContext, FederationReconciler};
 use spire_operator::http::{self, Health};
 use spire_operator::leader::{self, LeaderConfig};
 use spire_operator::metrics::Metrics;
@@ -117,12 +118,6 @@ pub async fn run(mut args: RunArgs, config: Config) -> anyhow::Result<()> {
         "starting"
     );
 
-    if config.reconcile.cluster_federated_trust_domains {
-        tracing::warn!(
-            "ClusterFederatedTrustDomain reconciliation is not implemented in this version: federation relationships on the SPIRE server are left unchanged"
-        );
-    }
-
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::new());
     let shutdown = Arc::new(Notify::new());
@@ -209,6 +204,7 @@ pub async fn run(mut args: RunArgs, config: Config) -> anyhow::Result<()> {
     }
     let watched_kinds = watch_options.kinds().len();
     let dirty = Arc::new(DirtySet::default());
+    let federation_dirty = Arc::new(DirtySet::default());
     let synced_kinds = Arc::new(Mutex::new(BTreeSet::new()));
     let all_synced = Arc::new(Notify::new());
     let on_synced = {
@@ -230,6 +226,7 @@ pub async fn run(mut args: RunArgs, config: Config) -> anyhow::Result<()> {
         config.clone(),
         watch_options,
         dirty.clone(),
+        federation_dirty.clone(),
         health.clone(),
         on_synced,
     );
@@ -266,26 +263,49 @@ pub async fn run(mut args: RunArgs, config: Config) -> anyhow::Result<()> {
     metrics.leader.set(1);
     tracing::info!(identity = %identity, "leading; reconciling");
 
+    let recorder = Recorder::new(
+        kube.clone(),
+        Reporter {
+            controller: "spire-operator".into(),
+            instance: Some(identity),
+        },
+    );
+    let federation = if config.reconcile.cluster_federated_trust_domains {
+        let context = FederationContext {
+            config: config.clone(),
+            namespace: namespace.clone(),
+            kube: kube.clone(),
+            spire: spire.clone(),
+            store: watches.stores.cluster_federated_trust_domains.clone(),
+            dirty: federation_dirty,
+            metrics: metrics.clone(),
+            recorder: recorder.clone(),
+        };
+        Some(FederationReconciler::new(context).await?)
+    } else {
+        None
+    };
     let reconciler = Reconciler::new(Context {
         config: config.clone(),
         cluster_domain,
         namespace: namespace.clone(),
-        kube: kube.clone(),
+        kube,
         spire,
         stores: watches.stores,
         dirty,
         metrics: metrics.clone(),
-        recorder: Recorder::new(
-            kube,
-            Reporter {
-                controller: "spire-operator".into(),
-                instance: Some(identity),
-            },
-        ),
+        recorder,
     })
     .await?;
+    let federation = async move {
+        match federation {
+            Some(federation) => federation.run().await,
+            None => std::future::pending().await,
+        }
+    };
     let outcome = tokio::select! {
         () = reconciler.run() => Ok(()),
+        () = federation => Ok(()),
         result = leading.wait_for(|leader| !*leader) => {
             metrics.leader.set(0);
             // Like controller-runtime: a replica that lost the lease exits and restarts as

@@ -3,7 +3,10 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::crd::{ClusterSPIFFEIDStats, ClusterSPIFFEIDStatus, ClusterStaticEntryStatus};
+use crate::crd::{
+    ClusterFederatedTrustDomainStatus, ClusterSPIFFEIDStats, ClusterSPIFFEIDStatus,
+    ClusterStaticEntryStatus,
+};
 
 /// Condition type reported on every resource.
 pub const READY: &str = "Ready";
@@ -23,6 +26,15 @@ pub enum Readiness {
     Masked(String),
     /// Not handled by this operator (className).
     Ignored(String),
+    /// A ClusterFederatedTrustDomain's relationship is on the server as declared.
+    Federated(String),
+    /// The server already has a relationship for the trust domain that the operator
+    /// did not create and may not adopt.
+    RelationshipNotOwned(String),
+    /// An older ClusterFederatedTrustDomain declares the same trust domain.
+    TrustDomainConflict(String),
+    /// The server refused or failed the relationship's write; it is retried.
+    RelationshipWriteFailed(String),
 }
 
 impl Readiness {
@@ -32,6 +44,9 @@ impl Readiness {
         match self {
             Self::InvalidSpec(m) => Some(("InvalidSpec", m.clone())),
             Self::EntryWriteFailed(m) => Some(("EntryWriteFailed", m.clone())),
+            Self::RelationshipNotOwned(m) => Some(("RelationshipNotOwned", m.clone())),
+            Self::TrustDomainConflict(m) => Some(("TrustDomainConflict", m.clone())),
+            Self::RelationshipWriteFailed(m) => Some(("RelationshipWriteFailed", m.clone())),
             _ => None,
         }
     }
@@ -48,6 +63,10 @@ impl Readiness {
             Self::EntryWriteFailed(m) => ("False", "EntryWriteFailed", m.clone()),
             Self::Masked(m) => ("True", "Masked", m.clone()),
             Self::Ignored(m) => ("Unknown", "Ignored", m.clone()),
+            Self::Federated(m) => ("True", "Reconciled", m.clone()),
+            Self::RelationshipNotOwned(m) => ("False", "RelationshipNotOwned", m.clone()),
+            Self::TrustDomainConflict(m) => ("False", "TrustDomainConflict", m.clone()),
+            Self::RelationshipWriteFailed(m) => ("False", "RelationshipWriteFailed", m.clone()),
         }
     }
 }
@@ -117,6 +136,27 @@ pub fn static_entry_status(
         rendered,
         masked,
         set,
+        conditions: vec![ready_condition(
+            readiness,
+            generation,
+            previous_conditions,
+            now,
+        )],
+        observed_generation: generation,
+    }
+}
+
+/// A ClusterFederatedTrustDomain's status.
+pub fn federated_trust_domain_status(
+    readiness: &Readiness,
+    generation: Option<i64>,
+    previous: Option<&ClusterFederatedTrustDomainStatus>,
+    now: &Time,
+) -> ClusterFederatedTrustDomainStatus {
+    let previous_conditions = previous
+        .map(|p| p.conditions.as_slice())
+        .unwrap_or_default();
+    ClusterFederatedTrustDomainStatus {
         conditions: vec![ready_condition(
             readiness,
             generation,

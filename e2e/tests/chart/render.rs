@@ -93,6 +93,24 @@ async fn every_values_file_lints_renders_and_validates_against_the_apiserver() -
         kinds("external-db-values")
             .contains(&"Ingress/spire-rs-oidc-discovery-provider".to_owned())
     );
+    let federation = kinds("federation-values");
+    for expected in [
+        "Service/spire-rs-spire-server-bundle-endpoint",
+        "Ingress/spire-rs-spire-server-bundle-endpoint",
+        "ClusterFederatedTrustDomain/cluster-b",
+        "ClusterFederatedTrustDomain/partner",
+    ] {
+        assert!(
+            federation.iter().any(|k| k == expected),
+            "{expected} missing from {federation:?}"
+        );
+    }
+    assert!(
+        !defaults
+            .iter()
+            .any(|k| k.contains("bundle-endpoint") || k.starts_with("ClusterFederatedTrustDomain/")),
+        "{defaults:?}"
+    );
 
     // The components accept the configuration files rendered for them.
     let dir = WorkDir::new("chart-configs")?;
@@ -239,6 +257,20 @@ async fn wrong_values_fail_with_a_message_naming_them() -> anyhow::Result<()> {
         (
             &["--set", "operator.enabled=false,spireServer.enabled=false"],
             "spireAgent.server.address is required",
+        ),
+        (
+            &[
+                "--set",
+                "spireServer.federation.enabled=true,spireServer.federation.bundleEndpoint.profile=https_web",
+            ],
+            "spireServer.federation.bundleEndpoint.tlsSecret is required",
+        ),
+        (
+            &[
+                "--set",
+                "spireServer.federation.bundleEndpoint.profile=https_spiffy",
+            ],
+            "/spireServer/federation/bundleEndpoint/profile",
         ),
     ];
     for (args, expected) in cases {

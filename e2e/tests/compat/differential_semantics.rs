@@ -5,10 +5,10 @@
 //! Services with several EndpointSlices, several Endpoints subsets and endpoints that
 //! are not ready.
 //!
-//! Then a ClusterFederatedTrustDomain. Ours does not reconcile federation yet (README
-//! "Not yet"), so this only asserts that its presence changes neither tool's entries and
-//! that ours leaves the server's federation relationships as they are; the reference
-//! creating its relationship is the control that the object is valid and seen.
+//! Then a ClusterFederatedTrustDomain: both tools create the same relationship, its
+//! presence changes neither tool's entries, and ours leaves the relationship made at
+//! its server by hand as it is (the reference would delete it: README "Deliberate
+//! differences").
 //!
 //! Last, changes: a Service stops listing a pod, and each masking owner goes, so that the
 //! masked one takes over.
@@ -281,11 +281,23 @@ async fn federates_with_masking_and_dns_name_order_agree() -> anyhow::Result<()>
             r.bundle_endpoint_profile.clone(),
         )
     };
+    let reference_partner: Vec<_> = pair
+        .reference
+        .client()
+        .list_federation_relationships()
+        .await?
+        .iter()
+        .map(shape)
+        .collect();
     let ours_relationships = world.spire.client().list_federation_relationships().await?;
+    let mut want = vec![shape(&manual)];
+    want.extend(reference_partner);
+    want.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut got: Vec<_> = ours_relationships.iter().map(shape).collect();
+    got.sort_by(|a, b| a.0.cmp(&b.0));
     assert_eq!(
-        ours_relationships.iter().map(shape).collect::<Vec<_>>(),
-        [shape(&manual)],
-        "ours leaves federation relationships as they are"
+        got, want,
+        "ours creates the reference's relationship and leaves the manual one as it is"
     );
 
     // Service web stops listing dns-1: its second slice goes, and its Endpoints lose the

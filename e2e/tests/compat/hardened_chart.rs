@@ -107,7 +107,7 @@ pub(super) async fn world_with(
     pods: &[(&str, &str)],
     options: Options,
 ) -> anyhow::Result<World> {
-    let world = World::start_with(trust_domain, options).await?;
+    let world = World::start_without_crds_with(trust_domain, options).await?;
     apply_crds(&world.client, &ReferenceControllerManager::crd_files()?).await?;
     ensure_namespace(&world.client, "identity").await?;
     world.node("node-a").await?;

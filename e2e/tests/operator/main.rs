@@ -1,6 +1,8 @@
 //! The operator against the real kube-apiserver and SPIRE server: one scenario per file.
 
 mod dns_names;
+mod federation;
+mod federation_ownership;
 mod health;
 mod identities;
 mod large_entries;

@@ -52,7 +52,7 @@ async fn served(
         endpoint_routing: true,
         ..Options::default()
     };
-    let world = World::start_with(trust_domain, options).await?;
+    let world = World::start_without_crds_with(trust_domain, options).await?;
     world.apply_our_crds().await?;
     let (operator, address) = replica(&world, extra_config, env).await?;
     webhook::route_service(

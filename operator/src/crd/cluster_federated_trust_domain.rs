@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
     singular = "clusterfederatedtrustdomain",
     shortname = "cftd",
     status = "ClusterFederatedTrustDomainStatus",
-    doc = "Federates the SPIRE server with another trust domain, whose bundle is fetched from a SPIFFE bundle endpoint.",
+    doc = "Federates the SPIRE server with another trust domain, whose bundle is fetched from a SPIFFE bundle endpoint. spire-operator manages only relationships it created; the annotation spire.spiffe.io/adopt-federation-relationship=\"true\" lets it take over one that exists already.",
     printcolumn = r#"{"name":"Trust Domain","type":"string","jsonPath":".spec.trustDomain"}"#,
     printcolumn = r#"{"name":"Endpoint URL","type":"string","jsonPath":".spec.bundleEndpointURL"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,

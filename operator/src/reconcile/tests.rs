@@ -132,6 +132,7 @@ impl Harness {
             service_accounts: reflector::store().0,
             cluster_spiffe_ids: csid_store,
             cluster_static_entries: static_store,
+            cluster_federated_trust_domains: reflector::store().0,
             services: Arc::default(),
         };
         let dirty = Arc::new(DirtySet::default());

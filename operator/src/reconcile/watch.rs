@@ -33,7 +33,7 @@ use super::pod_cache::PodCache;
 use super::services::ServiceIndex;
 use super::sinks::{EndpointsSink, PodSink, Sink, SliceSink, StoreSink, trim_meta, trim_pod};
 use crate::config::Config;
-use crate::crd::{ClusterSPIFFEID, ClusterStaticEntry};
+use crate::crd::{ClusterFederatedTrustDomain, ClusterSPIFFEID, ClusterStaticEntry};
 use crate::http::Health;
 
 /// What needs recomputing.
@@ -51,6 +51,8 @@ pub enum Dirty {
     ClusterSpiffeIds,
     /// The ClusterStaticEntries changed: re-read them all.
     ClusterStaticEntries,
+    /// The ClusterFederatedTrustDomains changed (marked in the federation loop's set).
+    ClusterFederatedTrustDomains,
     /// Re-list the server's entries and recompute everything.
     Resync,
     /// Retry the writes that failed.
@@ -72,6 +74,8 @@ pub struct Stores {
     pub cluster_spiffe_ids: Store<ClusterSPIFFEID>,
     /// ClusterStaticEntries.
     pub cluster_static_entries: Store<ClusterStaticEntry>,
+    /// ClusterFederatedTrustDomains.
+    pub cluster_federated_trust_domains: Store<ClusterFederatedTrustDomain>,
     /// Which Services' EndpointSlices reference each pod.
     pub services: Arc<Mutex<ServiceIndex>>,
 }
@@ -86,6 +90,8 @@ pub struct WatchOptions {
     pub cluster_spiffe_ids: bool,
     /// ClusterStaticEntries (`reconcile.clusterStaticEntries`).
     pub cluster_static_entries: bool,
+    /// ClusterFederatedTrustDomains (`reconcile.clusterFederatedTrustDomains`).
+    pub cluster_federated_trust_domains: bool,
     /// What the credentials may list: EndpointSlices or else core Endpoints, and
     /// whether ServiceAccounts are watched at all.
     pub access: Access,
@@ -100,6 +106,7 @@ impl WatchOptions {
         Self {
             cluster_spiffe_ids: config.reconcile.cluster_spiffe_ids,
             cluster_static_entries: config.reconcile.cluster_static_entries,
+            cluster_federated_trust_domains: config.reconcile.cluster_federated_trust_domains,
             access: Access::default(),
             cluster_spiffe_id_selector: config.cluster_spiffe_id_label_selector.clone(),
         }
@@ -121,6 +128,9 @@ impl WatchOptions {
         }
         if self.cluster_static_entries {
             kinds.push("clusterstaticentries");
+        }
+        if self.cluster_federated_trust_domains {
+            kinds.push("clusterfederatedtrustdomains");
         }
         kinds
     }
@@ -144,13 +154,15 @@ struct Shared {
     health: Arc<Health>,
 }
 
-/// Starts the watches `options` asks for, marking `dirty` as objects change; `synced`
-/// is called once per kind when its first listing is in the cache.
+/// Starts the watches `options` asks for, marking `dirty` as objects change (and
+/// `federation_dirty`, the federation loop's own set, for ClusterFederatedTrustDomains);
+/// `synced` is called once per kind when its first listing is in the cache.
 pub fn spawn(
     client: Client,
     config: Arc<Config>,
     options: WatchOptions,
     dirty: Arc<DirtySet<Dirty>>,
+    federation_dirty: Arc<DirtySet<Dirty>>,
     health: Arc<Health>,
     synced: Arc<dyn Fn(&'static str) + Send + Sync>,
 ) -> Watches {
@@ -158,6 +170,10 @@ pub fn spawn(
         dirty,
         synced,
         health,
+    };
+    let federation = Shared {
+        dirty: federation_dirty,
+        ..shared.clone()
     };
     let mut watches = Watches {
         stores: Stores {
@@ -167,6 +183,7 @@ pub fn spawn(
             service_accounts: reflector::store().0,
             cluster_spiffe_ids: reflector::store().0,
             cluster_static_entries: reflector::store().0,
+            cluster_federated_trust_domains: reflector::store().0,
             services: Arc::default(),
         },
         tasks: Vec::new(),
@@ -259,6 +276,16 @@ pub fn spawn(
                 &shared,
             );
         }
+    }
+    if options.cluster_federated_trust_domains {
+        watches.stores.cluster_federated_trust_domains = watches.start_store(
+            Api::all(client.clone()),
+            watcher::Config::default(),
+            |cftd: &mut ClusterFederatedTrustDomain| trim_meta(&mut cftd.metadata),
+            |_| Some(Dirty::ClusterFederatedTrustDomains),
+            "clusterfederatedtrustdomains",
+            &federation,
+        );
     }
     if options.cluster_static_entries {
         watches.stores.cluster_static_entries = watches.start_store(

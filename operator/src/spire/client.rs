@@ -281,6 +281,23 @@ impl SpireClient {
             .map_err(rpc("bundle.v1.Bundle/GetBundle"))
     }
 
+    /// The bundle the server holds for the federated trust domain `trust_domain`
+    /// (NotFound when it has none).
+    pub async fn get_federated_bundle(
+        &self,
+        trust_domain: &str,
+    ) -> Result<types::Bundle, SpireError> {
+        let request = bundle::GetFederatedBundleRequest {
+            trust_domain: trust_domain.to_owned(),
+            output_mask: None,
+        };
+        bundle::bundle_client::BundleClient::new(self.channel.clone())
+            .get_federated_bundle(request)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(rpc("bundle.v1.Bundle/GetFederatedBundle"))
+    }
+
     /// Signs a PKCS#10 request (DER) as an X.509-SVID for the SPIFFE ID in its URI SAN.
     pub async fn mint_x509_svid(
         &self,
@@ -349,6 +366,39 @@ impl SpireClient {
             .await
             .map_err(rpc(METHOD))?;
         check_count(METHOD, sent, response.into_inner().results)
+    }
+
+    /// Updates the fields of `relationships` selected by `mask`; one result per
+    /// relationship, in order.
+    pub async fn batch_update_federation_relationships(
+        &self,
+        relationships: Vec<types::FederationRelationship>,
+        mask: types::FederationRelationshipMask,
+    ) -> Result<Vec<trustdomain::FederationRelationshipResult>, SpireError> {
+        const METHOD: &str = "trustdomain.v1.TrustDomain/BatchUpdateFederationRelationship";
+        let sent = relationships.len();
+        let request = trustdomain::BatchUpdateFederationRelationshipRequest {
+            federation_relationships: relationships,
+            input_mask: Some(mask),
+            output_mask: None,
+        };
+        let response = self
+            .trust_domain()
+            .batch_update_federation_relationship(request)
+            .await
+            .map_err(rpc(METHOD))?;
+        check_count(METHOD, sent, response.into_inner().results)
+    }
+
+    /// Asks the server to fetch `trust_domain`'s bundle from its bundle endpoint now.
+    pub async fn refresh_bundle(&self, trust_domain: &str) -> Result<(), SpireError> {
+        self.trust_domain()
+            .refresh_bundle(trustdomain::RefreshBundleRequest {
+                trust_domain: trust_domain.to_owned(),
+            })
+            .await
+            .map(drop)
+            .map_err(rpc("trustdomain.v1.TrustDomain/RefreshBundle"))
     }
 
     /// Deletes federation relationships by trust domain; one result per trust domain.
