@@ -106,7 +106,7 @@ async fn annotations_become_entries_under_the_policy_and_go_with_the_annotation(
         &world.control_plane,
         &world.spire,
         "annot",
-        "gcInterval: 2s\nannotationIdentities:\n  enabled: true\n",
+        "gcInterval: 2s\nannotationIdentities:\n  enabled: true\n  namespaceSelector:\n    matchExpressions: [{key: annotations, operator: NotIn, values: [off]}]\n",
     )
     .await?;
     operator.wait_initial_sync().await?;
@@ -275,6 +275,40 @@ async fn annotations_become_entries_under_the_policy_and_go_with_the_annotation(
         },
     )
     .await?;
+    // Namespaces opt in by label: refused while the namespace is not selected, an entry
+    // as soon as it is.
+    world.namespace("closed", &[("annotations", "off")]).await?;
+    let mut pod = scheduled_pod("closed", "c-0", "default", "node-a", &[]);
+    pod.metadata.annotations = Some([(ID_ANNOTATION.to_owned(), id("/ns/closed/c-0"))].into());
+    let closed = world
+        .create_pod(pod)
+        .await?
+        .metadata
+        .uid
+        .unwrap_or_default();
+    let event = world.wait_event("Pod", "c-0", "AnnotationRefused").await?;
+    assert!(
+        event
+            .message
+            .unwrap_or_default()
+            .contains("namespace closed is not selected by annotationIdentities.namespaceSelector"),
+        "the event names the rule"
+    );
+    let opened = Instant::now();
+    world
+        .label_namespace("closed", json!({ "annotations": "on" }))
+        .await?;
+    entries::wait_for(
+        &world.spire,
+        "the entry once the namespace opts in",
+        |all| ids_of(all, &closed) == [id("/ns/closed/c-0")],
+    )
+    .await?;
+    eprintln!(
+        "namespace label -> entry on the SPIRE server: {:?}",
+        opened.elapsed()
+    );
+
     // The pod whose annotation stays keeps its entry.
     let all = entries::list(&world.spire).await?;
     assert_eq!(ids_of(&all, &ignored), [id("/ns/shop/ignored")]);

@@ -375,6 +375,11 @@ impl Reconciler {
         );
         pod_keys.extend(self.ctx.stores.pods.keys_where(|_| true));
         pod_keys.extend(self.pod_records.keys().cloned());
+        // Pods that declare only an annotation entry have no record.
+        pod_keys.extend(self.desired.sources().filter_map(|source| match source {
+            Source::Annotation { namespace, name } => Some((namespace.clone(), name.clone())),
+            _ => None,
+        }));
     }
 
     /// Re-reads the ClusterStaticEntries; returns how many changed their entry.
