@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use e2e::entries::{self, EntryView};
 use e2e::kube_util::scheduled_pod;
-use e2e::operator::Operator;
+use e2e::operator::{Operator, restricted_kubeconfig};
+use e2e::workdir::WorkDir;
 use e2e::world::World;
 use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use kube::Api;
@@ -312,5 +313,75 @@ async fn annotations_become_entries_under_the_policy_and_go_with_the_annotation(
     // The pod whose annotation stays keeps its entry.
     let all = entries::list(&world.spire).await?;
     assert_eq!(ids_of(&all, &ignored), [id("/ns/shop/ignored")]);
+    Ok(())
+}
+
+/// Annotations alone (no ClusterSPIFFEIDs reconciled, no CRDs installed) with RBAC that
+/// allows no ServiceAccounts: pods, nodes and namespaces are still watched, a pod's
+/// annotation still gets its entry, and ServiceAccount annotations are not read.
+#[tokio::test]
+async fn pod_annotations_work_without_cluster_spiffe_ids_or_service_account_rbac()
+-> anyhow::Result<()> {
+    let world = World::start_without_crds(TRUST_DOMAIN).await?;
+    world.node("node-a").await?;
+    world.namespace("shop", &[]).await?;
+    world.service_account("shop", "web").await?;
+    let accounts: Api<ServiceAccount> = Api::namespaced(world.client.clone(), "shop");
+    annotate(
+        &accounts,
+        "web",
+        json!({ ID_ANNOTATION: id("/ns/shop/sa/web") }),
+    )
+    .await?;
+    let dir = WorkDir::new("annotations-only")?;
+    let kubeconfig = dir.join("kubeconfig");
+    restricted_kubeconfig(
+        &world.control_plane,
+        "annotations-only",
+        json!([
+            {"apiGroups": [""], "resources": ["pods", "nodes", "namespaces"],
+             "verbs": ["get", "list", "watch"]},
+            {"apiGroups": [""], "resources": ["configmaps"],
+             "verbs": ["get", "create", "patch", "update"]},
+            {"apiGroups": ["", "events.k8s.io"], "resources": ["events"],
+             "verbs": ["create", "patch"]},
+        ]),
+        &kubeconfig,
+    )
+    .await?;
+    let mut operator = Operator::start_as(
+        &world.control_plane,
+        &world.spire,
+        "annot",
+        "reconcile:\n  clusterStaticEntries: false\nannotationIdentities:\n  enabled: true\n",
+        &kubeconfig,
+    )
+    .await?;
+    operator.wait_initial_sync().await?;
+    let own = annotated_pod(
+        &world,
+        "own",
+        "web",
+        &[(ID_ANNOTATION, &id("/ns/shop/own"))],
+    )
+    .await?;
+    let via_sa = annotated_pod(&world, "via-sa", "web", &[]).await?;
+    entries::wait_for(&world.spire, "the pod annotation's entry", |all| {
+        ids_of(all, &own) == [id("/ns/shop/own")]
+    })
+    .await?;
+    entries::holds_for(
+        &world.spire,
+        "no entry from the unreadable ServiceAccount's annotation",
+        Duration::from_secs(3),
+        |all| ids_of(all, &via_sa).is_empty(),
+    )
+    .await?;
+    operator.ensure_running()?;
+    assert!(
+        std::fs::read_to_string(operator.log_path())?
+            .contains("ServiceAccount annotations are not read"),
+        "the start-up warning says what is lost"
+    );
     Ok(())
 }
