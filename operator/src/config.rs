@@ -18,6 +18,7 @@
 //!   strings (`10s`, `1m30s`).
 //! - `metadata` (present in some examples) is accepted and has no effect, like there.
 
+mod annotations;
 mod expand;
 mod raw;
 
@@ -28,6 +29,7 @@ use std::time::Duration;
 use regex::Regex;
 use serde::Serialize;
 
+pub use annotations::AnnotationIdentities;
 pub use expand::expand_env;
 use raw::{RawConfig, RawDuration, RawLabelSelectorConfig, RawLeaderElection};
 
@@ -154,6 +156,9 @@ pub struct Config {
     pub validating_webhook_configuration_name: String,
     /// `webhook.*`: where the webhook server listens.
     pub webhook: Webhook,
+    /// `annotationIdentities.*`: SPIFFE IDs asked for by pod and ServiceAccount
+    /// annotations (an addition to spire-controller-manager's keys; off by default).
+    pub annotation_identities: AnnotationIdentities,
     /// What a reader should know about keys accepted but not honoured, or unknown.
     #[serde(skip)]
     pub notes: Vec<ConfigNote>,
@@ -462,6 +467,7 @@ impl Config {
                 )?),
             };
         let webhook = webhook(raw.webhook.as_ref())?;
+        let annotation_identities = annotations::parse(raw.annotation_identities)?;
         let log_level = match raw.log_level {
             None => LogLevel::default(),
             Some(text) => LogLevel::parse(&text).ok_or_else(|| ConfigError::Invalid {
@@ -511,6 +517,7 @@ impl Config {
             )
             .unwrap_or_else(|| "spire-controller-manager-webhook".into()),
             webhook,
+            annotation_identities,
             notes,
         })
     }

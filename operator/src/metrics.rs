@@ -52,6 +52,11 @@ struct ReviewLabels {
     allowed: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusalLabels {
+    reason: &'static str,
+}
+
 type HistogramFamily = Family<MethodLabels, Histogram, fn() -> Histogram>;
 
 /// Every metric the operator exports.
@@ -95,6 +100,7 @@ pub struct Metrics {
     /// Status patches and event publications that failed (retried).
     pub report_failures: Counter,
     webhook_reviews: Family<ReviewLabels, Counter>,
+    annotations_refused: Family<RefusalLabels, Counter>,
     /// Time to decide one admission review (body read to response built).
     pub webhook_review_duration: Histogram,
     /// Webhook serving certificates minted.
@@ -173,6 +179,12 @@ impl Metrics {
             "report_failures",
             "Status patches and Kubernetes Events that failed to be written (retried)",
         );
+        let annotations_refused = Family::<RefusalLabels, Counter>::default();
+        registry.register(
+            "annotations_refused",
+            "Identity annotations (spiffe.io/spiffe-id) refused by annotationIdentities' policy, by reason; counted once per refused value",
+            annotations_refused.clone(),
+        );
         let webhook_reviews = Family::<ReviewLabels, Counter>::default();
         registry.register(
             "webhook_reviews",
@@ -192,6 +204,7 @@ impl Metrics {
             federation_writes.clone(),
         );
         Self {
+            annotations_refused,
             webhook_reviews,
             webhook_review_duration,
             webhook_certificates_minted: counter(
@@ -314,6 +327,14 @@ impl Metrics {
                     .inc_by(n);
             }
         }
+    }
+
+    /// Counts one refused identity annotation (`reason` from
+    /// [`crate::render::RefusalReason::label`]).
+    pub fn annotation_refused(&self, reason: &'static str) {
+        self.annotations_refused
+            .get_or_create(&RefusalLabels { reason })
+            .inc();
     }
 
     /// Records one SPIRE API call's latency.

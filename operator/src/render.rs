@@ -11,8 +11,13 @@ use crate::label_selector::Selector;
 use crate::spire::{EntryKey, EntrySpec, SpiffeId};
 use crate::template::{Template, TemplateData};
 
+mod annotation;
 mod federation;
 
+pub use annotation::{
+    AnnotatedBy, AnnotationInput, AnnotationRequest, Refusal, RefusalReason, annotated_entry,
+    parse_dns_names,
+};
 pub use federation::{EndpointProfile, FederationRelationship};
 
 /// The parent ID template spire-controller-manager uses when `parentIDTemplate` is unset:
@@ -45,9 +50,11 @@ impl SpecError {
 
 /// Who wins when two resources declare the same entry, in spire-controller-manager's
 /// order: the older by creation time, then one not being deleted, then the lower UID.
-/// (The field order is the comparison order.)
+/// (The field order is the comparison order.) An entry asked for by an annotation
+/// loses to any resource's (ClusterSPIFFEID, ClusterStaticEntry), whatever the ages.
 #[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Age {
+    annotation: bool,
     created: Option<k8s_openapi::jiff::Timestamp>,
     deleting: bool,
     uid: String,
@@ -57,9 +64,21 @@ impl Age {
     /// The age of the object `meta` describes.
     pub fn of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Self {
         Self {
+            annotation: false,
             created: meta.creation_timestamp.as_ref().map(|t| t.0),
             deleting: meta.deletion_timestamp.is_some(),
             uid: meta.uid.clone().unwrap_or_default(),
+        }
+    }
+
+    /// The age of an entry asked for by an annotation of the object `meta` describes
+    /// (the pod or its ServiceAccount): after every resource's.
+    pub fn of_annotation(
+        meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    ) -> Self {
+        Self {
+            annotation: true,
+            ..Self::of(meta)
         }
     }
 }

@@ -199,7 +199,7 @@ pub async fn run(mut args: RunArgs, config: Config) -> anyhow::Result<()> {
     // first listing must be complete before the first pass: deciding on a partial view
     // would delete entries of pods not listed yet.
     let mut watch_options = WatchOptions::from_config(&config);
-    if config.reconcile.cluster_spiffe_ids {
+    if watch_options.watches_pods() {
         watch_options.access = access::probe(&kube).await;
     }
     let watched_kinds = watch_options.kinds().len();

@@ -112,6 +112,24 @@ async fn every_values_file_lints_renders_and_validates_against_the_apiserver() -
         "{defaults:?}"
     );
 
+    // Annotation identities reach the operator's config only when turned on.
+    let operator_config = |name: &str| -> String {
+        rendered[name]
+            .iter()
+            .filter(|o| o["kind"] == "ConfigMap")
+            .find_map(|o| o["data"]["config.yaml"].as_str().map(str::to_owned))
+            .unwrap_or_default()
+    };
+    assert!(!operator_config("defaults").contains("annotationIdentities"));
+    let annotations = operator_config("annotations-values");
+    for needle in [
+        "annotationIdentities:",
+        "enabled: true",
+        "spiffe.io/annotations: enabled",
+    ] {
+        assert!(annotations.contains(needle), "{needle} in {annotations}");
+    }
+
     // The components accept the configuration files rendered for them.
     let dir = WorkDir::new("chart-configs")?;
     let mut validated: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
@@ -253,6 +271,13 @@ async fn wrong_values_fail_with_a_message_naming_them() -> anyhow::Result<()> {
         (
             &["--set", "spireServer.replicas=2"],
             "needs spireServer.dataStore.type postgres or mysql",
+        ),
+        (
+            &[
+                "--set",
+                "operator.config.annotationIdentities.allowedSPIFFEIDTemplates[0]=ns/x",
+            ],
+            "/operator/config/annotationIdentities/allowedSPIFFEIDTemplates/0",
         ),
         (
             &["--set", "operator.enabled=false,spireServer.enabled=false"],

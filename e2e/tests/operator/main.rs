@@ -1,5 +1,6 @@
 //! The operator against the real kube-apiserver and SPIRE server: one scenario per file.
 
+mod annotations;
 mod dns_names;
 mod federation;
 mod federation_ownership;

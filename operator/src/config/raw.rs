@@ -67,6 +67,8 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub health: RawHealth,
     pub webhook: Option<RawWebhook>,
+    /// Ours, not spire-controller-manager's (see [`super::annotations`]).
+    pub annotation_identities: Option<super::annotations::RawAnnotationIdentities>,
 }
 
 /// `reconcile.*`.

@@ -66,7 +66,7 @@ where
                 if kind == "endpointslices" {
                     "watching core Endpoints instead, as spire-controller-manager does"
                 } else {
-                    "templates get no .ServiceAccountMeta"
+                    "templates get no .ServiceAccountMeta and ServiceAccount annotations are not read"
                 }
             );
             false

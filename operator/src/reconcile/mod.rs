@@ -31,6 +31,7 @@
 
 pub mod access;
 pub mod adopted;
+pub mod annotations;
 pub mod backoff;
 pub mod bookkeeping;
 pub mod desired;

@@ -28,6 +28,9 @@ pub struct CachedPod {
     pub node_name: Option<String>,
     /// `spec.serviceAccountName` (`default` when unset).
     pub service_account: String,
+    /// The identity annotations (`annotationIdentities`) the pod carries, kept decoded
+    /// so that the many pods without one are passed over without decoding them.
+    pub annotations: Box<[(String, String)]>,
     json: Box<[u8]>,
 }
 
@@ -43,8 +46,27 @@ impl CachedPod {
             service_account: spec
                 .and_then(|s| s.service_account_name.clone())
                 .unwrap_or_else(|| "default".into()),
+            annotations: Box::default(),
             json: serde_json::to_vec(pod)?.into_boxed_slice(),
         })
+    }
+
+    /// Keeps the values of the annotations `names` that `pod` carries.
+    pub fn keep_annotations(mut self, pod: &Pod, names: &[&str]) -> Self {
+        let annotations = pod.metadata.annotations.iter().flatten();
+        self.annotations = annotations
+            .filter(|(name, _)| names.contains(&name.as_str()))
+            .map(|(name, value)| (name.clone(), value.clone()))
+            .collect();
+        self
+    }
+
+    /// The value of a kept annotation.
+    pub fn annotation(&self, name: &str) -> Option<&str> {
+        self.annotations
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
     }
 
     /// The pod, decoded again.

@@ -10,6 +10,7 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource, ResourceExt};
 
+use super::annotations::annotation_subject;
 use super::desired::Outcome;
 use super::ownership::Class;
 use super::runner::Reconciler;
@@ -19,7 +20,7 @@ use crate::spire::EntryKey;
 use crate::status::{self, Readiness};
 
 /// Events published per pass at most, so a broken template does not flood the API server.
-const EVENTS_PER_PASS: usize = 20;
+pub(super) const EVENTS_PER_PASS: usize = 20;
 
 /// Stats, readiness and the render failures (pod, message) of one ClusterSPIFFEID.
 type IdentityReport = (
@@ -268,7 +269,7 @@ impl Reconciler {
     /// Publishes a Warning event about `subject` unless `note` was already published
     /// for it (events go out once per change). A failed publication is forgotten, so
     /// the next pass tries again.
-    async fn announce(
+    pub(super) async fn announce(
         &mut self,
         subject: String,
         reference: &ObjectReference,
@@ -329,6 +330,7 @@ impl Reconciler {
                 live.insert(format!("cse/{name}"));
             }
         }
+        live.extend((self.annotation_refusals.keys()).map(|(ns, pod)| annotation_subject(ns, pod)));
         // A conflict lasts while the other entry is there and its key is still desired.
         for (subject, id) in &self.entry_conflicts {
             let holds = self.mirror.get(id).is_some_and(|entry| {
@@ -356,7 +358,9 @@ impl Reconciler {
             .desired
             .sources_of(&KeyId::of(key))
             .filter_map(|source| match source {
-                Source::Pod { namespace, name } => Some((namespace.clone(), name.clone())),
+                Source::Pod { namespace, name } | Source::Annotation { namespace, name } => {
+                    Some((namespace.clone(), name.clone()))
+                }
                 Source::Static { .. } => None,
             })
             .collect();
@@ -376,13 +380,13 @@ impl Reconciler {
 }
 
 /// What [`Reconciler::announce`] did.
-enum Announced {
+pub(super) enum Announced {
     Published,
     AlreadyKnown,
     Failed,
 }
 
-fn pod_reference(namespace: &str, name: &str) -> ObjectReference {
+pub(super) fn pod_reference(namespace: &str, name: &str) -> ObjectReference {
     ObjectReference {
         api_version: Some("v1".into()),
         kind: Some("Pod".into()),

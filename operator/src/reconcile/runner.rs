@@ -15,6 +15,7 @@ use kube::ResourceExt;
 use kube::runtime::events::Recorder;
 
 use super::adopted::{self, ADOPTED_CONFIG_MAP};
+use super::annotations::AnnotationOutcome;
 use super::backoff::Retrier;
 use super::bookkeeping::Books;
 use super::diff::Plan;
@@ -28,7 +29,7 @@ use super::watch::{Dirty, Stores};
 use super::writer::{self, WriteReport};
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::render::{ParentTemplate, SpecError};
+use crate::render::{ParentTemplate, Refusal, SpecError};
 use crate::spire::api::types::EntryMask;
 use crate::spire::{EntrySpec, SpireClient, managed_fields};
 
@@ -86,6 +87,8 @@ pub struct Reconciler {
     mask: EntryMask,
     /// Per selected pod: outcomes and owners, for statuses.
     pub(super) pod_records: HashMap<PodKey, PodRecord>,
+    /// Pods whose identity annotation is refused, with why (for events).
+    pub(super) annotation_refusals: HashMap<PodKey, Refusal>,
     /// Per ClusterStaticEntry: its source and key, for statuses.
     pub(super) static_records: BTreeMap<String, StaticRecord>,
     /// Keys whose last write failed, with the message.
@@ -159,6 +162,7 @@ impl Reconciler {
             ownership,
             mask: managed_fields(),
             pod_records: HashMap::new(),
+            annotation_refusals: HashMap::new(),
             static_records: BTreeMap::new(),
             failed_writes: HashMap::new(),
             persisted_adopted: adopted,
@@ -295,7 +299,8 @@ impl Reconciler {
 
         self.persist_adopted().await;
         self.update_gauges();
-        if self.write_statuses(&affected).await {
+        let refusals_pending = self.report_annotation_refusals().await;
+        if self.write_statuses(&affected).await | refusals_pending {
             self.status_retry.failed();
         } else {
             self.status_retry.succeeded();
@@ -370,6 +375,11 @@ impl Reconciler {
         );
         pod_keys.extend(self.ctx.stores.pods.keys_where(|_| true));
         pod_keys.extend(self.pod_records.keys().cloned());
+        // Pods that declare only an annotation entry have no record.
+        pod_keys.extend(self.desired.sources().filter_map(|source| match source {
+            Source::Annotation { namespace, name } => Some((namespace.clone(), name.clone())),
+            _ => None,
+        }));
     }
 
     /// Re-reads the ClusterStaticEntries; returns how many changed their entry.
@@ -410,17 +420,21 @@ impl Reconciler {
         touched: &mut HashSet<KeyId>,
         affected: &mut BTreeSet<String>,
     ) -> bool {
-        let (entries, record) = match self.ctx.stores.pods.get(&key.0, &key.1) {
-            Some(pod) => PodRenderer {
-                config: &self.ctx.config,
-                cluster_domain: &self.ctx.cluster_domain,
-                stores: &self.ctx.stores,
-                parent: &self.parent,
-                cluster_spiffe_ids: &self.cluster_spiffe_ids,
-            }
-            .render(&pod),
-            None => (Vec::new(), None),
+        let renderer = PodRenderer {
+            config: &self.ctx.config,
+            cluster_domain: &self.ctx.cluster_domain,
+            stores: &self.ctx.stores,
+            parent: &self.parent,
+            cluster_spiffe_ids: &self.cluster_spiffe_ids,
         };
+        let (entries, record, annotation) = match self.ctx.stores.pods.get(&key.0, &key.1) {
+            Some(pod) => {
+                let (entries, record) = renderer.render(&pod);
+                (entries, record, renderer.annotation(&pod))
+            }
+            None => (Vec::new(), None, AnnotationOutcome::Nothing),
+        };
+        let annotation_changed = self.set_annotation(&key, annotation, touched);
         let source = Source::Pod {
             namespace: key.0.clone(),
             name: key.1.clone(),
@@ -438,7 +452,7 @@ impl Reconciler {
                 self.pod_records.remove(&key);
             }
         }
-        self.desired.set(source, entries, touched)
+        self.desired.set(source, entries, touched) | annotation_changed
     }
 
     /// Adopts what the plan takes over, writes the rest and records the outcome.
@@ -516,7 +530,7 @@ impl Reconciler {
                 Source::Pod { namespace, name } => {
                     self.pod_records.get(&(namespace.clone(), name.clone()))
                 }
-                Source::Static { .. } => None,
+                Source::Static { .. } | Source::Annotation { .. } => None,
             })
             .flat_map(|r| {
                 r.owners

@@ -42,7 +42,17 @@ impl PodSink {
         if ignored {
             return None;
         }
+        let settings = &self.config.annotation_identities;
+        let kept: &[&str] = if settings.enabled {
+            &[
+                &settings.spiffe_id_annotation,
+                &settings.dns_names_annotation,
+            ]
+        } else {
+            &[]
+        };
         CachedPod::new(pod)
+            .map(|cached| cached.keep_annotations(pod, kept))
             .inspect_err(|e| {
                 tracing::warn!(pod = ?pod.metadata.name, namespace = ?pod.metadata.namespace, error = %e, "cannot cache pod")
             })

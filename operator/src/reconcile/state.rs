@@ -50,6 +50,14 @@ pub enum Source {
         /// Name.
         name: String,
     },
+    /// A pod's annotation identity (its own annotation or its ServiceAccount's), by the
+    /// pod's namespace and name.
+    Annotation {
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+    },
 }
 
 /// One declaration of an entry: the age of the resource that owns it (the
@@ -395,6 +403,36 @@ mod tests {
             );
             assert_eq!(desired.wins(&pod("a"), &key), !static_wins);
         }
+    }
+
+    #[test]
+    fn an_annotation_entry_loses_its_key_to_any_resource_even_a_younger_one() {
+        let shared = spec("/shared", "1");
+        let key = KeyId::of(&shared.key);
+        let annotation = Source::Annotation {
+            namespace: "ns".into(),
+            name: "a".into(),
+        };
+        let old_pod: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta =
+            serde_json::from_value(
+                serde_json::json!({"uid": "p", "creationTimestamp": "2020-01-01T00:00:00Z"}),
+            )
+            .unwrap();
+        let mut touched = HashSet::new();
+        let mut desired = Desired::default();
+        desired.set(
+            annotation.clone(),
+            vec![(Age::of_annotation(&old_pod), shared.clone())],
+            &mut touched,
+        );
+        assert!(desired.wins(&annotation, &key));
+        desired.set(
+            pod("a"),
+            vec![(age(2_000_000_000, "csid"), shared.clone())],
+            &mut touched,
+        );
+        assert!(desired.wins(&pod("a"), &key));
+        assert!(!desired.wins(&annotation, &key));
     }
 
     #[test]

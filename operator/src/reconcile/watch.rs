@@ -88,6 +88,9 @@ pub struct WatchOptions {
     /// ClusterSPIFFEIDs and what pod entries are rendered from: pods, nodes,
     /// namespaces, service accounts, EndpointSlices (`reconcile.clusterSPIFFEIDs`).
     pub cluster_spiffe_ids: bool,
+    /// Pods, nodes, namespaces and service accounts for annotation identities
+    /// (`annotationIdentities.enabled`), even when ClusterSPIFFEIDs are not reconciled.
+    pub annotations: bool,
     /// ClusterStaticEntries (`reconcile.clusterStaticEntries`).
     pub cluster_static_entries: bool,
     /// ClusterFederatedTrustDomains (`reconcile.clusterFederatedTrustDomains`).
@@ -105,6 +108,7 @@ impl WatchOptions {
     pub fn from_config(config: &Config) -> Self {
         Self {
             cluster_spiffe_ids: config.reconcile.cluster_spiffe_ids,
+            annotations: config.annotation_identities.enabled,
             cluster_static_entries: config.reconcile.cluster_static_entries,
             cluster_federated_trust_domains: config.reconcile.cluster_federated_trust_domains,
             access: Access::default(),
@@ -115,11 +119,14 @@ impl WatchOptions {
     /// The kinds watched, as `synced` names them.
     pub fn kinds(&self) -> Vec<&'static str> {
         let mut kinds = Vec::new();
-        if self.cluster_spiffe_ids {
-            kinds.extend(["pods", "nodes", "namespaces", "clusterspiffeids"]);
+        if self.watches_pods() {
+            kinds.extend(["pods", "nodes", "namespaces"]);
             if self.access.service_accounts {
                 kinds.push("serviceaccounts");
             }
+        }
+        if self.cluster_spiffe_ids {
+            kinds.push("clusterspiffeids");
             kinds.push(if self.access.endpoint_slices {
                 "endpointslices"
             } else {
@@ -133,6 +140,11 @@ impl WatchOptions {
             kinds.push("clusterfederatedtrustdomains");
         }
         kinds
+    }
+
+    /// Whether pods and what their entries are rendered from are watched.
+    pub fn watches_pods(&self) -> bool {
+        self.cluster_spiffe_ids || self.annotations
     }
 }
 
@@ -189,7 +201,7 @@ pub fn spawn(
         tasks: Vec::new(),
         kinds: Vec::new(),
     };
-    if options.cluster_spiffe_ids {
+    if options.watches_pods() {
         let pods = PodSink {
             cache: watches.stores.pods.clone(),
             config,
@@ -243,6 +255,8 @@ pub fn spawn(
                 &shared,
             );
         }
+    }
+    if options.cluster_spiffe_ids {
         let mut selected = watcher::Config::default();
         if let Some(selector) = &options.cluster_spiffe_id_selector {
             selected = selected.labels(selector);
