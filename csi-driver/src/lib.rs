@@ -9,6 +9,7 @@
 //! - [`selinux`]: what SELinux on the node means for the agent directory.
 #![warn(missing_docs)]
 
+pub mod cli;
 pub mod csi;
 pub mod duration;
 pub mod error;

@@ -167,7 +167,13 @@ async fn main() -> anyhow::Result<()> {
         version = env!("CARGO_PKG_VERSION"),
         "serving CSI Identity and Node"
     );
-    server::serve(listener, identity, node, shutdown_signal()).await?;
+    server::serve(
+        listener,
+        identity,
+        node,
+        spiffe_csi_driver::cli::shutdown_signal(),
+    )
+    .await?;
     tracing::info!("shut down");
     Ok(())
 }
@@ -180,34 +186,7 @@ fn go_style_flags(args: Vec<OsString>) -> Vec<OsString> {
         .get_arguments()
         .filter_map(|a| a.get_long())
         .collect();
-    args.into_iter()
-        .enumerate()
-        .map(|(i, arg)| {
-            let Some(s) = arg.to_str().filter(|_| i > 0) else {
-                return arg;
-            };
-            let name = s.strip_prefix('-').filter(|rest| !rest.starts_with('-'));
-            match name.map(|n| n.split_once('=').map_or(n, |(n, _)| n)) {
-                Some(n) if longs.contains(&n) => format!("-{s}").into(),
-                _ => arg,
-            }
-        })
-        .collect()
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
-    }
+    spiffe_csi_driver::cli::go_style_flags(args, &longs)
 }
 
 #[cfg(test)]

@@ -173,7 +173,7 @@ async fn main() -> anyhow::Result<()> {
         csi_address = %driver_socket.display(),
         "asking the CSI driver for its name"
     );
-    let mut stop = Box::pin(shutdown_signal());
+    let mut stop = Box::pin(spiffe_csi_driver::cli::shutdown_signal());
     let name = tokio::select! {
         name = driver::wait_for_plugin_name(
             &driver_socket,
@@ -251,34 +251,7 @@ fn go_style_flags(args: Vec<OsString>) -> Vec<OsString> {
         .filter_map(|a| a.get_long())
         .collect();
     longs.push("version");
-    args.into_iter()
-        .enumerate()
-        .map(|(i, arg)| {
-            let Some(s) = arg.to_str().filter(|_| i > 0) else {
-                return arg;
-            };
-            let name = s.strip_prefix('-').filter(|rest| !rest.starts_with('-'));
-            match name.map(|n| n.split_once('=').map_or(n, |(n, _)| n)) {
-                Some(n) if longs.contains(&n) => format!("-{s}").into(),
-                _ => arg,
-            }
-        })
-        .collect()
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM"),
-        _ = int.recv() => tracing::info!("SIGINT"),
-    }
+    spiffe_csi_driver::cli::go_style_flags(args, &longs)
 }
 
 #[cfg(test)]
