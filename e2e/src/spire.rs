@@ -25,6 +25,12 @@ pub struct Options {
     pub kubelet_read_only_port: Option<u16>,
     /// The server's `jwt_issuer` (the `iss` claim of JWT-SVIDs).
     pub jwt_issuer: Option<String>,
+    /// Directory for the server's sqlite datastore instead of its data directory: e.g. a
+    /// tmpfs, so that benchmarks measure the server rather than the disk.
+    pub datastore_dir: Option<PathBuf>,
+    /// Serve the server's telemetry (RPC counters by method) in Prometheus format on
+    /// 127.0.0.1 at this port.
+    pub prometheus_port: Option<u16>,
 }
 
 /// The node name the agent's k8s workload attestor reports (`k8s:node-name`).
@@ -173,6 +179,11 @@ impl Spire {
         })
     }
 
+    /// The server's process ID (for its CPU time and RSS).
+    pub fn server_pid(&self) -> u32 {
+        self._server.id()
+    }
+
     /// A client on the server's admin socket.
     pub fn client(&self) -> SpireClient {
         self.client.clone()
@@ -296,6 +307,24 @@ fn server_config(
         .as_ref()
         .map(|issuer| format!("jwt_issuer = \"{issuer}\""))
         .unwrap_or_default();
+    let datastore = options
+        .datastore_dir
+        .as_deref()
+        .unwrap_or(data)
+        .join("datastore.sqlite3");
+    let telemetry = options
+        .prometheus_port
+        .map(|port| {
+            format!(
+                r#"telemetry {{
+    Prometheus {{
+        host = "127.0.0.1"
+        port = {port}
+    }}
+}}"#
+            )
+        })
+        .unwrap_or_default();
     format!(
         r#"server {{
     bind_address = "127.0.0.1"
@@ -314,7 +343,7 @@ plugins {{
     DataStore "sql" {{
         plugin_data {{
             database_type = "sqlite3"
-            connection_string = "{data}/datastore.sqlite3"
+            connection_string = "{datastore}"
         }}
     }}
     NodeAttestor "join_token" {{
@@ -324,9 +353,12 @@ plugins {{
         plugin_data {{}}
     }}
 }}
+
+{telemetry}
 "#,
         socket = socket.display(),
         data = data.display(),
+        datastore = datastore.display(),
     )
 }
 
