@@ -52,7 +52,7 @@ pub struct Args {
     /// Tools to run.
     #[arg(long, value_delimiter = ',', default_value = "ours,scm")]
     tools: Vec<ToolKind>,
-    /// Scenarios after cold convergence (which always runs).
+    /// Scenarios after cold convergence, which always runs (`--scenarios cold`: only it).
     #[arg(long, value_delimiter = ',', default_value = "idle,template,churn")]
     scenarios: Vec<Scenario>,
     /// Where SPIRE's sqlite datastore lives.
@@ -89,6 +89,8 @@ pub enum ToolKind {
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scenario {
+    /// Only cold convergence.
+    Cold,
     Idle,
     Template,
     Churn,
