@@ -49,6 +49,15 @@ check-generated: ## Fail when a checked-in generated file is stale.
 	cd e2e/tools/gofields && $(GO_ENV) go run . | diff -u $(CURDIR)/$(GO_FIELDS) - \
 		|| { echo "$(GO_FIELDS) is stale: run make generate" >&2; exit 1; }
 
+# Benchmark sizes; `make bench BENCH_ARGS="--pods 500 --runs 1 --idle-secs 30 --churn-secs 10"`
+# is a short smoke run. See docs/benchmarks.md.
+BENCH_ARGS ?=
+
+.PHONY: bench
+bench: tools ## Ours vs spire-controller-manager side by side (release build; not part of make test).
+	cargo build --release -p spire-operator
+	cargo run --release --quiet -p e2e --bin bench -- $(BENCH_ARGS)
+
 .PHONY: fmt
 fmt: ## Format the code.
 	cargo fmt --all

@@ -24,6 +24,11 @@ pub struct ReferenceControllerManager {
 }
 
 impl ReferenceControllerManager {
+    /// The process ID (for its CPU time).
+    pub fn pid(&self) -> u32 {
+        self._process.id()
+    }
+
     /// Peak resident set size (`VmHWM`), in KiB; `None` once the process is gone.
     pub fn peak_rss_kib(&self) -> Option<u64> {
         crate::process::status_kib(self._process.id(), "VmHWM:")

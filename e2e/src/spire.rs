@@ -31,6 +31,12 @@ pub struct Options {
     /// Extra environment of the server process, e.g. `SSL_CERT_FILE` so that its
     /// https_web federation client trusts a test CA as it would the Web PKI.
     pub server_env: Vec<(String, String)>,
+    /// Directory for the server's sqlite datastore instead of its data directory: e.g. a
+    /// tmpfs, so that benchmarks measure the server rather than the disk.
+    pub datastore_dir: Option<PathBuf>,
+    /// Serve the server's telemetry (RPC counters by method) in Prometheus format on
+    /// 127.0.0.1 at this port.
+    pub prometheus_port: Option<u16>,
 }
 
 /// How a server's bundle endpoint authenticates itself.
@@ -209,6 +215,11 @@ impl Spire {
         self.server_cli(&["bundle", "show", "-format", "spiffe"])
     }
 
+    /// The server's process ID (for its CPU time and RSS).
+    pub fn server_pid(&self) -> u32 {
+        self._server.id()
+    }
+
     /// A client on the server's admin socket.
     pub fn client(&self) -> SpireClient {
         self.client.clone()
@@ -333,6 +344,24 @@ fn server_config(
         .as_ref()
         .map(|issuer| format!("jwt_issuer = \"{issuer}\""))
         .unwrap_or_default();
+    let datastore = options
+        .datastore_dir
+        .as_deref()
+        .unwrap_or(data)
+        .join("datastore.sqlite3");
+    let telemetry = options
+        .prometheus_port
+        .map(|port| {
+            format!(
+                r#"telemetry {{
+    Prometheus {{
+        host = "127.0.0.1"
+        port = {port}
+    }}
+}}"#
+            )
+        })
+        .unwrap_or_default();
     let federation = match (&options.bundle_endpoint, bundle_endpoint) {
         (Some(profile), Some((port, dir))) => {
             let profile = match profile {
@@ -388,7 +417,7 @@ plugins {{
     DataStore "sql" {{
         plugin_data {{
             database_type = "sqlite3"
-            connection_string = "{data}/datastore.sqlite3"
+            connection_string = "{datastore}"
         }}
     }}
     NodeAttestor "join_token" {{
@@ -398,9 +427,12 @@ plugins {{
         plugin_data {{}}
     }}
 }}
+
+{telemetry}
 "#,
         socket = socket.display(),
         data = data.display(),
+        datastore = datastore.display(),
     ))
 }
 

@@ -204,6 +204,36 @@ impl SpireClient {
         Ok(usize::try_from(count).unwrap_or(0))
     }
 
+    /// Lists the entries matching `filter` (e.g. by selectors), following pagination:
+    /// for tools that watch a few entries without listing the whole server.
+    pub async fn list_entries_matching(
+        &self,
+        filter: entry::EntryFilter,
+    ) -> Result<Vec<types::Entry>, SpireError> {
+        let client = self.entry();
+        paginate(
+            "entry.v1.Entry/ListEntries",
+            self.list_page_size,
+            |page_token, page_size| {
+                let mut client = client.clone();
+                let filter = filter.clone();
+                async move {
+                    let page = client
+                        .list_entries(entry::ListEntriesRequest {
+                            filter: Some(filter),
+                            page_size,
+                            page_token,
+                            ..Default::default()
+                        })
+                        .await?
+                        .into_inner();
+                    Ok((page.entries, page.next_page_token))
+                }
+            },
+        )
+        .await
+    }
+
     /// Reads one entry by ID.
     pub async fn get_entry(&self, id: &str) -> Result<types::Entry, SpireError> {
         self.entry()

@@ -1,0 +1,409 @@
+//! `make bench`: spire-operator (ours) and spire-controller-manager (SCM, the pinned
+//! reference build) side by side on one control plane, each run on a fresh SPIRE server.
+//!
+//! One control plane holds `--nodes` nodes and `--pods` pods (Pod objects bound to a
+//! node; nothing runs them) in namespaces of 100, and `--csids` ClusterSPIFFEIDs that
+//! each select every pod, one entry per pod each (with a DNS name template). Then, for
+//! `--runs` rounds, each tool in turn (ours, SCM, ours, SCM, ...) on a fresh SPIRE server
+//! (sqlite on tmpfs or disk): the SPIRE write floor for the same number of entries, then
+//! the tool's cold convergence, idle cost, a template change and churn at each rate.
+//! Prints a markdown table (per-run figures, medians, ours/SCM) and writes it as JSON
+//! to `--out`. See docs/benchmarks.md for what each scenario measures and what bounds it.
+
+mod probe;
+mod report;
+mod scenarios;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use e2e::operator::Operator;
+use e2e::reference::ReferenceControllerManager;
+use e2e::world::World;
+use e2e::{Spire, SpireOptions};
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::Pod;
+use serde_json::{Value, json};
+
+use crate::probe::{Reader, spire_rpcs};
+use crate::scenarios::Figures;
+
+const TRUST_DOMAIN: &str = "bench.test";
+const CLUSTER: &str = "bench";
+
+/// Ours vs spire-controller-manager: cold convergence, idle, template change, churn.
+#[derive(Parser, Debug, Clone)]
+#[command(about)]
+pub struct Args {
+    /// Pods (each selected by every ClusterSPIFFEID).
+    #[arg(long, default_value_t = 1000)]
+    pods: usize,
+    /// Nodes the pods are spread over.
+    #[arg(long, default_value_t = 10)]
+    nodes: usize,
+    /// ClusterSPIFFEIDs; entries = pods x csids.
+    #[arg(long, default_value_t = 3)]
+    csids: usize,
+    /// Runs per tool (alternating ours, SCM).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Tools to run.
+    #[arg(long, value_delimiter = ',', default_value = "ours,scm")]
+    tools: Vec<ToolKind>,
+    /// Scenarios after cold convergence, which always runs (`--scenarios cold`: only it).
+    #[arg(long, value_delimiter = ',', default_value = "idle,template,churn")]
+    scenarios: Vec<Scenario>,
+    /// Where SPIRE's sqlite datastore lives.
+    #[arg(long, value_enum, default_value_t = Datastore::Tmpfs)]
+    datastore: Datastore,
+    /// Idle scenario length, seconds.
+    #[arg(long, default_value_t = 300)]
+    idle_secs: u64,
+    /// Churn rates, pods created (and deleted) per second.
+    #[arg(long, value_delimiter = ',', default_value = "10,50")]
+    churn_rates: Vec<u32>,
+    /// Churn length at each rate, seconds.
+    #[arg(long, default_value_t = 60)]
+    churn_secs: u64,
+    /// How long a churned pod lives (from its creation, or until its entries exist).
+    #[arg(long, default_value_t = 5)]
+    churn_lifetime_secs: u64,
+    /// `gcInterval` given to both tools, seconds (the hardened chart renders 10 s).
+    #[arg(long, default_value_t = 10)]
+    gc_interval_secs: u64,
+    /// Skip the SPIRE write floor.
+    #[arg(long)]
+    no_floor: bool,
+    /// Directory for the JSON result.
+    #[arg(long, default_value = "target/bench")]
+    out: PathBuf,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ToolKind {
+    Ours,
+    Scm,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scenario {
+    /// Only cold convergence.
+    Cold,
+    Idle,
+    Template,
+    Churn,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Datastore {
+    /// sqlite on /dev/shm: the disk's variance out of the way.
+    Tmpfs,
+    /// sqlite in the server's data directory under $TMPDIR.
+    Disk,
+}
+
+/// The objects every run sees.
+pub struct Setup {
+    pub pods: usize,
+    pub nodes: usize,
+    pub csids: usize,
+}
+
+impl Setup {
+    pub fn entries(&self) -> usize {
+        self.pods * self.csids
+    }
+
+    pub fn csid_name(i: usize) -> String {
+        format!("csid-{i}")
+    }
+
+    /// ClusterSPIFFEID `i`'s spec; `variant` names the template edit ("" = original).
+    pub fn csid_spec(&self, i: usize, variant: &str) -> Value {
+        let path = if variant.is_empty() {
+            format!("c{i}")
+        } else {
+            format!("c{i}-{variant}")
+        };
+        json!({
+            "spiffeIDTemplate": format!(
+                "spiffe://{{{{ .TrustDomain }}}}/{path}/ns/{{{{ .PodMeta.Namespace }}}}/sa/{{{{ .PodSpec.ServiceAccountName }}}}/{{{{ .PodMeta.Name }}}}"
+            ),
+            "namespaceSelector": {"matchLabels": {"bench": "yes"}},
+            "podSelector": {"matchLabels": {"app": "bench"}},
+            "dnsNameTemplates": ["{{ .PodMeta.Name }}.{{ .PodMeta.Namespace }}.svc"],
+        })
+    }
+
+    /// A pod every ClusterSPIFFEID selects, bound to a node by `i`.
+    pub fn pod(&self, namespace: &str, name: &str, i: usize) -> Pod {
+        e2e::kube_util::scheduled_pod(
+            namespace,
+            name,
+            "default",
+            &format!("node-{}", i % self.nodes),
+            &[("app", "bench")],
+        )
+    }
+}
+
+/// One tool, running.
+pub enum Running {
+    Ours(Operator),
+    Scm(ReferenceControllerManager),
+}
+
+impl Running {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Ours(_) => "ours",
+            Self::Scm(_) => "scm",
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        match self {
+            Self::Ours(o) => o.pid(),
+            Self::Scm(s) => s.pid(),
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    anyhow::ensure!(
+        args.pods > 0 && args.nodes > 0 && args.csids > 0 && args.runs > 0,
+        "--pods, --nodes, --csids and --runs must be > 0"
+    );
+    let setup = Setup {
+        pods: args.pods,
+        nodes: args.nodes,
+        csids: args.csids,
+    };
+    // Built (if stale) now, so that the build is not timed.
+    let operator_binary = Operator::binary()?;
+    let world = populate(&setup).await?;
+
+    let mut report = report::Report::new(&args, &operator_binary);
+    for run in 0..args.runs {
+        if !args.no_floor {
+            let floor = floor(&setup, args.datastore).await?;
+            eprintln!("[bench] run {run}: write floor {floor:.2} s");
+            report.floor.push(floor);
+        }
+        for &kind in &args.tools {
+            let figures = one_run(&args, &setup, &world, kind, run)
+                .await
+                .with_context(|| format!("run {run} of {kind:?}"))?;
+            eprintln!("[bench] run {run} {kind:?}: {}", json!(figures));
+            report.push(kind, figures);
+        }
+    }
+    report.finish(&args)
+}
+
+/// Starts the control plane and creates the nodes, namespaces, pods and ClusterSPIFFEIDs.
+async fn populate(setup: &Setup) -> anyhow::Result<World> {
+    let started = Instant::now();
+    let world = World::start(TRUST_DOMAIN).await?;
+    for n in 0..setup.nodes {
+        world.node(&format!("node-{n}")).await?;
+    }
+    for ns in 0..setup.pods.div_ceil(100) {
+        world
+            .namespace(&format!("ns-{ns}"), &[("bench", "yes")])
+            .await?;
+    }
+    for c in 0..setup.csids {
+        world
+            .apply_csid(&Setup::csid_name(c), setup.csid_spec(c, ""))
+            .await?;
+    }
+    let world_ref = &world;
+    futures::stream::iter(0..setup.pods)
+        .map(|p| async move {
+            world_ref
+                .create_pod(setup.pod(&format!("ns-{}", p / 100), &format!("pod-{p}"), p))
+                .await
+        })
+        .buffer_unordered(16)
+        .try_for_each(|_| async { Ok(()) })
+        .await?;
+    eprintln!(
+        "[bench] {} pods, {} nodes, {} ClusterSPIFFEIDs ({} entries) set up in {:.1} s",
+        setup.pods,
+        setup.nodes,
+        setup.csids,
+        setup.entries(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(world)
+}
+
+/// A fresh SPIRE server with its datastore where `datastore` says and its telemetry on.
+/// Returns the server, the telemetry address and the tmpfs directory to keep.
+async fn fresh_spire(
+    datastore: Datastore,
+) -> anyhow::Result<(Spire, String, Option<tempfile::TempDir>)> {
+    let tmpfs = match datastore {
+        Datastore::Tmpfs => Some(
+            tempfile::Builder::new()
+                .prefix("spire-rs-bench-")
+                .tempdir_in("/dev/shm")
+                .context("creating the datastore directory on /dev/shm")?,
+        ),
+        Datastore::Disk => None,
+    };
+    let port = e2e::ports::free_port()?;
+    let spire = Spire::start_with(
+        TRUST_DOMAIN,
+        SpireOptions {
+            datastore_dir: tmpfs.as_ref().map(|d| d.path().to_path_buf()),
+            prometheus_port: Some(port),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let addr = format!("127.0.0.1:{port}");
+    e2e::wait::until(
+        "SPIRE server telemetry",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || {
+            let addr = addr.clone();
+            async move { Ok(spire_rpcs(&addr).await.ok().map(|_| ())) }
+        },
+    )
+    .await?;
+    Ok((spire, addr, tmpfs))
+}
+
+/// One tool's run on a fresh server: cold convergence, then the chosen scenarios.
+async fn one_run(
+    args: &Args,
+    setup: &Setup,
+    world: &World,
+    kind: ToolKind,
+    run: usize,
+) -> anyhow::Result<std::collections::BTreeMap<String, Value>> {
+    let (spire, prometheus, _tmpfs) = fresh_spire(args.datastore).await?;
+    let reader = Reader::new(spire.client());
+    let rpcs_before = spire_rpcs(&prometheus).await?;
+    let own_before = reader.own_calls();
+    let config = format!(
+        "ignoreNamespaces: [kube-system]\ngcInterval: {}\n",
+        args.gc_interval_secs * 1_000_000_000
+    );
+    let started = Instant::now();
+    let tool = match kind {
+        ToolKind::Ours => {
+            Running::Ours(Operator::start(&world.control_plane, &spire, CLUSTER, &config).await?)
+        }
+        ToolKind::Scm => Running::Scm(
+            ReferenceControllerManager::start(&world.control_plane, &spire, CLUSTER, &config)
+                .await?,
+        ),
+    };
+    let mut out = std::collections::BTreeMap::new();
+    let cold = scenarios::cold(
+        setup,
+        &tool,
+        &reader,
+        &prometheus,
+        started,
+        &rpcs_before,
+        own_before,
+    )
+    .await?;
+    out.insert("cold".to_owned(), figures(cold));
+    if args.scenarios.contains(&Scenario::Idle) {
+        let idle = scenarios::idle(
+            &tool,
+            spire.server_pid(),
+            &prometheus,
+            Duration::from_secs(args.idle_secs),
+        )
+        .await?;
+        out.insert("idle".to_owned(), figures(idle));
+    }
+    if args.scenarios.contains(&Scenario::Churn) {
+        for &rate in &args.churn_rates {
+            let churn = scenarios::churn(
+                setup,
+                world,
+                &reader,
+                rate,
+                Duration::from_secs(args.churn_secs),
+                Duration::from_secs(args.churn_lifetime_secs),
+                &format!("{run}-{}-{rate}", tool.name()),
+            )
+            .await?;
+            out.insert(format!("churn{rate}"), figures(churn));
+        }
+    }
+    if args.scenarios.contains(&Scenario::Template) {
+        let template = scenarios::template_change(setup, world, &tool, &reader, &prometheus).await;
+        // Restored whatever happened, so that the next run starts from the same objects.
+        drop(tool);
+        world
+            .apply_csid(&Setup::csid_name(0), setup.csid_spec(0, ""))
+            .await?;
+        out.insert("template".to_owned(), figures(template?));
+    }
+    Ok(out)
+}
+
+fn figures(f: Figures) -> Value {
+    Value::Object(f.into_iter().collect())
+}
+
+/// The SPIRE write floor: how long a fresh server of the same datastore takes to create
+/// the same number of entries of the same shape from a minimal client (batches of 50,
+/// as spire-controller-manager sends, 4 in flight).
+async fn floor(setup: &Setup, datastore: Datastore) -> anyhow::Result<f64> {
+    use spire_operator::spire::SpiffeId;
+    use spire_operator::spire::api::types::{Entry, Selector};
+
+    let (spire, _, _tmpfs) = fresh_spire(datastore).await?;
+    let client = spire.client();
+    let parent = spire.agent_id().to_api();
+    let entries: Vec<Entry> = (0..setup.entries())
+        .map(|i| {
+            let id: SpiffeId =
+                format!("spiffe://{TRUST_DOMAIN}/floor/ns/ns-{}/pod-{i}", i / 100).parse()?;
+            Ok(Entry {
+                spiffe_id: Some(id.to_api()),
+                parent_id: Some(parent.clone()),
+                selectors: vec![Selector {
+                    r#type: "k8s".into(),
+                    value: format!("pod-uid:{i:012}"),
+                }],
+                dns_names: vec![format!("pod-{i}.ns-{}.svc", i / 100)],
+                ..Default::default()
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let started = Instant::now();
+    let chunks: Vec<Vec<Entry>> = entries.chunks(50).map(<[Entry]>::to_vec).collect();
+    futures::stream::iter(chunks)
+        .map(|chunk| {
+            let client = client.clone();
+            async move {
+                let results = client.batch_create_entries(chunk).await?;
+                anyhow::ensure!(
+                    results
+                        .iter()
+                        .all(|r| r.status.as_ref().is_some_and(|s| s.code == 0)),
+                    "the floor's BatchCreateEntry failed for some entries"
+                );
+                Ok(())
+            }
+        })
+        .buffer_unordered(4)
+        .try_for_each(|()| async { Ok(()) })
+        .await?;
+    Ok(started.elapsed().as_secs_f64())
+}

@@ -1,0 +1,171 @@
+//! What the benchmark reads off the processes and the SPIRE server: CPU time and RSS
+//! from `/proc`, the server's RPC counters from its Prometheus telemetry, and entries
+//! through the admin socket (counting its own calls, so that they can be told apart
+//! from the tool's).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::Context;
+use e2e::operator::MetricsSnapshot;
+use spire_operator::spire::SpireClient;
+use spire_operator::spire::api::{entry, types};
+
+/// Linux reports `/proc/<pid>/stat` times in USER_HZ ticks, 100 per second on every
+/// architecture the kernel exposes to user space.
+const TICKS_PER_SECOND: f64 = 100.0;
+
+/// User + system CPU seconds a process has used so far; 0 once it is gone.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // The command name (field 2) may hold spaces: count fields after its closing ')'.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15; `rest` starts at field 3.
+    let tick = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
+    match (tick(11), tick(12)) {
+        (Some(user), Some(system)) => (user + system) / TICKS_PER_SECOND,
+        _ => 0.0,
+    }
+}
+
+/// Peak RSS (`VmHWM`) in MiB.
+pub fn peak_rss_mib(pid: u32) -> f64 {
+    e2e::process::status_kib(pid, "VmHWM:").map_or(0.0, |k| k as f64 / 1024.0)
+}
+
+/// Current RSS (`VmRSS`) in MiB.
+pub fn rss_mib(pid: u32) -> f64 {
+    e2e::process::status_kib(pid, "VmRSS:").map_or(0.0, |k| k as f64 / 1024.0)
+}
+
+/// The SPIRE server's RPC counters by method (`batch_create_entry`, `list_entries`,
+/// ...), all statuses summed.
+pub async fn spire_rpcs(prometheus_addr: &str) -> anyhow::Result<BTreeMap<String, f64>> {
+    let (status, body) = e2e::http::get(prometheus_addr, "/metrics").await?;
+    anyhow::ensure!(status == 200, "SPIRE telemetry answered {status}");
+    let snapshot = MetricsSnapshot::parse(&body).context("SPIRE server telemetry")?;
+    let mut rpcs = BTreeMap::new();
+    for sample in snapshot.samples() {
+        let Some(rest) = sample.name.strip_prefix("spire_server_rpc_") else {
+            continue;
+        };
+        if rest.contains("elapsed_time") {
+            continue;
+        }
+        // spire_server_rpc_entry_v1_entry_list_entries -> list_entries
+        let method = rest
+            .split_once("_v1_")
+            .and_then(|(_, m)| m.split_once('_'))
+            .map_or(rest, |(_, m)| m);
+        *rpcs.entry(method.to_owned()).or_insert(0.0) += sample.value;
+    }
+    Ok(rpcs)
+}
+
+/// `after - before` per method, without the zero differences.
+pub fn rpc_delta(
+    before: &BTreeMap<String, f64>,
+    after: &BTreeMap<String, f64>,
+) -> BTreeMap<String, u64> {
+    after
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                (v - before.get(k).copied().unwrap_or(0.0)).round(),
+            )
+        })
+        .filter(|(_, v)| *v > 0.0)
+        .map(|(k, v)| (k, v as u64))
+        .collect()
+}
+
+/// Reads entries for the benchmark and counts its own calls.
+#[derive(Clone)]
+pub struct Reader {
+    client: SpireClient,
+    lists: Arc<AtomicU64>,
+    counts: Arc<AtomicU64>,
+}
+
+impl Reader {
+    pub fn new(client: SpireClient) -> Self {
+        Self {
+            client,
+            lists: Arc::default(),
+            counts: Arc::default(),
+        }
+    }
+
+    /// ListEntries and CountEntries calls made so far by the benchmark itself.
+    pub fn own_calls(&self) -> (u64, u64) {
+        (
+            self.lists.load(Ordering::Relaxed),
+            self.counts.load(Ordering::Relaxed),
+        )
+    }
+
+    pub async fn count(&self) -> anyhow::Result<usize> {
+        self.counts.fetch_add(1, Ordering::Relaxed);
+        Ok(self.client.count_entries().await?)
+    }
+
+    pub async fn list(&self) -> anyhow::Result<Vec<types::Entry>> {
+        self.lists.fetch_add(1, Ordering::Relaxed);
+        Ok(self.client.list_entries().await?)
+    }
+
+    /// Entries holding any of the `k8s:pod-uid:<uid>` selectors of `uids`.
+    pub async fn for_pods(&self, uids: &[String]) -> anyhow::Result<Vec<types::Entry>> {
+        self.lists.fetch_add(1, Ordering::Relaxed);
+        let filter = entry::EntryFilter {
+            by_selectors: Some(types::SelectorMatch {
+                selectors: uids
+                    .iter()
+                    .map(|uid| types::Selector {
+                        r#type: "k8s".into(),
+                        value: format!("pod-uid:{uid}"),
+                    })
+                    .collect(),
+                r#match: types::selector_match::MatchBehavior::MatchAny as i32,
+            }),
+            ..Default::default()
+        };
+        Ok(self.client.list_entries_matching(filter).await?)
+    }
+}
+
+/// The pod UID of an entry's `k8s:pod-uid:` selector.
+pub fn pod_uid(entry: &types::Entry) -> Option<&str> {
+    entry
+        .selectors
+        .iter()
+        .find(|s| s.r#type == "k8s")
+        .and_then(|s| s.value.strip_prefix("pod-uid:"))
+}
+
+/// The value at quantile `q` (0..=1) of sorted `values` (nearest rank).
+pub fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = (q * sorted.len() as f64).ceil().max(1.0) as usize;
+    sorted[rank.min(sorted.len()) - 1]
+}
+
+/// The median of `values` (any order); NaN when empty.
+pub fn median(values: &[f64]) -> f64 {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}

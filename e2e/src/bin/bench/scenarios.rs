@@ -1,0 +1,341 @@
+//! The measured scenarios. Each takes a converged (or, for cold convergence, empty) SPIRE
+//! server with one tool running against it and returns its figures as named numbers.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use e2e::world::World;
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, PostParams};
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+use crate::probe::{self, Reader, cpu_seconds, rpc_delta, spire_rpcs};
+use crate::{Running, Setup};
+
+/// How often the benchmark looks at the server while it waits for an outcome.
+const POLL: Duration = Duration::from_millis(25);
+/// Template change polls list every entry, so less often.
+const LIST_POLL: Duration = Duration::from_millis(100);
+
+/// Figures of one scenario in one run.
+pub type Figures = BTreeMap<String, Value>;
+
+/// Writes RPCs (batch create, update, delete) in a delta.
+fn writes(delta: &BTreeMap<String, u64>) -> u64 {
+    delta
+        .iter()
+        .filter(|(k, _)| k.starts_with("batch_"))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+/// Tool RPCs: the delta without the benchmark's own list and count calls.
+fn tool_rpcs(
+    before: &BTreeMap<String, f64>,
+    after: &BTreeMap<String, f64>,
+    own: ((u64, u64), (u64, u64)),
+) -> BTreeMap<String, u64> {
+    let mut delta = rpc_delta(before, after);
+    let ((l0, c0), (l1, c1)) = own;
+    for (method, mine) in [("list_entries", l1 - l0), ("count_entries", c1 - c0)] {
+        if let Some(v) = delta.get_mut(method) {
+            *v = v.saturating_sub(mine);
+        }
+    }
+    delta.retain(|_, v| *v > 0);
+    delta
+}
+
+/// Cold convergence: from the tool's start (`started`) until the server holds exactly
+/// `want` entries.
+pub async fn cold(
+    setup: &Setup,
+    tool: &Running,
+    reader: &Reader,
+    prometheus: &str,
+    started: Instant,
+    rpcs_before: &BTreeMap<String, f64>,
+    own_before: (u64, u64),
+) -> anyhow::Result<Figures> {
+    let want = setup.entries();
+    let mut last_change = (0, Instant::now());
+    loop {
+        let have = reader.count().await?;
+        if have == want {
+            break;
+        }
+        if have != last_change.0 {
+            last_change = (have, Instant::now());
+        }
+        anyhow::ensure!(
+            last_change.1.elapsed() < Duration::from_secs(300),
+            "{} stuck at {have} of {want} entries for 5 minutes",
+            tool.name()
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    let took = started.elapsed().as_secs_f64();
+    let rpcs = tool_rpcs(
+        rpcs_before,
+        &spire_rpcs(prometheus).await?,
+        (own_before, reader.own_calls()),
+    );
+    Ok(Figures::from([
+        ("seconds".into(), json!(took)),
+        ("cpu_seconds".into(), json!(cpu_seconds(tool.pid()))),
+        (
+            "peak_rss_mib".into(),
+            json!(probe::peak_rss_mib(tool.pid())),
+        ),
+        ("write_rpcs".into(), json!(writes(&rpcs))),
+        ("rpcs".into(), json!(rpcs)),
+    ]))
+}
+
+/// Idle: nothing changes for `duration`; what the tool and the server spend meanwhile.
+pub async fn idle(
+    tool: &Running,
+    server_pid: u32,
+    prometheus: &str,
+    duration: Duration,
+) -> anyhow::Result<Figures> {
+    let rpcs_before = spire_rpcs(prometheus).await?;
+    let (tool_cpu, server_cpu) = (cpu_seconds(tool.pid()), cpu_seconds(server_pid));
+    tokio::time::sleep(duration).await;
+    let tool_cpu = cpu_seconds(tool.pid()) - tool_cpu;
+    let server_cpu = cpu_seconds(server_pid) - server_cpu;
+    let rpcs = rpc_delta(&rpcs_before, &spire_rpcs(prometheus).await?);
+    Ok(Figures::from([
+        ("seconds".into(), json!(duration.as_secs_f64())),
+        ("cpu_seconds".into(), json!(tool_cpu)),
+        ("server_cpu_seconds".into(), json!(server_cpu)),
+        ("rss_mib".into(), json!(probe::rss_mib(tool.pid()))),
+        (
+            "list_entries".into(),
+            json!(rpcs.get("list_entries").copied().unwrap_or(0)),
+        ),
+        ("write_rpcs".into(), json!(writes(&rpcs))),
+        ("rpcs".into(), json!(rpcs)),
+    ]))
+}
+
+/// Template change: edit the first ClusterSPIFFEID's spiffeIDTemplate; time until every
+/// one of its entries carries the new ID and no entry the old one.
+pub async fn template_change(
+    setup: &Setup,
+    world: &World,
+    tool: &Running,
+    reader: &Reader,
+    prometheus: &str,
+) -> anyhow::Result<Figures> {
+    let rpcs_before = spire_rpcs(prometheus).await?;
+    let own_before = reader.own_calls();
+    let cpu_before = cpu_seconds(tool.pid());
+    let started = Instant::now();
+    world
+        .apply_csid(&Setup::csid_name(0), setup.csid_spec(0, "v2"))
+        .await?;
+    let (new_path, old_path) = ("/c0-v2/", "/c0/");
+    loop {
+        let entries = reader.list().await?;
+        let ids = entries
+            .iter()
+            .filter_map(|e| e.spiffe_id.as_ref().map(|id| id.path.as_str()));
+        let (mut new, mut old) = (0, 0);
+        for path in ids {
+            new += usize::from(path.starts_with(new_path));
+            old += usize::from(path.starts_with(old_path));
+        }
+        if new == setup.pods && old == 0 && entries.len() == setup.entries() {
+            break;
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(600),
+            "{}: after 10 minutes {new} of {} entries renamed, {old} old ones left",
+            tool.name(),
+            setup.pods
+        );
+        tokio::time::sleep(LIST_POLL).await;
+    }
+    let took = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(tool.pid()) - cpu_before;
+    let rpcs = tool_rpcs(
+        &rpcs_before,
+        &spire_rpcs(prometheus).await?,
+        (own_before, reader.own_calls()),
+    );
+    Ok(Figures::from([
+        ("seconds".into(), json!(took)),
+        ("cpu_seconds".into(), json!(cpu)),
+        ("write_rpcs".into(), json!(writes(&rpcs))),
+        ("rpcs".into(), json!(rpcs)),
+    ]))
+}
+
+/// What a churned pod waits for.
+enum Awaited {
+    Created(oneshot::Sender<Instant>),
+    Gone(oneshot::Sender<Instant>),
+}
+
+type Pending = Arc<Mutex<HashMap<String, Awaited>>>;
+
+/// Churn: pods created at `rate` per second for `duration`, each deleted `lifetime`
+/// after its creation (or once its entries exist, if later). Per pod, the latency from
+/// the API server's answer to the write until its entries all exist (and are all gone).
+pub async fn churn(
+    setup: &Setup,
+    world: &World,
+    reader: &Reader,
+    rate: u32,
+    duration: Duration,
+    lifetime: Duration,
+    tag: &str,
+) -> anyhow::Result<Figures> {
+    let pending: Pending = Arc::default();
+    let watcher = tokio::spawn(watch(reader.clone(), pending.clone(), setup.csids));
+    let interval = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
+    let total = (duration.as_secs_f64() * f64::from(rate)).round() as usize;
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    for i in 0..total {
+        ticker.tick().await;
+        let (client, pending) = (world.client.clone(), pending.clone());
+        let name = format!("churn-{tag}-{i}");
+        let pod = setup.pod("ns-0", &name, i);
+        tasks.spawn(async move { one_pod(client, pending, pod, lifetime).await });
+    }
+    let (mut create, mut delete, mut lost) = (Vec::new(), Vec::new(), 0usize);
+    while let Some(result) = tasks.join_next().await {
+        match result.context("churn task panicked")?? {
+            (Some(c), Some(d)) => {
+                create.push(c);
+                delete.push(d);
+            }
+            (c, d) => {
+                create.extend(c);
+                delete.extend(d);
+                lost += 1;
+            }
+        }
+    }
+    watcher.abort();
+    let stats = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        json!({
+            "p50": probe::quantile(&v, 0.5),
+            "p99": probe::quantile(&v, 0.99),
+            "max": v.last().copied().unwrap_or(f64::NAN),
+            "n": v.len(),
+        })
+    };
+    Ok(Figures::from([
+        ("rate".into(), json!(rate)),
+        ("pods".into(), json!(total)),
+        ("timed_out".into(), json!(lost)),
+        ("create".into(), stats(create)),
+        ("delete".into(), stats(delete)),
+    ]))
+}
+
+/// How long a churned pod's entries may take to appear or go before it counts as lost.
+const CHURN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Creates one pod, waits for its entries, deletes it, waits for them to go.
+async fn one_pod(
+    client: kube::Client,
+    pending: Pending,
+    pod: Pod,
+    lifetime: Duration,
+) -> anyhow::Result<(Option<f64>, Option<f64>)> {
+    let (namespace, name) = (pod.namespace().unwrap_or_default(), pod.name_any());
+    let pods: Api<Pod> = Api::namespaced(client, &namespace);
+    let created = pods
+        .create(&PostParams::default(), &pod)
+        .await
+        .with_context(|| format!("creating pod {namespace}/{name}"))?;
+    let written = Instant::now();
+    let uid = created.uid().context("created pod without uid")?;
+    let (tx, rx) = oneshot::channel();
+    pending
+        .lock()
+        .expect("pending lock")
+        .insert(uid.clone(), Awaited::Created(tx));
+    let create = tokio::time::timeout(CHURN_TIMEOUT, rx)
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .map(|seen| seen.duration_since(written).as_secs_f64());
+    pending.lock().expect("pending lock").remove(&uid);
+    tokio::time::sleep(lifetime.saturating_sub(written.elapsed())).await;
+    // At once: no kubelet is there to finish a graceful deletion.
+    pods.delete(
+        &name,
+        &DeleteParams {
+            grace_period_seconds: Some(0),
+            ..Default::default()
+        },
+    )
+    .await
+    .with_context(|| format!("deleting pod {namespace}/{name}"))?;
+    let deleted = Instant::now();
+    let (tx, rx) = oneshot::channel();
+    pending
+        .lock()
+        .expect("pending lock")
+        .insert(uid.clone(), Awaited::Gone(tx));
+    let delete = tokio::time::timeout(CHURN_TIMEOUT, rx)
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .map(|seen| seen.duration_since(deleted).as_secs_f64());
+    pending.lock().expect("pending lock").remove(&uid);
+    Ok((create, delete))
+}
+
+/// Every [`POLL`], one filtered ListEntries for all pods awaited; resolves the waits
+/// that are met.
+async fn watch(reader: Reader, pending: Pending, per_pod: usize) -> anyhow::Result<()> {
+    loop {
+        tokio::time::sleep(POLL).await;
+        let uids: Vec<String> = pending
+            .lock()
+            .expect("pending lock")
+            .keys()
+            .cloned()
+            .collect();
+        if uids.is_empty() {
+            continue;
+        }
+        let entries = reader.for_pods(&uids).await?;
+        let seen = Instant::now();
+        let mut counts: HashMap<&str, usize> = HashMap::new();
+        for entry in &entries {
+            if let Some(uid) = probe::pod_uid(entry) {
+                *counts.entry(uid).or_default() += 1;
+            }
+        }
+        let mut pending = pending.lock().expect("pending lock");
+        for uid in uids {
+            let have = counts.get(uid.as_str()).copied().unwrap_or(0);
+            let met = match pending.get(&uid) {
+                Some(Awaited::Created(_)) => have >= per_pod,
+                Some(Awaited::Gone(_)) => have == 0,
+                None => false,
+            };
+            if met {
+                match pending.remove(&uid) {
+                    Some(Awaited::Created(tx) | Awaited::Gone(tx)) => {
+                        let _ = tx.send(seen);
+                    }
+                    None => {}
+                }
+            }
+        }
+    }
+}
