@@ -446,7 +446,8 @@ async fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
 proptest! {
     // Each case starts two fake SPIRE servers and two fake API servers and runs up to
     // ~20 passes over gRPC: 64 cases take ~5-7 s in a debug build (600 took 68 s, all
-    // passing). Swapping a relist's marks before the cache swap fails it within 64 cases.
+    // passing). Marking a relisted object before the cache swapped (the relist bug) made
+    // case 54 of one run fail.
     #![proptest_config(ProptestConfig::with_cases(64))]
 
     #[test]
