@@ -49,6 +49,10 @@ check-generated: ## Fail when a checked-in generated file is stale.
 	cd e2e/tools/gofields && $(GO_ENV) go run . | diff -u $(CURDIR)/$(GO_FIELDS) - \
 		|| { echo "$(GO_FIELDS) is stale: run make generate" >&2; exit 1; }
 
+.PHONY: fuzz
+fuzz: ## Fuzz each target FUZZ_SECONDS (default 60) with cargo-afl + AFL++ (installs both, pinned; see fuzz/README.md).
+	bash fuzz/run.sh
+
 .PHONY: fmt
 fmt: ## Format the code.
 	cargo fmt --all

@@ -18,7 +18,7 @@
 //!   strings (`10s`, `1m30s`).
 //! - `metadata` (present in some examples) is accepted and has no effect, like there.
 
-mod expand;
+pub mod expand;
 mod raw;
 
 use std::collections::BTreeMap;
