@@ -59,7 +59,9 @@ fn fixture() -> &'static Fixture {
         Fixture {
             data: node_data.clone().with_pod(&pod).with_namespace(&namespace),
             node_data,
-            parent: "spiffe://td/spire/agent/k8s_psat/c/node-uid".parse().unwrap(),
+            parent: "spiffe://td/spire/agent/k8s_psat/c/node-uid"
+                .parse()
+                .unwrap(),
         }
     })
 }
@@ -133,7 +135,13 @@ pub fn template(data: &[u8]) {
             entry.key.spiffe_id.to_string()
         );
         assert_eq!(entry.key.spiffe_id.trust_domain(), TRUST_DOMAIN, "{id:?}");
-        assert!(entry.key.selectors.iter().any(|s| s == "k8s:pod-uid:pod-uid"));
+        assert!(
+            entry
+                .key
+                .selectors
+                .iter()
+                .any(|s| s == "k8s:pod-uid:pod-uid")
+        );
         check_entry(&entry, "ClusterSPIFFEID");
     }
 }
@@ -189,7 +197,10 @@ pub fn crd(data: &[u8]) {
     if let Ok(resource) = serde_json::from_slice::<ClusterFederatedTrustDomain>(data)
         && let Ok(relationship) = FederationRelationship::parse(&resource, TRUST_DOMAIN)
     {
-        assert_ne!(relationship.trust_domain, TRUST_DOMAIN, "federates with itself");
+        assert_ne!(
+            relationship.trust_domain, TRUST_DOMAIN,
+            "federates with itself"
+        );
     }
 }
 
@@ -204,7 +215,10 @@ pub fn csi_publish(data: &[u8]) {
         return;
     };
     assert!(readonly, "a writable publish was accepted");
-    assert!(publish.context.is_ephemeral(), "a non-ephemeral publish was accepted");
+    assert!(
+        publish.context.is_ephemeral(),
+        "a non-ephemeral publish was accepted"
+    );
     if let Ok(target) = KubeletTarget::parse(&publish.target_path) {
         check_target(&target);
         let _ = target.check_pod_uid(publish.context.pod_uid.as_deref());
@@ -231,7 +245,12 @@ fn check_target(target: &KubeletTarget) {
         .join(&target.volume)
         .join("mount");
     assert_eq!(Path::new(&target.raw), rebuilt, "{:?}", target.raw);
-    assert_eq!(rebuilt.to_str(), Some(target.raw.as_str()), "{:?}", target.raw);
+    assert_eq!(
+        rebuilt.to_str(),
+        Some(target.raw.as_str()),
+        "{:?}",
+        target.raw
+    );
     for component in Path::new(&target.raw).components() {
         assert!(
             matches!(component, Component::RootDir | Component::Normal(_)),

@@ -16,7 +16,10 @@ fn main() {
         std::process::exit(2);
     };
     let (root, out) = (Path::new(&root), Path::new(&out));
-    let mut corpus = Corpus { out, counts: vec![] };
+    let mut corpus = Corpus {
+        out,
+        counts: vec![],
+    };
 
     for file in yaml_files(&root.join("operator/tests/fixtures/hardened-chart")) {
         corpus.add("config", fs::read(&file).unwrap());
