@@ -58,6 +58,10 @@ bench: tools ## Ours vs spire-controller-manager side by side (release build; no
 	cargo build --release -p spire-operator
 	cargo run --release --quiet -p e2e --bin bench -- $(BENCH_ARGS)
 
+.PHONY: fuzz
+fuzz: ## Fuzz each target FUZZ_SECONDS (default 60) with cargo-afl + AFL++ (installs both, pinned; see fuzz/README.md).
+	bash fuzz/run.sh
+
 .PHONY: fmt
 fmt: ## Format the code.
 	cargo fmt --all

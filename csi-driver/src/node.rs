@@ -78,18 +78,22 @@ enum OnTarget {
     },
 }
 
-/// A NodePublishVolume request that passed validation.
+/// A NodePublishVolume request that passed validation (public for the fuzz targets:
+/// this is everything checked before the filesystem is touched).
 #[derive(Debug)]
-struct Publish {
-    volume_id: String,
-    target_path: String,
-    context: VolumeContext,
+pub struct Publish {
+    /// The volume's handle.
+    pub volume_id: String,
+    /// The target path as sent (checked later against the pods directory).
+    pub target_path: String,
+    /// The parsed volume context.
+    pub context: VolumeContext,
 }
 
 impl Publish {
     /// Checks, in order: volume_id, target_path, capability (mount only), access mode,
     /// readonly, ephemeral context. The first failure is reported.
-    fn parse(req: csi::NodePublishVolumeRequest) -> Result<Self, PublishError> {
+    pub fn parse(req: csi::NodePublishVolumeRequest) -> Result<Self, PublishError> {
         let unsupported = |field, reason: &str| PublishError::Unsupported {
             field,
             reason: reason.to_owned(),

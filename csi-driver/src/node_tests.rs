@@ -500,3 +500,51 @@ async fn capabilities_and_info() {
         .unwrap_err();
     assert_eq!(stage.code(), Code::Unimplemented);
 }
+
+/// Keys kubelet did not define (`volumeAttributes` a pod author wrote) are ignored, as the
+/// Go driver ignores them: the driver reads none of them, so refusing would only break
+/// pods that work with it. A look-alike of a key the driver does read never stands in
+/// for it: the publish is refused and nothing is mounted.
+#[tokio::test]
+async fn unknown_volume_context_keys_are_ignored_and_look_alikes_do_not_count() {
+    let f = fixture(Duration::ZERO);
+    let mut req = f.request();
+    req.volume_context.remove("csi.storage.k8s.io/ephemeral");
+    for key in [
+        "csi.storage.k8s.io/Ephemeral",
+        "csi.storage.k8s.io/ephemeral ",
+        "csi.storage.k8s.io/ephemeral\0",
+    ] {
+        req.volume_context.insert(key.into(), "true".into());
+    }
+    let status = f.publish(req).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status
+            .message()
+            .contains("volume_context[\"csi.storage.k8s.io/ephemeral\"]: must be \"true\""),
+        "{}",
+        status.message()
+    );
+    assert_eq!(f.fake.binds.load(Ordering::Relaxed), 0);
+
+    let mut req = f.request();
+    req.volume_context
+        .insert("someAttribute\nwith-newline".into(), "x\0y".into());
+    f.publish(req).await.unwrap();
+    assert_eq!(f.fake.binds.load(Ordering::Relaxed), 1);
+}
+
+/// A target path (or any string field) that is not UTF-8 never reaches validation:
+/// the request does not decode, which tonic answers with an error status.
+#[test]
+fn a_request_with_a_non_utf8_target_path_does_not_decode() {
+    use prost::Message;
+    let f = fixture(Duration::ZERO);
+    let mut bytes = f.request().encode_to_vec();
+    // Field 4 (target_path), wire type 2, one byte that is not UTF-8; a later field
+    // replaces the earlier value.
+    bytes.extend_from_slice(&[4 << 3 | 2, 1, 0xff]);
+    let err = csi::NodePublishVolumeRequest::decode(bytes.as_slice()).unwrap_err();
+    assert!(err.to_string().contains("UTF-8"), "{err}");
+}

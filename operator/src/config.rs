@@ -19,7 +19,7 @@
 //! - `metadata` (present in some examples) is accepted and has no effect, like there.
 
 mod annotations;
-mod expand;
+pub mod expand;
 mod raw;
 
 use std::collections::BTreeMap;

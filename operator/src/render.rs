@@ -175,7 +175,10 @@ impl PodIdentity {
 
         let mut dns_names = Vec::new();
         for (i, template) in self.dns_names.iter().enumerate() {
-            dns_names.push(render(&format!("spec.dnsNameTemplates[{i}]"), template)?);
+            let field = format!("spec.dnsNameTemplates[{i}]");
+            let name = render(&field, template)?;
+            check_dns_name(&field, &name)?;
+            dns_names.push(name);
         }
         if self.auto_populate_dns_names {
             dns_names.extend(pod.service_dns_names.iter().cloned());
@@ -228,6 +231,9 @@ impl StaticEntry {
         }
         for (i, selector) in spec.selectors.iter().enumerate() {
             check_selector(&format!("spec.selectors[{i}]"), selector)?;
+        }
+        for (i, name) in spec.dns_names.iter().enumerate() {
+            check_dns_name(&format!("spec.dnsNames[{i}]"), name)?;
         }
         let selectors = spec.selectors.iter().cloned().collect();
         // As written, like spire-controller-manager: a static entry is the user's entry.
@@ -352,7 +358,46 @@ fn in_trust_domain(field: &str, rendered: &str, trust_domain: &str) -> Result<Sp
     Ok(id)
 }
 
+/// The longest selector accepted. Real ones are far shorter (an image reference with a
+/// digest is ~150 bytes); the bound keeps a hostile pod label or template from making
+/// entries that bloat the datastore or that a SQL backend truncates or refuses.
+pub const MAX_SELECTOR_LEN: usize = 1024;
+
+/// The longest DNS name (RFC 1035: 253 characters in text form).
+pub const MAX_DNS_NAME_LEN: usize = 253;
+
+/// The start of a value too long to quote whole in an error message.
+fn quoted_prefix(value: &str) -> String {
+    let end = (0..=64.min(value.len()))
+        .rev()
+        .find(|i| value.is_char_boundary(*i))
+        .unwrap_or(0);
+    format!("{:?}...", &value[..end])
+}
+
+/// A control character (newline, NUL, escape...) in `value`: never legitimate in a
+/// selector or a DNS name, and a way to forge extra lines in logs or CLI output.
+fn control_char(value: &str) -> Option<char> {
+    value.chars().find(|c| c.is_control())
+}
+
 fn check_selector(field: &str, selector: &str) -> Result<(), SpecError> {
+    if selector.len() > MAX_SELECTOR_LEN {
+        return Err(SpecError::new(
+            field,
+            format!(
+                "{} is {} bytes long; selectors are limited to {MAX_SELECTOR_LEN}",
+                quoted_prefix(selector),
+                selector.len()
+            ),
+        ));
+    }
+    if let Some(c) = control_char(selector) {
+        return Err(SpecError::new(
+            field,
+            format!("{selector:?} contains the control character {c:?}"),
+        ));
+    }
     match selector.split_once(':') {
         Some((kind, value)) if !kind.is_empty() && !value.is_empty() => Ok(()),
         _ => Err(SpecError::new(
@@ -401,6 +446,32 @@ fn ttl_seconds(field: &str, ttl: Option<&GoDuration>) -> Result<i32, SpecError> 
         .as_secs();
     i32::try_from(seconds)
         .map_err(|_| SpecError::new(field, format!("{ttl} is longer than SPIRE accepts")))
+}
+
+/// Refuses what is not a DNS name at all: empty, longer than DNS allows, or with
+/// whitespace or control characters. Finer rules (label syntax, wildcards) are left to
+/// the SPIRE server, which spire-controller-manager's users already rely on.
+fn check_dns_name(field: &str, name: &str) -> Result<(), SpecError> {
+    if name.is_empty() {
+        return Err(SpecError::new(field, "is empty; a DNS name is required"));
+    }
+    if name.len() > MAX_DNS_NAME_LEN {
+        return Err(SpecError::new(
+            field,
+            format!(
+                "{} is {} bytes long; DNS names are limited to {MAX_DNS_NAME_LEN}",
+                quoted_prefix(name),
+                name.len()
+            ),
+        ));
+    }
+    if let Some(c) = name.chars().find(|c| c.is_control() || c.is_whitespace()) {
+        return Err(SpecError::new(
+            field,
+            format!("{name:?} is not a DNS name: it contains {c:?}"),
+        ));
+    }
+    Ok(())
 }
 
 fn dedup_in_order(names: &mut Vec<String>) {

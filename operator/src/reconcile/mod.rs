@@ -38,6 +38,8 @@ pub mod desired;
 pub mod diff;
 pub mod dirty;
 pub mod ownership;
+#[cfg(test)]
+mod plan_properties;
 pub mod pod_cache;
 pub mod pods;
 pub mod report;

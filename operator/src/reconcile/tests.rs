@@ -29,6 +29,9 @@ use crate::spire::api::types;
 use crate::spire::fake::{FakeSpire, FakeState};
 use crate::spire::{ClientOptions, SpireAddress, SpireClient};
 
+mod event_sequences;
+mod hostile;
+
 /// What the fake API server saw, and whether it fails status patches.
 #[derive(Default)]
 struct KubeLog {

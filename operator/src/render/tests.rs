@@ -313,3 +313,249 @@ fn masking_order_is_creation_then_not_deleting_then_uid() {
         "then the UID"
     );
 }
+
+/// Selector and DNS-name injection: newlines, NUL, other control characters and
+/// over-long values are refused naming the field, whether they come from the template
+/// itself or from pod data it renders.
+#[test]
+fn control_characters_and_over_long_values_are_refused_in_selectors_and_dns_names() {
+    let long = "x".repeat(MAX_SELECTOR_LEN);
+    let cases: Vec<(&str, ClusterSPIFFEIDSpec, &str)> = vec![
+        (
+            "spec.workloadSelectorTemplates[0]",
+            ClusterSPIFFEIDSpec {
+                workload_selector_templates: vec!["k8s:ns:shop\nunix:uid:0".into()],
+                ..ns_sa()
+            },
+            "contains the control character '\\n'",
+        ),
+        (
+            "spec.workloadSelectorTemplates[0]",
+            ClusterSPIFFEIDSpec {
+                workload_selector_templates: vec!["k8s:ns:{{ .PodMeta.Namespace }}\0".into()],
+                ..ns_sa()
+            },
+            "contains the control character '\\0'",
+        ),
+        (
+            "spec.workloadSelectorTemplates[0]",
+            ClusterSPIFFEIDSpec {
+                workload_selector_templates: vec![format!("k8s:pod-label:{long}")],
+                ..ns_sa()
+            },
+            "bytes long; selectors are limited to 1024",
+        ),
+        (
+            "spec.dnsNameTemplates[0]",
+            ClusterSPIFFEIDSpec {
+                dns_name_templates: vec!["web.shop.svc\r\nevil.example".into()],
+                ..ns_sa()
+            },
+            "is not a DNS name: it contains '\\r'",
+        ),
+        (
+            "spec.dnsNameTemplates[0]",
+            ClusterSPIFFEIDSpec {
+                dns_name_templates: vec!["{{ .PodMeta.Name }} evil.example".into()],
+                ..ns_sa()
+            },
+            "is not a DNS name: it contains ' '",
+        ),
+        (
+            "spec.dnsNameTemplates[0]",
+            ClusterSPIFFEIDSpec {
+                dns_name_templates: vec![format!("{}.example", "a".repeat(250))],
+                ..ns_sa()
+            },
+            "bytes long; DNS names are limited to 253",
+        ),
+        (
+            "spec.dnsNameTemplates[0]",
+            ClusterSPIFFEIDSpec {
+                dns_name_templates: vec!["{{ if .PodMeta.Labels.nope }}x{{ end }}".into()],
+                ..ns_sa()
+            },
+            "is empty",
+        ),
+    ];
+    for (field, spec, want) in cases {
+        let err = render(spec, &[]).unwrap_err();
+        assert_eq!(err.field, field, "{err}");
+        assert!(err.to_string().contains(want), "{err}");
+        assert!(
+            err.to_string().len() < 400,
+            "message quotes too much: {err}"
+        );
+    }
+
+    // The same from pod data: a label value cannot hold a newline in Kubernetes, but an
+    // annotation can.
+    let mut injected = pod();
+    injected.metadata.annotations =
+        Some([("dns".to_string(), "web\nevil.example".to_string())].into());
+    let node_data = TemplateData::new(TD, "prod", "cluster.local").with_node(&node());
+    let parent = ParentTemplate::parse(None)
+        .unwrap()
+        .render(&node_data, TD)
+        .unwrap();
+    let data = node_data.with_pod(&injected);
+    let input = PodInput {
+        data: &data,
+        pod_uid: "pod-uid-1",
+        parent_id: &parent,
+        service_dns_names: &[],
+    };
+    for spec in [
+        ClusterSPIFFEIDSpec {
+            dns_name_templates: vec!["{{ .PodMeta.Annotations.dns }}".into()],
+            ..ns_sa()
+        },
+        ClusterSPIFFEIDSpec {
+            workload_selector_templates: vec![
+                "k8s:pod-label:{{ .PodMeta.Annotations.dns }}".into(),
+            ],
+            ..ns_sa()
+        },
+    ] {
+        let err = identity(spec).unwrap().render(&input, TD).unwrap_err();
+        assert!(err.to_string().contains("'\\n'"), "{err}");
+    }
+}
+
+/// A pod cannot move its identity out of the trust domain through data the template
+/// reads, nor walk the path with `..`.
+#[test]
+fn pod_data_cannot_move_the_id_out_of_the_trust_domain() {
+    let mut hostile = pod();
+    hostile.metadata.annotations = Some(
+        [
+            ("td".to_string(), "evil.org".to_string()),
+            ("path".to_string(), "../../spire/agent/x".to_string()),
+            ("at".to_string(), "@evil.org".to_string()),
+        ]
+        .into(),
+    );
+    let node_data = TemplateData::new(TD, "prod", "cluster.local").with_node(&node());
+    let parent = ParentTemplate::parse(None)
+        .unwrap()
+        .render(&node_data, TD)
+        .unwrap();
+    let data = node_data.with_pod(&hostile);
+    let input = PodInput {
+        data: &data,
+        pod_uid: "pod-uid-1",
+        parent_id: &parent,
+        service_dns_names: &[],
+    };
+    for (template, want) in [
+        (
+            "spiffe://{{ .PodMeta.Annotations.td }}/x",
+            "\"spiffe://evil.org/x\" is not in trust domain \"example.org\"",
+        ),
+        (
+            "spiffe://{{ .TrustDomain }}/{{ .PodMeta.Annotations.path }}",
+            "invalid path",
+        ),
+        (
+            "spiffe://{{ .TrustDomain }}{{ .PodMeta.Annotations.at }}/x",
+            "trust domain",
+        ),
+    ] {
+        let spec = ClusterSPIFFEIDSpec {
+            spiffe_id_template: template.into(),
+            ..Default::default()
+        };
+        let err = identity(spec).unwrap().render(&input, TD).unwrap_err();
+        assert_eq!(err.field, "spec.spiffeIDTemplate", "{template}: {err}");
+        assert!(err.to_string().contains(want), "{template}: {err}");
+    }
+}
+
+#[test]
+fn static_entries_refuse_injected_selectors_and_dns_names() {
+    let entry = |selectors: Vec<String>, dns_names: Vec<String>| ClusterStaticEntry {
+        metadata: ObjectMeta {
+            name: Some("db".into()),
+            ..Default::default()
+        },
+        spec: ClusterStaticEntrySpec {
+            spiffe_id: "spiffe://example.org/db".into(),
+            parent_id: "spiffe://example.org/host".into(),
+            selectors,
+            dns_names,
+            ..Default::default()
+        },
+        status: None,
+    };
+    let ok = || vec!["unix:uid:0".to_string()];
+    for (resource, field) in [
+        (
+            entry(vec!["unix:uid:0\nunix:uid:1".into()], vec![]),
+            "spec.selectors[0]",
+        ),
+        (
+            entry(vec!["unix:uid:0\0".into()], vec![]),
+            "spec.selectors[0]",
+        ),
+        (
+            entry(vec![format!("unix:user:{}", "u".repeat(1100))], vec![]),
+            "spec.selectors[0]",
+        ),
+        (
+            entry(ok(), vec!["db".into(), "db\nevil".into()]),
+            "spec.dnsNames[1]",
+        ),
+        (entry(ok(), vec!["".into()]), "spec.dnsNames[0]"),
+        (entry(ok(), vec!["d".repeat(254)]), "spec.dnsNames[0]"),
+    ] {
+        let err = StaticEntry::parse(&resource).unwrap_err();
+        assert_eq!(err.field, field, "{err}");
+    }
+}
+
+/// Inputs `make fuzz` (target `template`) found accepted before selectors and DNS names
+/// were checked: DEL, STX, DLE and NUL went into entries unrefused.
+#[test]
+fn fuzz_found_control_characters_are_refused() {
+    let cases: Vec<(ClusterSPIFFEIDSpec, &str)> = vec![
+        (
+            ClusterSPIFFEIDSpec {
+                dns_name_templates: vec!["web-0.shop.s\u{7f}c".into()],
+                ..ns_sa()
+            },
+            "spec.dnsNameTemplates[0]",
+        ),
+        (
+            ClusterSPIFFEIDSpec {
+                dns_name_templates: vec!["web-0.shop.svc\u{2}k8s:pontainer-name:app".into()],
+                ..ns_sa()
+            },
+            "spec.dnsNameTemplates[0]",
+        ),
+        (
+            ClusterSPIFFEIDSpec {
+                workload_selector_templates: vec!["k8s:con\u{7f}ainname:app".into()],
+                ..ns_sa()
+            },
+            "spec.workloadSelectorTemplates[0]",
+        ),
+        (
+            ClusterSPIFFEIDSpec {
+                workload_selector_templates: vec![
+                    "\u{10}\0\0espace }}.svc\0k8s:container-name:app".into(),
+                ],
+                ..ns_sa()
+            },
+            "spec.workloadSelectorTemplates[0]",
+        ),
+    ];
+    for (spec, field) in cases {
+        let err = render(spec, &[]).unwrap_err();
+        assert_eq!(err.field, field, "{err}");
+        assert!(
+            err.to_string().contains("control character")
+                || err.to_string().contains("is not a DNS name"),
+            "{err}"
+        );
+    }
+}

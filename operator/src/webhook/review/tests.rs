@@ -314,3 +314,53 @@ fn other_kinds_and_garbage_are_refused() {
             .is_err()
     );
 }
+
+/// Injection attempts are denied at admission, naming the field and the value; bytes
+/// that are not UTF-8 are not a review at all.
+#[test]
+fn injected_selectors_and_dns_names_are_denied_and_non_utf8_is_not_a_review() {
+    let static_entry = |selectors: Value, dns: Value| {
+        json!({"spiffeID": "spiffe://example.org/db", "parentID": "spiffe://example.org/host",
+               "selectors": selectors, "dnsNames": dns})
+    };
+    for (kind, spec, want) in [
+        (
+            "ClusterStaticEntry",
+            static_entry(json!(["unix:uid:0\nunix:uid:1"]), json!([])),
+            "spec.selectors[0]: \"unix:uid:0\\nunix:uid:1\" contains the control character '\\n'",
+        ),
+        (
+            "ClusterStaticEntry",
+            static_entry(json!(["unix:uid:0"]), json!(["db\u{0}.evil.org"])),
+            "spec.dnsNames[0]: \"db\\0.evil.org\" is not a DNS name",
+        ),
+        (
+            "ClusterStaticEntry",
+            static_entry(
+                json!([format!("unix:user:{}", "u".repeat(2000))]),
+                json!([]),
+            ),
+            "bytes long; selectors are limited to 1024",
+        ),
+    ] {
+        let message = denial(kind, spec);
+        assert!(message.contains(want), "want {want:?} in {message:?}");
+        assert!(message.len() < 500, "{message}");
+    }
+
+    let mut body = serde_json::to_vec(&review(
+        "ClusterStaticEntry",
+        "CREATE",
+        static_entry(json!(["unix:uid:0"]), json!([])),
+        None,
+    ))
+    .unwrap();
+    let at = body.windows(3).position(|w| w == b"uid").unwrap();
+    body[at] = 0xff;
+    let err = validator().review(&body).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("not an admission.k8s.io/v1 AdmissionReview"),
+        "{err}"
+    );
+}
