@@ -176,6 +176,7 @@ impl Cluster {
                 "metricsPort": p.operator_metrics,
                 "healthPort": p.operator_health,
                 "webhook": {"port": p.webhook},
+                "config": {"annotationIdentities": {"enabled": true}},
             },
             "spireAgent": {
                 "server": {"address": "127.0.0.1", "port": p.server},
@@ -448,9 +449,10 @@ async fn not_rolled_out(client: &kube::Client) -> anyhow::Result<Vec<String>> {
         let name = s.metadata.name.clone().unwrap_or_default();
         let want = s.spec.replicas.unwrap_or(1);
         let status = s.status.clone().unwrap_or_default();
+        // The API server leaves zero counts out.
         let current = status.observed_generation == s.metadata.generation
-            && status.updated_replicas == Some(want)
-            && status.ready_replicas == Some(want);
+            && status.updated_replicas.unwrap_or(0) == want
+            && status.ready_replicas.unwrap_or(0) == want;
         if !current {
             pending.push(format!(
                 "StatefulSet {name}: ready {:?}/{want}, updated {:?}",
@@ -481,9 +483,9 @@ async fn not_rolled_out(client: &kube::Client) -> anyhow::Result<Vec<String>> {
         let want = d.spec.replicas.unwrap_or(1);
         let status = d.status.clone().unwrap_or_default();
         let current = status.observed_generation == d.metadata.generation
-            && status.updated_replicas == Some(want)
-            && status.available_replicas == Some(want)
-            && status.replicas == Some(want);
+            && status.updated_replicas.unwrap_or(0) == want
+            && status.available_replicas.unwrap_or(0) == want
+            && status.replicas.unwrap_or(0) == want;
         if !current {
             pending.push(format!(
                 "Deployment {name}: available {:?}/{want}, updated {:?}",

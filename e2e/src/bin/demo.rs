@@ -23,6 +23,7 @@ const APP: App = App {
     name: "web",
     service_account: "web",
     audience: "api://AzureADTokenExchange",
+    annotated_id: None,
 };
 
 fn step(n: u32, text: &str) {

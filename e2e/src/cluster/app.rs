@@ -27,15 +27,22 @@ pub struct App {
     pub service_account: &'static str,
     /// The audience its JWT-SVIDs are asked for.
     pub audience: &'static str,
+    /// A SPIFFE ID its pods ask for with the `spiffe.io/spiffe-id` annotation (annotation
+    /// identities); `None` leaves the identity to ClusterSPIFFEIDs.
+    pub annotated_id: Option<&'static str>,
 }
 
 impl App {
-    /// The identity the chart's default ClusterSPIFFEID gives its pods.
+    /// The identity its pods get: the annotated one, else the one the chart's default
+    /// ClusterSPIFFEID gives them.
     pub fn spiffe_id(&self) -> String {
-        format!(
-            "spiffe://{TRUST_DOMAIN}/ns/{}/sa/{}",
-            self.namespace, self.service_account
-        )
+        match self.annotated_id {
+            Some(id) => id.to_owned(),
+            None => format!(
+                "spiffe://{TRUST_DOMAIN}/ns/{}/sa/{}",
+                self.namespace, self.service_account
+            ),
+        }
     }
 
     /// The Deployment: the README's volume and `SPIFFE_ENDPOINT_SOCKET`, plus
@@ -47,7 +54,10 @@ impl App {
                 "replicas": 1,
                 "selector": {"matchLabels": {"app": self.name}},
                 "template": {
-                    "metadata": {"labels": {"app": self.name}},
+                    "metadata": {
+                        "labels": {"app": self.name},
+                        "annotations": self.annotated_id.map(|id| json!({"spiffe.io/spiffe-id": id})),
+                    },
                     "spec": {
                         "serviceAccountName": self.service_account,
                         "hostNetwork": true,
@@ -67,12 +77,17 @@ impl App {
         }))?)
     }
 
-    /// Creates the namespace, the ServiceAccount and the Deployment.
+    /// Creates the namespace (unless it exists), the ServiceAccount and the Deployment.
     pub async fn create(&self, client: &kube::Client) -> anyhow::Result<()> {
         let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": self.namespace}}))?;
-        Api::<Namespace>::all(client.clone())
+        match Api::<Namespace>::all(client.clone())
             .create(&PostParams::default(), &ns)
-            .await?;
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
         let sa: ServiceAccount =
             serde_json::from_value(json!({"metadata": {"name": self.service_account}}))?;
         Api::<ServiceAccount>::namespaced(client.clone(), self.namespace)

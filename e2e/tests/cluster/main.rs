@@ -20,6 +20,16 @@ const APP: App = App {
     name: "web",
     service_account: "web",
     audience: "e2e-cluster",
+    annotated_id: None,
+};
+
+/// A workload whose identity comes from its pods' `spiffe.io/spiffe-id` annotation.
+const ANNOTATED: App = App {
+    namespace: NAMESPACE,
+    name: "annotated",
+    service_account: "annotated",
+    audience: "e2e-cluster",
+    annotated_id: Some("spiffe://example.org/ns/spire-system/annotated"),
 };
 
 #[tokio::test]
@@ -99,6 +109,30 @@ spec:
         "the CSI volume of pod {} is mounted on the node: {mounts:?}",
         name_of(&first)
     );
+
+    // An annotation identity (annotationIdentities on): a pod in the release namespace,
+    //    which no ClusterSPIFFEID selects, asks for its ID by annotation and gets it.
+    ANNOTATED.create(&client).await?;
+    let annotated = ANNOTATED.running_pod(&cluster, &[]).await?;
+    let line = ANNOTATED
+        .svid_line(&cluster, &name_of(&annotated), 0)
+        .await?;
+    assert_eq!(
+        line["x509_svid"]["spiffe_id"],
+        ANNOTATED.spiffe_id().as_str(),
+        "{line}"
+    );
+    assert_eq!(
+        pod_entry_ids(&spire, &uid_of(&annotated)?).await?,
+        [ANNOTATED.spiffe_id()]
+    );
+    ANNOTATED.scale(&client, 0).await?;
+    wait_pod_gone(
+        &Api::namespaced(client.clone(), ANNOTATED.namespace),
+        &name_of(&annotated),
+    )
+    .await?;
+    wait_entries_gone(&spire, &uid_of(&annotated)?).await?;
 
     // 3. Deleting the pod: the kubelet unpublishes, the entry goes, the replacement gets
     //    its own.
