@@ -170,26 +170,7 @@ impl SpireClient {
 
     /// Lists every registration entry on the server, following pagination.
     pub async fn list_entries(&self) -> Result<Vec<types::Entry>, SpireError> {
-        let client = self.entry();
-        paginate(
-            "entry.v1.Entry/ListEntries",
-            self.list_page_size,
-            |page_token, page_size| {
-                let mut client = client.clone();
-                async move {
-                    let page = client
-                        .list_entries(entry::ListEntriesRequest {
-                            page_size,
-                            page_token,
-                            ..Default::default()
-                        })
-                        .await?
-                        .into_inner();
-                    Ok((page.entries, page.next_page_token))
-                }
-            },
-        )
-        .await
+        self.list_entries_filtered(None).await
     }
 
     /// How many registration entries the server holds (one cheap call, no entries sent).
@@ -210,6 +191,13 @@ impl SpireClient {
         &self,
         filter: entry::EntryFilter,
     ) -> Result<Vec<types::Entry>, SpireError> {
+        self.list_entries_filtered(Some(filter)).await
+    }
+
+    async fn list_entries_filtered(
+        &self,
+        filter: Option<entry::EntryFilter>,
+    ) -> Result<Vec<types::Entry>, SpireError> {
         let client = self.entry();
         paginate(
             "entry.v1.Entry/ListEntries",
@@ -220,7 +208,7 @@ impl SpireClient {
                 async move {
                     let page = client
                         .list_entries(entry::ListEntriesRequest {
-                            filter: Some(filter),
+                            filter,
                             page_size,
                             page_token,
                             ..Default::default()
