@@ -1,6 +1,7 @@
 //! The operator against the real kube-apiserver and SPIRE server: one scenario per file.
 
 mod annotations;
+mod datastore_full;
 mod dns_names;
 mod federation;
 mod federation_ownership;
