@@ -70,6 +70,9 @@ fmt: ## Format the code.
 lint: ## cargo fmt --check and clippy with warnings as errors.
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+	@# fuzz/ is a workspace of its own: its lock file must follow the crates it fuzzes,
+	@# or `make fuzz` (--locked) breaks without anything else noticing.
+	cargo metadata --locked --format-version 1 --manifest-path fuzz/Cargo.toml > /dev/null
 
 .PHONY: test
 test: tools lint check-generated ## Everything CI runs: tools, lint, generated files, unit and e2e tests.

@@ -10,7 +10,7 @@ set -euo pipefail
 
 CARGO_AFL_VERSION=0.18.2
 FUZZ_SECONDS=${FUZZ_SECONDS:-60}
-FUZZ_TARGETS=${FUZZ_TARGETS:-template config crd csi_publish target_path}
+FUZZ_TARGETS=${FUZZ_TARGETS:-template config crd annotation csi_publish target_path}
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 out=${FUZZ_OUT:-$root/target/fuzz}
 

@@ -18,9 +18,11 @@ use spiffe_csi_driver::node::Publish;
 use spiffe_csi_driver::target_path::KubeletTarget;
 use spire_operator::config::Config;
 use spire_operator::crd::{ClusterFederatedTrustDomain, ClusterSPIFFEID, ClusterStaticEntry};
+use spire_operator::config::AnnotationIdentities;
 use spire_operator::render::{
-    FederationRelationship, ParentTemplate, PodIdentity, PodInput, StaticEntry,
-    check_spiffe_id_template,
+    AnnotatedBy, AnnotationInput, AnnotationRequest, FederationRelationship, MAX_DNS_NAMES,
+    ParentTemplate, PodIdentity, PodInput, StaticEntry, annotated_entry,
+    check_spiffe_id_template, parse_dns_names,
 };
 use spire_operator::spire::{EntrySpec, SpiffeId};
 use spire_operator::template::{Template, TemplateData};
@@ -201,6 +203,103 @@ pub fn crd(data: &[u8]) {
             relationship.trust_domain, TRUST_DOMAIN,
             "federates with itself"
         );
+    }
+}
+
+/// Annotation identities: the input is a pod's `spiffe.io/spiffe-id` value, its
+/// `spiffe.io/dns-names` value and optionally an `allowedSPIFFEIDTemplates` item,
+/// NUL-separated. Whatever the policy accepts stays in the trust domain, inside the
+/// allowed path, with DNS names that are DNS names; what it refuses is explained in a
+/// message safe to put in an event.
+pub fn annotation(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let mut parts = text.splitn(3, '\0');
+    let spiffe_id = parts.next().unwrap_or_default().to_owned();
+    let dns_names = parts.next().map(str::to_owned);
+    let fixture = fixture();
+    let mut settings = AnnotationIdentities {
+        enabled: true,
+        ..Default::default()
+    };
+    if let Some(source) = parts.next() {
+        let Ok(template) = Template::parse("allowed", source) else {
+            return;
+        };
+        settings.allowed_templates = vec![source.to_owned()];
+        settings.allowed = vec![template];
+    }
+    let labels = [("team".to_owned(), "t1".to_owned())].into();
+    let input = AnnotationInput {
+        data: &fixture.data,
+        namespace: "shop",
+        namespace_labels: Some(&labels),
+        pod_uid: "pod-uid",
+        parent_id: &fixture.parent,
+    };
+    for by in [AnnotatedBy::Pod, AnnotatedBy::ServiceAccount("web".into())] {
+        let request = AnnotationRequest {
+            by,
+            spiffe_id: spiffe_id.clone(),
+            dns_names: dns_names.clone(),
+        };
+        match annotated_entry(&settings, TRUST_DOMAIN, &request, &input) {
+            Ok(entry) => check_annotated(&settings, &entry, &request),
+            Err(refusal) => assert!(
+                !refusal.message.chars().any(char::is_control),
+                "refusal message with a control character: {:?}",
+                refusal.message
+            ),
+        }
+    }
+    if let Some(value) = &dns_names
+        && let Ok(names) = parse_dns_names(value)
+    {
+        check_dns_names(&names, value);
+    }
+}
+
+fn check_annotated(settings: &AnnotationIdentities, entry: &EntrySpec, request: &AnnotationRequest) {
+    let id = &entry.key.spiffe_id;
+    assert_eq!(id.to_string(), request.spiffe_id, "the ID is the one asked for");
+    assert_eq!(id.trust_domain(), TRUST_DOMAIN, "{:?}", request.spiffe_id);
+    assert_eq!(&entry.key.parent_id, &fixture().parent);
+    assert_eq!(
+        entry.key.selectors.iter().collect::<Vec<_>>(),
+        ["k8s:pod-uid:pod-uid"],
+        "selectors of {:?}",
+        request.spiffe_id
+    );
+    let path = id.path();
+    let inside = settings.allowed.iter().any(|t| {
+        let rule = t.render(&fixture().data).expect("it allowed, so it renders");
+        match rule.strip_suffix('*') {
+            Some(prefix) if prefix.ends_with('/') => {
+                path.starts_with(prefix) && path.len() > prefix.len()
+            }
+            _ => path == rule,
+        }
+    });
+    assert!(inside, "{path:?} accepted outside {:?}", settings.allowed_templates);
+    if settings.allowed_templates == AnnotationIdentities::default().allowed_templates {
+        assert!(path.starts_with("/ns/shop/"), "{path:?} left its namespace");
+    }
+    check_dns_names(&entry.dns_names, request.dns_names.as_deref().unwrap_or(""));
+    check_entry(entry, "annotation");
+}
+
+fn check_dns_names(names: &[String], value: &str) {
+    assert!(names.len() <= MAX_DNS_NAMES, "{} names from {value:?}", names.len());
+    for (i, name) in names.iter().enumerate() {
+        let bare = name.strip_prefix("*.").unwrap_or(name);
+        assert!(
+            !bare.is_empty()
+                && bare.len() <= 253
+                && bare.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.'),
+            "DNS name {name:?} accepted from {value:?}"
+        );
+        assert!(!names[..i].contains(name), "duplicate {name:?} from {value:?}");
     }
 }
 

@@ -15,8 +15,8 @@ mod annotation;
 mod federation;
 
 pub use annotation::{
-    AnnotatedBy, AnnotationInput, AnnotationRequest, Refusal, RefusalReason, annotated_entry,
-    parse_dns_names,
+    AnnotatedBy, AnnotationInput, AnnotationRequest, MAX_DNS_NAMES, Refusal, RefusalReason,
+    annotated_entry, parse_dns_names,
 };
 pub use federation::{EndpointProfile, FederationRelationship};
 

@@ -103,6 +103,20 @@ fn main() {
     writable.readonly = false;
     corpus.add("csi_publish", writable.encode_to_vec());
 
+    // Annotation identities: `<spiffe-id>\0<dns-names>[\0<allowed template>]`.
+    for seed in [
+        "spiffe://td/ns/shop/web",
+        "spiffe://td/ns/shop/sa/web\0web.shop.svc, *.web.shop.svc,web.shop.svc",
+        "spiffe://td/ns/other/web\0",
+        "spiffe://elsewhere/ns/shop/web\0a.b",
+        "spiffe://td/ns/shop/web\0bad name,\u{7f}",
+        "spiffe://td/ns/shop/sa/web\0\0/ns/{{ .PodMeta.Namespace }}/sa/{{ .PodSpec.ServiceAccountName }}",
+        "spiffe://td/team/t1/x\0\0/team/{{ .NamespaceMeta.Labels.team }}/*",
+        "spiffe://td/x\0\0/{{ .PodMeta.Labels.missing }}/*",
+    ] {
+        corpus.add("annotation", seed.as_bytes().to_vec());
+    }
+
     for (target, count) in corpus.counts {
         println!("{target}: {count} seeds");
     }
