@@ -32,7 +32,15 @@ pub struct App {
     pub annotated_id: Option<&'static str>,
 }
 
+/// The name of the CSI volume in the Deployment's pod template.
+const VOLUME: &str = "spiffe-workload-api";
+
 impl App {
+    /// The name of the pods' CSI volume (the README's).
+    pub fn volume(&self) -> &'static str {
+        VOLUME
+    }
+
     /// The identity its pods get: the annotated one, else the one the chart's default
     /// ClusterSPIFFEID gives them.
     pub fn spiffe_id(&self) -> String {
@@ -68,9 +76,9 @@ impl App {
                             "imagePullPolicy": "Never",
                             "args": ["--jwt-audience", self.audience, "--every-secs", "2", "--timeout-secs", "300"],
                             "env": [{"name": "SPIFFE_ENDPOINT_SOCKET", "value": "unix:///spiffe-workload-api/spire-agent.sock"}],
-                            "volumeMounts": [{"name": "spiffe-workload-api", "mountPath": "/spiffe-workload-api", "readOnly": true}],
+                            "volumeMounts": [{"name": VOLUME, "mountPath": "/spiffe-workload-api", "readOnly": true}],
                         }],
-                        "volumes": [{"name": "spiffe-workload-api", "csi": {"driver": "csi.spiffe.io", "readOnly": true}}],
+                        "volumes": [{"name": VOLUME, "csi": {"driver": "csi.spiffe.io", "readOnly": true}}],
                     },
                 },
             },

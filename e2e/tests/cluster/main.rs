@@ -162,6 +162,11 @@ spec:
     cluster.restart_pods_of("spiffe-csi-driver").await?;
     let since = unix_now();
     APP.svid_line(&cluster, &name_of(&second), since).await?;
+    // kubelet republishes on every pod sync (requiresRepublish): to the restarted driver,
+    // twice, the same volume stays one mount, still serving.
+    republish_twice(&cluster, &second).await?;
+    let since = unix_now();
+    APP.svid_line(&cluster, &name_of(&second), since).await?;
     APP.scale(&client, 2).await?;
     let third = APP
         .running_pod(&cluster, &[&first_uid, &second_uid])
@@ -176,6 +181,13 @@ spec:
     for pod in [&second, &third] {
         wait_pod_gone(&pods, &name_of(pod)).await?;
         wait_entries_gone(&spire, &uid_of(pod)?).await?;
+        // Unpublished by the restarted driver.
+        assert_eq!(
+            cluster.pod_mounts(&uid_of(pod)?)?,
+            Vec::<String>::new(),
+            "mounts left of pod {} after the driver's restart",
+            name_of(pod)
+        );
     }
 
     // 5. helm upgrade with a changed value rolls the agent out; helm uninstall leaves no
@@ -232,4 +244,52 @@ spec:
     );
     Ok(())
 }
+/// Sends the running `pod`'s NodePublishVolume to the node's CSI driver twice, as
+/// kubelet would on its next syncs, and checks that the pod still has exactly one CSI
+/// mount.
+async fn republish_twice(cluster: &Cluster, pod: &Pod) -> anyhow::Result<()> {
+    use e2e::csi::{PodVolume, uds_channel};
+    use spiffe_csi_driver::csi::v1::node_client::NodeClient;
+
+    let uid = uid_of(pod)?;
+    let name = name_of(pod);
+    let volume = PodVolume {
+        pod: &name,
+        namespace: APP.namespace,
+        uid: &uid,
+        service_account: APP.service_account,
+        volume: APP.volume(),
+    };
+    let root = cluster.node.kubelet_root();
+    let target = root.join(format!(
+        "pods/{uid}/volumes/kubernetes.io~csi/{}/mount",
+        volume.volume
+    ));
+    let csi_mounts = || -> anyhow::Result<Vec<String>> {
+        Ok(cluster
+            .pod_mounts(&uid)?
+            .into_iter()
+            .filter(|m| m.contains("kubernetes.io~csi"))
+            .collect())
+    };
+    assert_eq!(csi_mounts()?, [target.display().to_string()]);
+    // The socket path is too long for sun_path from the kubelet's root: a short link.
+    let link = std::env::temp_dir().join(format!("csi-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(root.join("plugins/csi.spiffe.io/csi.sock"), &link)?;
+    let mut client = NodeClient::new(uds_channel(&link).await?);
+    for _ in 0..2 {
+        client
+            .node_publish_volume(volume.publish_request(&target))
+            .await?;
+    }
+    std::fs::remove_file(&link)?;
+    assert_eq!(
+        csi_mounts()?,
+        [target.display().to_string()],
+        "mounts of pod {name} after two republishes"
+    );
+    Ok(())
+}
+
 mod demo;
