@@ -10,6 +10,7 @@
 //! Prints a markdown table (per-run figures, medians, ours/SCM) and writes it as JSON
 //! to `--out`. See docs/benchmarks.md for what each scenario measures and what bounds it.
 
+mod csi;
 mod probe;
 mod report;
 mod scenarios;
@@ -76,6 +77,15 @@ pub struct Args {
     /// Skip the SPIRE write floor.
     #[arg(long)]
     no_floor: bool,
+    /// What to compare: the operators, the CSI drivers, or both.
+    #[arg(long, value_delimiter = ',', default_value = "operator,csi")]
+    suites: Vec<Suite>,
+    /// CSI drivers to run (alternating).
+    #[arg(long, value_delimiter = ',', default_value = "ours,go")]
+    csi_drivers: Vec<csi::DriverKind>,
+    /// Volumes each CSI driver publishes, republishes and unpublishes per run.
+    #[arg(long, default_value_t = 200)]
+    csi_volumes: usize,
     /// Directory for the JSON result.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
@@ -85,6 +95,14 @@ pub struct Args {
 pub enum ToolKind {
     Ours,
     Scm,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Suite {
+    /// spire-operator vs spire-controller-manager.
+    Operator,
+    /// spiffe-csi-driver: ours vs the Go driver.
+    Csi,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,24 +203,35 @@ async fn main() -> anyhow::Result<()> {
     };
     // Built (if stale) now, so that the build is not timed.
     let operator_binary = Operator::binary()?;
-    let world = populate(&setup).await?;
-
     let mut report = report::Report::new(&args, &operator_binary);
+    if args.suites.contains(&Suite::Operator) {
+        operators(&args, &setup, &mut report).await?;
+    }
+    if args.suites.contains(&Suite::Csi) {
+        e2e::csi::our_driver()?;
+        report.csi = csi::compare(&args.csi_drivers, args.runs, args.csi_volumes).await?;
+    }
+    report.finish(&args)
+}
+
+/// The operator suite: every run of every tool on one populated control plane.
+async fn operators(args: &Args, setup: &Setup, report: &mut report::Report) -> anyhow::Result<()> {
+    let world = populate(setup).await?;
     for run in 0..args.runs {
         if !args.no_floor {
-            let floor = floor(&setup, args.datastore).await?;
+            let floor = floor(setup, args.datastore).await?;
             eprintln!("[bench] run {run}: write floor {floor:.2} s");
             report.floor.push(floor);
         }
         for &kind in &args.tools {
-            let figures = one_run(&args, &setup, &world, kind, run)
+            let figures = one_run(args, setup, &world, kind, run)
                 .await
                 .with_context(|| format!("run {run} of {kind:?}"))?;
             eprintln!("[bench] run {run} {kind:?}: {}", json!(figures));
             report.push(kind, figures);
         }
     }
-    report.finish(&args)
+    Ok(())
 }
 
 /// Starts the control plane and creates the nodes, namespaces, pods and ClusterSPIFFEIDs.

@@ -44,6 +44,8 @@ pub struct Report {
     runs: BTreeMap<&'static str, Vec<Value>>,
     /// Seconds of the write floor, one per run.
     pub floor: Vec<f64>,
+    /// The CSI suite's runs, by driver.
+    pub csi: BTreeMap<&'static str, Vec<crate::csi::CsiFigures>>,
 }
 
 impl Report {
@@ -103,6 +105,7 @@ impl Report {
             header,
             runs: BTreeMap::new(),
             floor: Vec::new(),
+            csi: BTreeMap::new(),
         }
     }
 
@@ -117,8 +120,37 @@ impl Report {
             .push(Value::Object(figures.into_iter().collect()));
     }
 
-    /// Prints the table and writes the JSON file.
+    /// Prints the tables and writes the JSON file.
     pub fn finish(&self, args: &Args) -> anyhow::Result<()> {
+        let medians = if self.runs.is_empty() {
+            serde_json::Map::new()
+        } else {
+            self.print_operators(args)
+        };
+        let csi_medians = if self.csi.is_empty() {
+            Value::Null
+        } else {
+            crate::csi::print_table(&self.csi, args.csi_volumes)
+        };
+        std::fs::create_dir_all(&args.out)
+            .with_context(|| format!("creating {}", args.out.display()))?;
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let file = args.out.join(format!("bench-{stamp}.json"));
+        let mut all = self.header.clone();
+        all["floor_seconds"] = json!(self.floor);
+        all["runs"] = json!(self.runs);
+        all["medians"] = Value::Object(medians);
+        all["csi"] = json!({"volumes": args.csi_volumes, "runs": self.csi, "medians": csi_medians});
+        std::fs::write(&file, serde_json::to_string_pretty(&all)?)
+            .with_context(|| format!("writing {}", file.display()))?;
+        println!("\nJSON: {}", file.display());
+        Ok(())
+    }
+
+    /// Prints the operator table; returns its medians.
+    fn print_operators(&self, args: &Args) -> serde_json::Map<String, Value> {
         let h = &self.header;
         println!("### spire-operator (ours) vs spire-controller-manager (SCM)\n");
         println!("- command: `{}`", h["command"].as_str().unwrap_or(""));
@@ -210,21 +242,7 @@ impl Report {
             );
             medians.insert(label, json!({"ours": mo, "scm": ms}));
         }
-
-        std::fs::create_dir_all(&args.out)
-            .with_context(|| format!("creating {}", args.out.display()))?;
-        let stamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let file = args.out.join(format!("bench-{stamp}.json"));
-        let mut all = self.header.clone();
-        all["floor_seconds"] = json!(self.floor);
-        all["runs"] = json!(self.runs);
-        all["medians"] = Value::Object(medians);
-        std::fs::write(&file, serde_json::to_string_pretty(&all)?)
-            .with_context(|| format!("writing {}", file.display()))?;
-        println!("\nJSON: {}", file.display());
-        Ok(())
+        medians
     }
 }
 
