@@ -274,12 +274,12 @@ pub async fn run(mut args: RunArgs, config: Config) -> anyhow::Result<()> {
         let context = FederationContext {
             config: config.clone(),
             namespace: namespace.clone(),
-            kube: kube.clone(),
+            kube: Some(kube.clone()),
             spire: spire.clone(),
             store: watches.stores.cluster_federated_trust_domains.clone(),
             dirty: federation_dirty,
             metrics: metrics.clone(),
-            recorder: recorder.clone(),
+            recorder: Some(recorder.clone()),
         };
         Some(FederationReconciler::new(context).await?)
     } else {
@@ -289,12 +289,12 @@ pub async fn run(mut args: RunArgs, config: Config) -> anyhow::Result<()> {
         config: config.clone(),
         cluster_domain,
         namespace: namespace.clone(),
-        kube,
+        kube: Some(kube),
         spire,
         stores: watches.stores,
         dirty,
         metrics: metrics.clone(),
-        recorder,
+        recorder: Some(recorder),
     })
     .await?;
     let federation = async move {

@@ -41,8 +41,9 @@ pub struct Context {
     pub cluster_domain: String,
     /// The operator's namespace (for the adoption ConfigMap).
     pub namespace: String,
-    /// Kubernetes client.
-    pub kube: kube::Client,
+    /// Kubernetes client; `None` in static mode, where adopted IDs are kept in memory
+    /// only and statuses and events are logged instead.
+    pub kube: Option<kube::Client>,
     /// SPIRE client.
     pub spire: SpireClient,
     /// The watched objects.
@@ -51,8 +52,8 @@ pub struct Context {
     pub dirty: Arc<DirtySet<Dirty>>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
-    /// Event publisher.
-    pub recorder: Recorder,
+    /// Event publisher; `None` in static mode.
+    pub recorder: Option<Recorder>,
 }
 
 /// Why the loop cannot start.
@@ -131,12 +132,15 @@ impl Reconciler {
             &ctx.config.cluster_name,
             ctx.config.entry_id_prefix_cleanup.as_deref(),
         );
-        let adopted = adopted::load(&ctx.kube, &ctx.namespace)
-            .await
-            .map_err(|source| RunError::ReadAdopted {
-                namespace: ctx.namespace.clone(),
-                source,
-            })?;
+        let adopted = match &ctx.kube {
+            Some(kube) => adopted::load(kube, &ctx.namespace)
+                .await
+                .map_err(|source| RunError::ReadAdopted {
+                    namespace: ctx.namespace.clone(),
+                    source,
+                })?,
+            None => BTreeSet::new(),
+        };
         ownership.set_adopted(adopted.clone());
         let dirty = ctx.dirty.clone();
         let retrier = |mark: Dirty, initial: u64, max: u64| {
@@ -545,8 +549,12 @@ impl Reconciler {
         if *self.ownership.adopted() == self.persisted_adopted {
             return;
         }
+        let Some(kube) = &self.ctx.kube else {
+            self.persisted_adopted = self.ownership.adopted().clone();
+            return;
+        };
         match adopted::save(
-            &self.ctx.kube,
+            kube,
             &self.ctx.namespace,
             self.ownership.adopted(),
         )
