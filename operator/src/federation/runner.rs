@@ -54,6 +54,8 @@ pub struct FederationContext {
     pub metrics: Arc<Metrics>,
     /// Event publisher; `None` in static mode.
     pub recorder: Option<Recorder>,
+    /// Static mode's `--state-dir`: where the ownership record is kept without the API.
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 /// The loop's state between passes.
@@ -74,7 +76,10 @@ impl FederationReconciler {
     pub async fn new(ctx: FederationContext) -> Result<Self, RecordError> {
         let owned = match &ctx.kube {
             Some(kube) => record::load(kube, &ctx.namespace).await?,
-            None => Owned::new(),
+            None => match &ctx.state_dir {
+                Some(dir) => record::load_file(&record::file_in(dir))?,
+                None => Owned::new(),
+            },
         };
         let retry = Retrier::new(
             Dirty::Retry,
@@ -369,8 +374,7 @@ impl FederationReconciler {
             return true;
         }
         let Some(kube) = &self.ctx.kube else {
-            self.persisted = self.owned.clone();
-            return true;
+            return self.persist_file();
         };
         match record::save(kube, &self.ctx.namespace, &self.owned).await {
             Ok(()) => {
@@ -382,6 +386,19 @@ impl FederationReconciler {
                 false
             }
         }
+    }
+
+    /// Static mode: the state file, or memory only without `--state-dir`.
+    fn persist_file(&mut self) -> bool {
+        if let Some(dir) = &self.ctx.state_dir {
+            let path = record::file_in(dir);
+            if let Err(e) = record::save_file(&path, &self.owned) {
+                tracing::warn!(file = %path.display(), error = %e, "saving the federation ownership record failed; will retry");
+                return false;
+            }
+        }
+        self.persisted = self.owned.clone();
+        true
     }
 
     /// Patches statuses that changed and publishes events for new problems. False when

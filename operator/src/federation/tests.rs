@@ -221,6 +221,7 @@ impl Harness {
                     instance: None,
                 },
             )),
+            state_dir: None,
         })
         .await
         .unwrap();

@@ -54,6 +54,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Event publisher; `None` in static mode.
     pub recorder: Option<Recorder>,
+    /// Static mode's `--state-dir`: where adopted IDs are kept without the API.
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 /// Why the loop cannot start.
@@ -62,6 +64,15 @@ pub enum RunError {
     /// `parentIDTemplate` does not parse.
     #[error("config key parentIDTemplate")]
     ParentTemplate(#[source] SpecError),
+    /// The adopted IDs' state file could not be read.
+    #[error("reading {}", path.display())]
+    ReadAdoptedFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The adoption ConfigMap could not be read.
     #[error("reading ConfigMap {namespace}/{ADOPTED_CONFIG_MAP}")]
     ReadAdopted {
@@ -139,7 +150,14 @@ impl Reconciler {
                     namespace: ctx.namespace.clone(),
                     source,
                 })?,
-            None => BTreeSet::new(),
+            None => match &ctx.state_dir {
+                Some(dir) => {
+                    let path = adopted::file_in(dir);
+                    adopted::load_file(&path)
+                        .map_err(|source| RunError::ReadAdoptedFile { path, source })?
+                }
+                None => BTreeSet::new(),
+            },
         };
         ownership.set_adopted(adopted.clone());
         let dirty = ctx.dirty.clone();
@@ -545,12 +563,24 @@ impl Reconciler {
             .collect()
     }
 
+    /// Static mode: the state file, or memory only without `--state-dir`.
+    fn persist_adopted_file(&mut self) {
+        if let Some(dir) = &self.ctx.state_dir {
+            let path = adopted::file_in(dir);
+            if let Err(e) = adopted::save_file(&path, self.ownership.adopted()) {
+                tracing::warn!(file = %path.display(), error = %e, "saving adopted entry IDs failed; will retry");
+                return;
+            }
+        }
+        self.persisted_adopted = self.ownership.adopted().clone();
+    }
+
     async fn persist_adopted(&mut self) {
         if *self.ownership.adopted() == self.persisted_adopted {
             return;
         }
         let Some(kube) = &self.ctx.kube else {
-            self.persisted_adopted = self.ownership.adopted().clone();
+            self.persist_adopted_file();
             return;
         };
         match adopted::save(

@@ -158,6 +158,7 @@ impl Harness {
                     instance: None,
                 },
             )),
+            state_dir: None,
         })
         .await
         .unwrap();
