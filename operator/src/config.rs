@@ -32,8 +32,8 @@ use serde::Serialize;
 
 pub use annotations::AnnotationIdentities;
 pub use expand::expand_env;
-pub use static_mode::StaticMode;
 use raw::{RawConfig, RawDuration, RawLabelSelectorConfig, RawLeaderElection};
+pub use static_mode::StaticMode;
 
 const DEFAULT_GC_INTERVAL: Duration = Duration::from_secs(10);
 

@@ -137,8 +137,7 @@ pub async fn run(mut args: RunArgs, config: Config) -> anyhow::Result<()> {
             async move { shutdown.notified().await }
         }
     };
-    let [metrics_server, health_server] =
-        spawn_http_servers(&config, &metrics, &health, &shutdown);
+    let [metrics_server, health_server] = spawn_http_servers(&config, &metrics, &health, &shutdown);
 
     // Bound before SPIRE is reached, so a taken port fails the start at once; TLS
     // handshakes fail until the certificate manager below has minted a certificate.
@@ -358,7 +357,11 @@ pub(crate) fn spawn_http_servers(
 }
 
 /// Waits for the SPIRE server (it may start after us, e.g. as a sibling container).
-pub(crate) async fn connect_spire(config: &Config, timeout: Duration, metrics: &Metrics) -> SpireClient {
+pub(crate) async fn connect_spire(
+    config: &Config,
+    timeout: Duration,
+    metrics: &Metrics,
+) -> SpireClient {
     let address = SpireAddress::Unix(config.spire_server_socket_path.clone());
     let defaults = ClientOptions::default();
     let options = ClientOptions {

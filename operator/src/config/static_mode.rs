@@ -35,7 +35,11 @@ pub(super) fn parse(
     notes: &mut Vec<ConfigNote>,
 ) -> Result<Option<StaticMode>, ConfigError> {
     let expand_env = raw.expand_env_static_manifests.unwrap_or(false);
-    let Some(path) = raw.static_manifest_path.as_deref().filter(|p| !p.is_empty()) else {
+    let Some(path) = raw
+        .static_manifest_path
+        .as_deref()
+        .filter(|p| !p.is_empty())
+    else {
         if expand_env {
             notes.push(ConfigNote {
                 key: "expandEnvStaticManifests".into(),
@@ -139,15 +143,20 @@ mod tests {
         let api = Config::from_yaml("trustDomain: example.org\nclusterName: prod\n").unwrap();
         assert!(api.reconcile.cluster_spiffe_ids);
         // A block listing only one kind reconciles only that kind, as everywhere.
-        let c = Config::from_yaml(&format!("{BASE}reconcile: {{clusterStaticEntries: true}}\n"))
-            .unwrap();
+        let c = Config::from_yaml(&format!(
+            "{BASE}reconcile: {{clusterStaticEntries: true}}\n"
+        ))
+        .unwrap();
         assert!(c.reconcile.cluster_static_entries && !c.reconcile.cluster_federated_trust_domains);
     }
 
     #[test]
     fn leader_election_is_refused_naming_the_key() {
         let e = refusal("leaderElection: {leaderElect: true, resourceName: x}\n");
-        assert!(e.contains("\"leaderElection.leaderElect\"") && e.contains("\"/m\""), "{e}");
+        assert!(
+            e.contains("\"leaderElection.leaderElect\"") && e.contains("\"/m\""),
+            "{e}"
+        );
         // Off is fine.
         Config::from_yaml(&format!("{BASE}leaderElection: {{leaderElect: false}}\n")).unwrap();
     }
@@ -156,8 +165,8 @@ mod tests {
     fn cluster_spiffe_ids_explicitly_on_are_refused_naming_the_key() {
         let e = refusal("reconcile: {clusterSPIFFEIDs: true, clusterStaticEntries: true}\n");
         assert!(e.contains("\"reconcile.clusterSPIFFEIDs\""), "{e}");
-        let c = Config::from_yaml(&format!("{BASE}reconcile: {{clusterSPIFFEIDs: false}}\n"))
-            .unwrap();
+        let c =
+            Config::from_yaml(&format!("{BASE}reconcile: {{clusterSPIFFEIDs: false}}\n")).unwrap();
         assert!(!c.reconcile.cluster_spiffe_ids);
     }
 
@@ -186,6 +195,10 @@ mod tests {
             "{BASE}validatingWebhookConfigurationName: w\nwebhook: {{port: 9443}}\n"
         ))
         .unwrap();
-        assert!(c.static_mode.is_some() && c.notes.is_empty(), "{:?}", c.notes);
+        assert!(
+            c.static_mode.is_some() && c.notes.is_empty(),
+            "{:?}",
+            c.notes
+        );
     }
 }

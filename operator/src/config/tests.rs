@@ -475,7 +475,8 @@ mod hardened_chart {
         assert!(!c.reconcile.cluster_spiffe_ids);
         assert!(c.reconcile.cluster_static_entries && c.reconcile.cluster_federated_trust_domains);
         assert!(c.notes.is_empty(), "{:?}", c.notes);
-    }}
+    }
+}
 
 #[test]
 fn cache_namespaces_restrict_the_pods_considered() {

@@ -65,7 +65,11 @@ pub fn file_in(dir: &std::path::Path) -> std::path::PathBuf {
 /// not exist.
 pub fn load_file(path: &std::path::Path) -> std::io::Result<BTreeSet<String>> {
     match std::fs::read_to_string(path) {
-        Ok(ids) => Ok(ids.lines().filter(|l| !l.is_empty()).map(str::to_owned).collect()),
+        Ok(ids) => Ok(ids
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeSet::new()),
         Err(e) => Err(e),
     }

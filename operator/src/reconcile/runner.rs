@@ -583,13 +583,7 @@ impl Reconciler {
             self.persist_adopted_file();
             return;
         };
-        match adopted::save(
-            kube,
-            &self.ctx.namespace,
-            self.ownership.adopted(),
-        )
-        .await
-        {
+        match adopted::save(kube, &self.ctx.namespace, self.ownership.adopted()).await {
             Ok(()) => self.persisted_adopted = self.ownership.adopted().clone(),
             Err(e) => {
                 tracing::warn!(namespace = %self.ctx.namespace, configmap = ADOPTED_CONFIG_MAP, error = %e, "saving adopted entry IDs failed; will retry")

@@ -42,7 +42,10 @@ impl Manifest {
     /// `Kind/name`, as logs name the object.
     pub fn id(&self) -> (&'static str, String) {
         match self {
-            Self::Static(o) => ("ClusterStaticEntry", o.metadata.name.clone().unwrap_or_default()),
+            Self::Static(o) => (
+                "ClusterStaticEntry",
+                o.metadata.name.clone().unwrap_or_default(),
+            ),
             Self::Federation(o) => (
                 "ClusterFederatedTrustDomain",
                 o.metadata.name.clone().unwrap_or_default(),

@@ -88,17 +88,38 @@ fn a_new_bad_file_declares_nothing_and_disturbs_nothing() {
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "a.yaml", &entry("a", "a"));
     write(dir.path(), "b.yaml", "kind: [unclosed");
-    write(dir.path(), "c.yaml", &entry("c", "c").replace("ClusterStaticEntry", "ClusterSPIFFEID"));
-    write(dir.path(), "d.yaml", &entry("d", "d").replace("v1alpha1", "v1"));
-    write(dir.path(), "e.yaml", &entry("e", "e").replace("example.org/e", "elsewhere.org/e"));
+    write(
+        dir.path(),
+        "c.yaml",
+        &entry("c", "c").replace("ClusterStaticEntry", "ClusterSPIFFEID"),
+    );
+    write(
+        dir.path(),
+        "d.yaml",
+        &entry("d", "d").replace("v1alpha1", "v1"),
+    );
+    write(
+        dir.path(),
+        "e.yaml",
+        &entry("e", "e").replace("example.org/e", "elsewhere.org/e"),
+    );
     let mut c = Catalog::new(dir.path().into(), false, validator());
     let scan = c.scan();
     assert_eq!(ids(&c), ["spiffe://example.org/a"]);
     let errors: Vec<String> = scan.new_errors.iter().map(|(_, e)| e.to_string()).collect();
     assert_eq!(errors.len(), 4, "{errors:?}");
-    assert!(errors[0].starts_with("is not one YAML document"), "{errors:?}");
-    assert!(errors[1].contains("kind: \"ClusterSPIFFEID\""), "{errors:?}");
-    assert!(errors[2].contains("apiVersion: \"spire.spiffe.io/v1\""), "{errors:?}");
+    assert!(
+        errors[0].starts_with("is not one YAML document"),
+        "{errors:?}"
+    );
+    assert!(
+        errors[1].contains("kind: \"ClusterSPIFFEID\""),
+        "{errors:?}"
+    );
+    assert!(
+        errors[2].contains("apiVersion: \"spire.spiffe.io/v1\""),
+        "{errors:?}"
+    );
     assert!(
         errors[3].contains("spec.spiffeID") && errors[3].contains("elsewhere.org"),
         "{errors:?}"
@@ -129,7 +150,10 @@ fn a_second_file_with_the_same_name_is_refused_until_the_first_goes() {
     write(dir.path(), "b.yaml", &entry("same", "b"));
     let mut c = Catalog::new(dir.path().into(), false, validator());
     let scan = c.scan();
-    assert!(matches!(scan.new_errors[0].1, ManifestError::Duplicate { .. }));
+    assert!(matches!(
+        scan.new_errors[0].1,
+        ManifestError::Duplicate { .. }
+    ));
     assert_eq!(ids(&c), ["spiffe://example.org/a"]);
     std::fs::remove_file(dir.path().join("a.yaml")).unwrap();
     assert!(c.scan().changed);
@@ -165,7 +189,11 @@ fn environment_variables_expand_only_when_asked() {
     // SAFETY: no other test reads this variable.
     unsafe { std::env::set_var("STATIC_MODE_TEST_ID", "from-env") };
     write(dir.path(), "a.yaml", &entry("a", "${STATIC_MODE_TEST_ID}"));
-    write(dir.path(), "b.yaml", &entry("b", "x$STATIC_MODE_TEST_UNSET"));
+    write(
+        dir.path(),
+        "b.yaml",
+        &entry("b", "x$STATIC_MODE_TEST_UNSET"),
+    );
     let mut c = Catalog::new(dir.path().into(), true, validator());
     c.scan();
     // Unset variables become empty, as Go's os.ExpandEnv.
