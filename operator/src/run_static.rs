@@ -38,7 +38,9 @@ pub async fn run(args: RunArgs, config: Config, mode: StaticMode) -> anyhow::Res
         trust_domain: config.trust_domain.clone(),
         class_name: config.class_name.clone(),
     };
-    let (source, stores) = StaticSource::start(&mode, validator, metrics.clone());
+    let (source, stores) =
+        StaticSource::start(&mode, validator, metrics.clone(), args.state_dir.as_deref())
+            .with_context(|| format!("creating --state-dir {:?}", args.state_dir))?;
     metrics.caches_synced.set(1);
     // One replica, always the writer: static mode has no Lease.
     metrics.leader.set(1);

@@ -270,3 +270,83 @@ async fn manifest_files_are_reconciled_without_a_kubernetes_api() -> anyhow::Res
     );
     Ok(())
 }
+
+/// With `--state-dir`, a restarted operator still owns the relationship an earlier run
+/// created (it follows an edit made while it was down and deletes it with its file),
+/// and a file broken while it was down keeps its last valid entry.
+#[tokio::test]
+async fn a_restart_with_a_state_dir_keeps_ownership_and_last_valid_versions() -> anyhow::Result<()>
+{
+    const PEER: &str = "restart.peer.test";
+    let a = Spire::start(A).await?;
+    let dir = WorkDir::new("static-restart")?;
+    let (manifests, state) = (dir.join("manifests"), dir.join("state"));
+    std::fs::create_dir(&manifests)?;
+    let peer = |url: &str| {
+        format!(
+            "apiVersion: spire.spiffe.io/v1alpha1\nkind: ClusterFederatedTrustDomain\nmetadata: {{name: peer}}\n\
+             spec: {{trustDomain: {PEER}, bundleEndpointURL: \"{url}\", bundleEndpointProfile: {{type: https_web}}}}\n"
+        )
+    };
+    write(
+        &manifests.join("peer.yaml"),
+        &peer("https://127.0.0.1:9/one"),
+    )?;
+    write(
+        &manifests.join("db.yaml"),
+        &static_entry("db", "unix:uid:1000", "db.example"),
+    )?;
+    let state_arg = state.to_string_lossy().into_owned();
+    let args = ["--state-dir", state_arg.as_str()];
+    let relationship_url = || async {
+        let listed = a.client().list_federation_relationships().await?;
+        anyhow::Ok(
+            listed
+                .into_iter()
+                .find(|r| r.trust_domain == PEER)
+                .map(|r| r.bundle_endpoint_url),
+        )
+    };
+
+    let mut first = Operator::start_static(&a, &manifests, "gcInterval: 1h\n", &args).await?;
+    first.wait_initial_sync().await?;
+    entries::wait_for(&a, "db's entry", |all| find(all, "db").is_some()).await?;
+    wait::until(
+        "the relationship",
+        PICK_UP,
+        Duration::from_millis(100),
+        || async { Ok(relationship_url().await?.filter(|u| u.ends_with("/one"))) },
+    )
+    .await?;
+    first.stop();
+
+    // While no operator runs: db.yaml breaks, peer.yaml moves to another URL.
+    write(&manifests.join("db.yaml"), "kind: [broken\n")?;
+    write(
+        &manifests.join("peer.yaml"),
+        &peer("https://127.0.0.1:9/two"),
+    )?;
+    let mut second = Operator::start_static(&a, &manifests, "gcInterval: 1h\n", &args).await?;
+    second.wait_initial_sync().await?;
+    wait::until(
+        "the relationship updated by the restarted operator",
+        PICK_UP,
+        Duration::from_millis(100),
+        || async { Ok(relationship_url().await?.filter(|u| u.ends_with("/two"))) },
+    )
+    .await?;
+    entries::holds_for(&a, "db keeps its entry", Duration::from_secs(3), |all| {
+        find(all, "db").is_some_and(|e| e.has_selector("unix:uid:1000"))
+    })
+    .await?;
+    std::fs::remove_file(manifests.join("peer.yaml"))?;
+    wait::until(
+        "the relationship deleted with its file",
+        PICK_UP,
+        Duration::from_millis(100),
+        || async { Ok(relationship_url().await?.is_none().then_some(())) },
+    )
+    .await?;
+    second.ensure_running()?;
+    Ok(())
+}

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use super::manifest::{self, Manifest, ManifestError};
+use super::saved::Saved;
 use crate::crd::{ClusterFederatedTrustDomain, ClusterStaticEntry};
 use crate::webhook::Validator;
 
@@ -38,6 +39,9 @@ pub struct Catalog {
     validator: Validator,
     files: BTreeMap<PathBuf, FileState>,
     dir_error: Option<String>,
+    /// `--state-dir`'s copies of the last valid versions.
+    saved: Option<Saved>,
+    scanned_once: bool,
 }
 
 impl Catalog {
@@ -49,7 +53,16 @@ impl Catalog {
             validator,
             files: BTreeMap::new(),
             dir_error: None,
+            saved: None,
+            scanned_once: false,
         }
+    }
+
+    /// Keeps each file's last valid version in `saved` too, and falls back on it for a
+    /// file that is invalid when the operator starts.
+    pub fn with_saved(mut self, saved: Saved) -> Self {
+        self.saved = Some(saved);
+        self
     }
 
     /// The directory.
@@ -107,6 +120,12 @@ impl Catalog {
         if scan.changed {
             self.retry_duplicates(&mut scan);
         }
+        if let Some(saved) = &self.saved
+            && (scan.changed || !self.scanned_once)
+        {
+            saved.retain(&present);
+        }
+        self.scanned_once = true;
         scan
     }
 
@@ -133,12 +152,17 @@ impl Catalog {
         if self.files.get(&path).and_then(|s| s.digest) == Some(digest) {
             return;
         }
-        let parsed = std::str::from_utf8(bytes)
-            .map_err(|e| ManifestError::Yaml(format!("not UTF-8: {e}")))
+        let text =
+            std::str::from_utf8(bytes).map_err(|e| ManifestError::Yaml(format!("not UTF-8: {e}")));
+        let parsed = text
+            .clone()
             .and_then(|text| manifest::parse(text, self.expand, &self.validator))
             .and_then(|m| self.unique(&path, m));
         match parsed {
             Ok(m) => {
+                if let (Some(saved), Ok(text)) = (&self.saved, text) {
+                    saved.save(&path, text);
+                }
                 let (kind, name) = m.id();
                 let state = self.files.entry(path.clone()).or_insert(FileState {
                     digest: None,
@@ -183,9 +207,14 @@ impl Catalog {
         error: ManifestError,
         scan: &mut Scan,
     ) {
+        let restored = match self.files.get(&path) {
+            None => self.restore(&path),
+            Some(_) => None,
+        };
+        scan.changed |= restored.is_some();
         let state = self.files.entry(path.clone()).or_insert(FileState {
             digest: None,
-            valid: None,
+            valid: restored,
             error: None,
         });
         if state.error.as_ref() != Some(&error) {
@@ -198,6 +227,16 @@ impl Catalog {
         }
         state.digest = digest;
         state.error = Some(error);
+    }
+
+    /// The last valid version `--state-dir` kept of a file first seen invalid.
+    fn restore(&self, path: &Path) -> Option<Manifest> {
+        let text = self.saved.as_ref()?.load(path)?;
+        let m = manifest::parse(&text, self.expand, &self.validator).ok()?;
+        let m = self.unique(path, m).ok()?;
+        let (kind, name) = m.id();
+        tracing::info!(file = %path.display(), kind, name = %name, "using the last valid version of an invalid manifest file, kept in --state-dir");
+        Some(m)
     }
 
     /// How many files are currently not used as written.

@@ -19,6 +19,7 @@
 
 pub mod catalog;
 pub mod manifest;
+pub mod saved;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,8 +49,14 @@ pub struct StaticSource {
 
 impl StaticSource {
     /// Reads the directory once and returns the source with the stores it fills (the
-    /// pod-related stores stay empty).
-    pub fn start(mode: &StaticMode, validator: Validator, metrics: Arc<Metrics>) -> (Self, Stores) {
+    /// pod-related stores stay empty). With `state_dir`, each file's last valid version
+    /// is kept there (see [`saved`]).
+    pub fn start(
+        mode: &StaticMode,
+        validator: Validator,
+        metrics: Arc<Metrics>,
+        state_dir: Option<&std::path::Path>,
+    ) -> std::io::Result<(Self, Stores)> {
         let (static_store, statics) = reflector::store();
         let (federation_store, federations) = reflector::store();
         let stores = Stores {
@@ -62,15 +69,19 @@ impl StaticSource {
             cluster_federated_trust_domains: federation_store,
             services: Arc::default(),
         };
+        let mut catalog = Catalog::new(mode.manifest_path.clone(), mode.expand_env, validator);
+        if let Some(dir) = state_dir {
+            catalog = catalog.with_saved(saved::Saved::open(dir)?);
+        }
         let mut source = Self {
-            catalog: Catalog::new(mode.manifest_path.clone(), mode.expand_env, validator),
+            catalog,
             statics,
             federations,
             metrics,
         };
         source.refresh();
         source.publish();
-        (source, stores)
+        Ok((source, stores))
     }
 
     /// Scans the directory; true when the declared objects changed (and the stores

@@ -206,3 +206,30 @@ fn environment_variables_expand_only_when_asked() {
     assert_eq!(ids(&c), Vec::<String>::new());
     assert_eq!(scan.new_errors.len(), 2, "{scan:?}");
 }
+
+#[test]
+fn with_a_state_dir_a_file_invalid_at_restart_keeps_its_last_valid_version() {
+    let (dir, state) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let saved = || super::saved::Saved::open(state.path()).unwrap();
+    write(dir.path(), "a.yaml", &entry("a", "a"));
+    write(dir.path(), "b.yaml", &entry("b", "b"));
+    let mut first = Catalog::new(dir.path().into(), false, validator()).with_saved(saved());
+    first.scan();
+    drop(first);
+    // While the operator is down: a.yaml breaks, b.yaml goes.
+    write(dir.path(), "a.yaml", "kind: [broken");
+    std::fs::remove_file(dir.path().join("b.yaml")).unwrap();
+    let mut restarted = Catalog::new(dir.path().into(), false, validator()).with_saved(saved());
+    let scan = restarted.scan();
+    assert!(scan.changed && scan.new_errors.len() == 1, "{scan:?}");
+    assert_eq!(ids(&restarted), ["spiffe://example.org/a"]);
+    let kept: Vec<_> = std::fs::read_dir(state.path().join("static-manifests"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(kept, ["a.yaml"], "b.yaml's copy is forgotten");
+    // Without the state dir the broken file declares nothing.
+    let mut bare = Catalog::new(dir.path().into(), false, validator());
+    bare.scan();
+    assert!(ids(&bare).is_empty());
+}
