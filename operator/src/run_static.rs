@@ -32,8 +32,6 @@ pub async fn run(args: RunArgs, config: Config, mode: StaticMode) -> anyhow::Res
     let health = Arc::new(Health::new());
     let shutdown = Arc::new(Notify::new());
     let servers = spawn_http_servers(&config, &metrics, &health, &shutdown);
-    let spire = connect_spire(&config, args.spire_timeout, &metrics).await;
-
     let validator = Validator {
         trust_domain: config.trust_domain.clone(),
         class_name: config.class_name.clone(),
@@ -42,6 +40,8 @@ pub async fn run(args: RunArgs, config: Config, mode: StaticMode) -> anyhow::Res
         StaticSource::start(&mode, validator, metrics.clone(), args.state_dir.as_deref())
             .with_context(|| format!("creating --state-dir {:?}", args.state_dir))?;
     metrics.caches_synced.set(1);
+    // Bad files are reported at once, before waiting for the server.
+    let spire = connect_spire(&config, args.spire_timeout, &metrics).await;
     // One replica, always the writer: static mode has no Lease.
     metrics.leader.set(1);
     let dirty = Arc::new(DirtySet::default());

@@ -48,10 +48,10 @@ pub(super) fn parse(
         }
         return Ok(None);
     };
-    let refuse = |key: &str, what: &str| ConfigError::Invalid {
+    let refuse = |key: &str, why: &str| ConfigError::Invalid {
         key: key.into(),
         message: format!(
-            "{what} with staticManifestPath {path:?}: static mode runs without the Kubernetes API"
+            "true is not possible with staticManifestPath {path:?}: static mode runs without the Kubernetes API, {why}"
         ),
     };
     if raw
@@ -62,7 +62,7 @@ pub(super) fn parse(
     {
         return Err(refuse(
             "leaderElection.leaderElect",
-            "true is not possible (there is no Lease to elect a leader with)",
+            "so there is no Lease to elect a leader with",
         ));
     }
     if raw
@@ -73,7 +73,7 @@ pub(super) fn parse(
     {
         return Err(refuse(
             "reconcile.clusterSPIFFEIDs",
-            "true is not possible (ClusterSPIFFEIDs select pods, which only the API has)",
+            "and ClusterSPIFFEIDs select pods, which only the API has",
         ));
     }
     if raw
@@ -84,7 +84,7 @@ pub(super) fn parse(
     {
         return Err(refuse(
             "annotationIdentities.enabled",
-            "true is not possible (annotations are read from pods and ServiceAccounts)",
+            "and annotations are read from pods and ServiceAccounts",
         ));
     }
     Ok(Some(StaticMode {

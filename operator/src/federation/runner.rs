@@ -206,8 +206,8 @@ impl FederationReconciler {
                 for (name, outcome) in plan.outcomes.iter_mut() {
                     if let Outcome::Writing { trust_domain } = outcome {
                         let message = format!(
-                            "saving ConfigMap {}/{FEDERATION_CONFIG_MAP} failed; the relationship is written once it is saved",
-                            self.ctx.namespace
+                            "saving {} failed; the relationship is written once it is saved",
+                            self.record_location()
                         );
                         tracing::debug!(resource = %name, "{message}");
                         self.failures.insert(trust_domain.clone(), message);
@@ -385,6 +385,15 @@ impl FederationReconciler {
                 tracing::warn!(namespace = %self.ctx.namespace, configmap = FEDERATION_CONFIG_MAP, error = %e, "saving the federation ownership record failed; will retry");
                 false
             }
+        }
+    }
+
+    /// Where the ownership record is kept, for messages.
+    fn record_location(&self) -> String {
+        match (&self.ctx.kube, &self.ctx.state_dir) {
+            (Some(_), _) => format!("ConfigMap {}/{FEDERATION_CONFIG_MAP}", self.ctx.namespace),
+            (None, Some(dir)) => record::file_in(dir).display().to_string(),
+            (None, None) => "the ownership record".into(),
         }
     }
 

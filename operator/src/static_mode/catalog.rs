@@ -222,7 +222,7 @@ impl Catalog {
                 .valid
                 .as_ref()
                 .map(|m| format!("{} {:?}", m.id().0, m.id().1));
-            tracing::warn!(file = %path.display(), error = %error, kept = kept.as_deref().unwrap_or("nothing"), "invalid manifest file skipped; what its last valid version declared is kept");
+            tracing::warn!(file = %path.display(), error = %error, kept = %kept.as_deref().unwrap_or("nothing"), "invalid manifest file skipped; what its last valid version declared is kept");
             scan.new_errors.push((path, error.clone()));
         }
         state.digest = digest;
