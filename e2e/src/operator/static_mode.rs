@@ -48,10 +48,11 @@ impl Operator {
         let dir = WorkDir::new("operator-static")?;
         let metrics_addr = format!("127.0.0.1:{}", free_port()?);
         let health_addr = format!("127.0.0.1:{}", free_port()?);
+        let webhook_port = free_port()?;
         let mut config = config_yaml(
             &metrics_addr,
             &health_addr,
-            free_port()?,
+            webhook_port,
             "static",
             spire.trust_domain(),
             spire.server_socket(),
@@ -84,7 +85,8 @@ impl Operator {
             process,
             metrics_addr,
             health_addr,
-            webhook_port: 0,
+            // Configured, and never served in static mode.
+            webhook_port,
             readiness_path: "/readyz".into(),
             identity: "static".into(),
             config_path,
