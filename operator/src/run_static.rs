@@ -24,6 +24,11 @@ pub async fn run(args: RunArgs, config: Config, mode: StaticMode) -> anyhow::Res
         poll_interval = ?args.static_poll_interval,
         "starting in static mode: no Kubernetes API, no webhook, no leader election; statuses and events are logged"
     );
+    if args.state_dir.is_none() && config.reconcile.cluster_federated_trust_domains {
+        tracing::warn!(
+            "static mode without --state-dir: the federation relationships this run creates are remembered in memory only, so after a restart they count as foreign (left alone, not updated or deleted) unless their manifest is annotated spire.spiffe.io/adopt-federation-relationship: \"true\""
+        );
+    }
     if args.kubeconfig.is_some() {
         tracing::warn!("--kubeconfig is ignored in static mode");
     }
