@@ -20,6 +20,7 @@ use crate::workdir::WorkDir;
 use crate::{http, kube_util, wait};
 
 mod deployed;
+mod static_mode;
 pub use deployed::{Deployment, Listen};
 
 /// The operator's own namespace (`--namespace`): it keeps its ConfigMap and, with leader

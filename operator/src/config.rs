@@ -21,6 +21,7 @@
 mod annotations;
 pub mod expand;
 mod raw;
+mod static_mode;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -32,6 +33,7 @@ use serde::Serialize;
 pub use annotations::AnnotationIdentities;
 pub use expand::expand_env;
 use raw::{RawConfig, RawDuration, RawLabelSelectorConfig, RawLeaderElection};
+pub use static_mode::StaticMode;
 
 const DEFAULT_GC_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -159,6 +161,9 @@ pub struct Config {
     /// `annotationIdentities.*`: SPIFFE IDs asked for by pod and ServiceAccount
     /// annotations (an addition to spire-controller-manager's keys; off by default).
     pub annotation_identities: AnnotationIdentities,
+    /// `staticManifestPath` / `expandEnvStaticManifests`: manifests from files and no
+    /// Kubernetes API at all; `None` reconciles from the API.
+    pub static_mode: Option<StaticMode>,
     /// What a reader should know about keys accepted but not honoured, or unknown.
     #[serde(skip)]
     pub notes: Vec<ConfigNote>,
@@ -376,20 +381,13 @@ impl Config {
         check_type_meta(&raw)?;
         let mut notes = Vec::new();
         note_unhonoured(&raw, &mut notes);
+        let static_mode = static_mode::parse(&raw, &mut notes)?;
+        let reconcile = static_mode::reconcile(raw.reconcile.as_ref(), static_mode.is_some());
         let non_empty = |v: Option<String>| v.filter(|s| !s.is_empty());
         let trust_domain =
             non_empty(raw.trust_domain).ok_or(ConfigError::Missing("trustDomain"))?;
         let cluster_name =
             non_empty(raw.cluster_name).ok_or(ConfigError::Missing("clusterName"))?;
-        if let Some(path) = non_empty(raw.static_manifest_path) {
-            return Err(ConfigError::Unsupported {
-                key: "staticManifestPath",
-                message: format!(
-                    "{path:?}: static mode (entries from files, no Kubernetes API) is not implemented yet; \
-                     remove the key to reconcile from the Kubernetes API"
-                ),
-            });
-        }
         let ignore_namespaces = raw
             .ignore_namespaces
             .unwrap_or_else(|| {
@@ -412,18 +410,6 @@ impl Config {
             .and_then(|d| u64::try_from(d.0).ok())
             .filter(|n| *n > 0)
             .map_or(DEFAULT_GC_INTERVAL, Duration::from_nanos);
-        let reconcile = match raw.reconcile {
-            None => Reconcile {
-                cluster_spiffe_ids: true,
-                cluster_static_entries: true,
-                cluster_federated_trust_domains: true,
-            },
-            Some(r) => Reconcile {
-                cluster_spiffe_ids: r.cluster_spiffe_ids.unwrap_or(false),
-                cluster_static_entries: r.cluster_static_entries.unwrap_or(false),
-                cluster_federated_trust_domains: r.cluster_federated_trust_domains.unwrap_or(false),
-            },
-        };
         let entry_id_prefix = non_empty(raw.entry_id_prefix).map(with_dot);
         let entry_id_prefix_cleanup = raw.entry_id_prefix_cleanup.map(with_dot);
         if entry_id_prefix.is_some() && entry_id_prefix == entry_id_prefix_cleanup {
@@ -518,6 +504,7 @@ impl Config {
             .unwrap_or_else(|| "spire-controller-manager-webhook".into()),
             webhook,
             annotation_identities,
+            static_mode,
             notes,
         })
     }
@@ -703,12 +690,6 @@ fn note_unhonoured(raw: &RawConfig, notes: &mut Vec<ConfigNote>) {
         note(
             "enableEntryRenderCache",
             "ignored: entries are rendered once per pod change and kept, so no render cache is needed",
-        );
-    }
-    if raw.expand_env_static_manifests.is_some() {
-        note(
-            "expandEnvStaticManifests",
-            "ignored: static mode is not implemented",
         );
     }
 }

@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod reconcile;
 pub mod render;
 pub mod spire;
+pub mod static_mode;
 pub mod status;
 pub mod template;
 pub mod webhook;

@@ -10,6 +10,7 @@ use spire_operator::config::LogEncoding;
 use spire_operator::spire::{SpiffeId, SpireAddress, SpireClient};
 
 mod run;
+mod run_static;
 
 /// Reconciles ClusterSPIFFEID, ClusterStaticEntry and ClusterFederatedTrustDomain
 /// resources into SPIRE registration entries and federation relationships.
@@ -286,6 +287,9 @@ async fn async_main() -> anyhow::Result<()> {
         let Command::Run(args) = cli.command else {
             unreachable!("matched above")
         };
+        if let Some(mode) = config.static_mode.clone() {
+            return run_static::run(args, config, mode).await;
+        }
         return run::run(args, config).await;
     }
     let format = cli

@@ -116,6 +116,10 @@ pub struct Metrics {
     pub federation_relationships_owned: Gauge,
     /// Federation relationships on the server this operator leaves alone.
     pub federation_relationships_foreign: Gauge,
+    /// Static mode: bad manifest file versions seen (each counted once).
+    pub static_manifest_errors: Counter,
+    /// Static mode: manifest files whose current content is not used.
+    pub static_manifests_invalid: Gauge,
 }
 
 impl Default for Metrics {
@@ -237,6 +241,16 @@ impl Metrics {
                 &mut registry,
                 "federation_relationships_foreign",
                 "Federation relationships on the server this operator leaves alone (server CLI, other tools)",
+            ),
+            static_manifest_errors: counter(
+                &mut registry,
+                "static_manifest_errors",
+                "Static mode: invalid manifest file versions seen (skipped; the file's last valid version stays in force)",
+            ),
+            static_manifests_invalid: gauge(
+                &mut registry,
+                "static_manifests_invalid",
+                "Static mode: manifest files whose current content is invalid and not used",
             ),
             caches_synced: gauge(
                 &mut registry,
@@ -408,6 +422,8 @@ mod tests {
             "spire_operator_webhook_certificate_expiry_timestamp_seconds",
             "spire_operator_webhook_ca_bundle_patches_total",
             "spire_operator_webhook_review_duration_seconds_bucket",
+            "spire_operator_static_manifest_errors_total",
+            "spire_operator_static_manifests_invalid",
         ] {
             assert!(text.contains(name), "{name} missing from\n{text}");
         }

@@ -58,6 +58,15 @@ pub struct RunArgs {
     /// it); each replica renews its certificate at half the lifetime.
     #[arg(long, env = "SPIRE_OPERATOR_WEBHOOK_CERTIFICATE_TTL", default_value = "24h", value_parser = crate::parse_duration)]
     pub webhook_certificate_ttl: Duration,
+    /// Static mode only: how often the `staticManifestPath` directory is read for
+    /// changes.
+    #[arg(long, env = "SPIRE_OPERATOR_STATIC_POLL_INTERVAL", default_value = "1s", value_parser = crate::parse_duration)]
+    pub static_poll_interval: Duration,
+    /// Static mode only: a directory where the operator keeps, across restarts, the IDs
+    /// of entries it adopted and the federation relationships it owns (what the
+    /// ConfigMaps hold with the API). Default: none, kept in memory only.
+    #[arg(long, env = "SPIRE_OPERATOR_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
 }
 
 /// Where a pod's service account token mount says which namespace the pod runs in.
@@ -128,35 +137,7 @@ pub async fn run(mut args: RunArgs, config: Config) -> anyhow::Result<()> {
             async move { shutdown.notified().await }
         }
     };
-    let liveness = config
-        .health
-        .liveness_endpoint_name
-        .clone()
-        .unwrap_or_else(|| "/healthz".into());
-    let readiness = config
-        .health
-        .readiness_endpoint_name
-        .clone()
-        .unwrap_or_else(|| "/readyz".into());
-    // A bind address of "0" turns a server off (controller-runtime's convention).
-    let metrics_server = config.metrics.address().map(str::to_owned).map(|address| {
-        let (metrics, stopped) = (metrics.clone(), stopped());
-        tokio::spawn(async move {
-            if let Err(e) = http::serve_metrics(&address, metrics, stopped).await {
-                tracing::error!(error = %e, "metrics server failed");
-            }
-        })
-    });
-    let health_server = config.health.address().map(str::to_owned).map(|address| {
-        let (health, stopped) = (health.clone(), stopped());
-        tokio::spawn(async move {
-            if let Err(e) =
-                http::serve_health(&address, health, &liveness, &readiness, stopped).await
-            {
-                tracing::error!(error = %e, "health server failed");
-            }
-        })
-    });
+    let [metrics_server, health_server] = spawn_http_servers(&config, &metrics, &health, &shutdown);
 
     // Bound before SPIRE is reached, so a taken port fails the start at once; TLS
     // handshakes fail until the certificate manager below has minted a certificate.
@@ -274,12 +255,13 @@ pub async fn run(mut args: RunArgs, config: Config) -> anyhow::Result<()> {
         let context = FederationContext {
             config: config.clone(),
             namespace: namespace.clone(),
-            kube: kube.clone(),
+            kube: Some(kube.clone()),
             spire: spire.clone(),
             store: watches.stores.cluster_federated_trust_domains.clone(),
             dirty: federation_dirty,
             metrics: metrics.clone(),
-            recorder: recorder.clone(),
+            recorder: Some(recorder.clone()),
+            state_dir: None,
         };
         Some(FederationReconciler::new(context).await?)
     } else {
@@ -289,12 +271,13 @@ pub async fn run(mut args: RunArgs, config: Config) -> anyhow::Result<()> {
         config: config.clone(),
         cluster_domain,
         namespace: namespace.clone(),
-        kube,
+        kube: Some(kube),
         spire,
         stores: watches.stores,
         dirty,
         metrics: metrics.clone(),
-        recorder,
+        recorder: Some(recorder),
+        state_dir: None,
     })
     .await?;
     let federation = async move {
@@ -328,8 +311,57 @@ pub async fn run(mut args: RunArgs, config: Config) -> anyhow::Result<()> {
     outcome
 }
 
+/// The metrics and health servers (each off when its bind address is `"0"`); they stop
+/// when `shutdown` is notified.
+pub(crate) fn spawn_http_servers(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    health: &Arc<Health>,
+    shutdown: &Arc<Notify>,
+) -> [Option<tokio::task::JoinHandle<()>>; 2] {
+    let stopped = || {
+        let shutdown = shutdown.clone();
+        async move { shutdown.notified().await }
+    };
+    let liveness = config
+        .health
+        .liveness_endpoint_name
+        .clone()
+        .unwrap_or_else(|| "/healthz".into());
+    let readiness = config
+        .health
+        .readiness_endpoint_name
+        .clone()
+        .unwrap_or_else(|| "/readyz".into());
+    // A bind address of "0" turns a server off (controller-runtime's convention).
+    let metrics_server = config.metrics.address().map(str::to_owned).map(|address| {
+        let (metrics, stopped) = (metrics.clone(), stopped());
+        tokio::spawn(async move {
+            if let Err(e) = http::serve_metrics(&address, metrics, stopped).await {
+                tracing::error!(error = %e, "metrics server failed");
+            }
+        })
+    });
+    let health_server = config.health.address().map(str::to_owned).map(|address| {
+        let (health, stopped) = (health.clone(), stopped());
+        tokio::spawn(async move {
+            if let Err(e) =
+                http::serve_health(&address, health, &liveness, &readiness, stopped).await
+            {
+                tracing::error!(error = %e, "health server failed");
+            }
+        })
+    });
+
+    [metrics_server, health_server]
+}
+
 /// Waits for the SPIRE server (it may start after us, e.g. as a sibling container).
-async fn connect_spire(config: &Config, timeout: Duration, metrics: &Metrics) -> SpireClient {
+pub(crate) async fn connect_spire(
+    config: &Config,
+    timeout: Duration,
+    metrics: &Metrics,
+) -> SpireClient {
     let address = SpireAddress::Unix(config.spire_server_socket_path.clone());
     let defaults = ClientOptions::default();
     let options = ClientOptions {
@@ -382,7 +414,7 @@ fn cluster_domain_from_resolv(resolv: &str) -> Option<String> {
         .find_map(|d| d.strip_prefix("svc.").map(str::to_owned))
 }
 
-async fn terminated() {
+pub(crate) async fn terminated() {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
         Err(_) => return std::future::pending().await,

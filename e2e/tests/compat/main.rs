@@ -9,5 +9,6 @@ mod differential_semantics;
 mod differential_templates;
 mod differential_ties;
 mod hardened_chart;
+mod hardened_static;
 mod hardened_webhook;
 mod migration;

@@ -11,4 +11,5 @@ mod large_entries;
 mod leader_election;
 mod pod_entries;
 mod reconcile_switches;
+mod static_mode;
 mod webhook;

@@ -181,7 +181,6 @@ fn bad_files_are_rejected_naming_the_key() {
             "grpc: {maxCallRecvMsgSize: big}\n",
             "grpc.maxCallRecvMsgSize",
         ),
-        ("staticManifestPath: /m\n", "staticManifestPath"),
         (
             "logLevel: verbose\n",
             "\"logLevel\": \"verbose\" is not one of",
@@ -302,7 +301,6 @@ health: {healthProbeBindAddress: "0"}
             "gracefulShutDown",
             "controller",
             "enableEntryRenderCache",
-            "expandEnvStaticManifests",
             "cacheNamespaces.bank",
         ]
     );
@@ -468,13 +466,15 @@ mod hardened_chart {
     }
 
     #[test]
-    fn static_mode_is_refused_naming_the_key() {
-        let err = Config::from_yaml(STATIC).unwrap_err();
-        assert!(
-            err.to_string().contains("staticManifestPath")
-                && err.to_string().contains("/manifests"),
-            "{err}"
-        );
+    fn static_mode() {
+        let c = Config::from_yaml(STATIC).unwrap();
+        let mode = c.static_mode.as_ref().expect("static mode");
+        assert_eq!(mode.manifest_path, std::path::Path::new("/manifests"));
+        assert!(!mode.expand_env);
+        // Its reconcile block lists the two static kinds only.
+        assert!(!c.reconcile.cluster_spiffe_ids);
+        assert!(c.reconcile.cluster_static_entries && c.reconcile.cluster_federated_trust_domains);
+        assert!(c.notes.is_empty(), "{:?}", c.notes);
     }
 }
 

@@ -46,6 +46,24 @@ pub enum RecordError {
         #[source]
         source: kube::Error,
     },
+    /// The state file (static mode's `--state-dir`) could not be read.
+    #[error("reading {}", path.display())]
+    ReadFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The state file's content is not the record.
+    #[error("{} is not a JSON object of trust domain to {{resource, bundleDigest}}", path.display())]
+    ParseFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The JSON error.
+        #[source]
+        source: serde_json::Error,
+    },
     /// The ConfigMap's content is not the record.
     #[error(
         "ConfigMap {namespace}/{FEDERATION_CONFIG_MAP} key {KEY} is not a JSON object of trust domain to {{resource, bundleDigest}}"
@@ -99,4 +117,30 @@ pub async fn save(kube: &kube::Client, namespace: &str, owned: &Owned) -> Result
     )
     .await
     .map(drop)
+}
+
+/// The record's file in static mode's state directory.
+pub fn file_in(dir: &std::path::Path) -> std::path::PathBuf {
+    dir.join(format!("{FEDERATION_CONFIG_MAP}.json"))
+}
+
+/// The record kept in `path` (static mode); empty when the file does not exist.
+pub fn load_file(path: &std::path::Path) -> Result<Owned, RecordError> {
+    match std::fs::read_to_string(path) {
+        Ok(json) => serde_json::from_str(&json).map_err(|source| RecordError::ParseFile {
+            path: path.into(),
+            source,
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Owned::new()),
+        Err(source) => Err(RecordError::ReadFile {
+            path: path.into(),
+            source,
+        }),
+    }
+}
+
+/// Saves the record to `path` (written aside, then renamed over it).
+pub fn save_file(path: &std::path::Path, owned: &Owned) -> std::io::Result<()> {
+    let json = serde_json::to_string_pretty(owned).unwrap_or_else(|_| "{}".into());
+    crate::reconcile::adopted::write_atomically(path, &json)
 }

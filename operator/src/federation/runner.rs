@@ -41,8 +41,9 @@ pub struct FederationContext {
     pub config: Arc<Config>,
     /// The operator's namespace, where the ownership record lives.
     pub namespace: String,
-    /// Kubernetes client.
-    pub kube: kube::Client,
+    /// Kubernetes client; `None` in static mode, where the ownership record is kept in
+    /// memory only and statuses and events are logged instead.
+    pub kube: Option<kube::Client>,
     /// SPIRE client.
     pub spire: SpireClient,
     /// The watched ClusterFederatedTrustDomains.
@@ -51,8 +52,10 @@ pub struct FederationContext {
     pub dirty: Arc<DirtySet<Dirty>>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
-    /// Event publisher.
-    pub recorder: Recorder,
+    /// Event publisher; `None` in static mode.
+    pub recorder: Option<Recorder>,
+    /// Static mode's `--state-dir`: where the ownership record is kept without the API.
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 /// The loop's state between passes.
@@ -71,7 +74,13 @@ impl FederationReconciler {
     /// Reads the ownership record; fails when it cannot be read (acting without it
     /// could take a CLI-made relationship for ours or forget ours).
     pub async fn new(ctx: FederationContext) -> Result<Self, RecordError> {
-        let owned = record::load(&ctx.kube, &ctx.namespace).await?;
+        let owned = match &ctx.kube {
+            Some(kube) => record::load(kube, &ctx.namespace).await?,
+            None => match &ctx.state_dir {
+                Some(dir) => record::load_file(&record::file_in(dir))?,
+                None => Owned::new(),
+            },
+        };
         let retry = Retrier::new(
             Dirty::Retry,
             ctx.dirty.clone(),
@@ -197,8 +206,8 @@ impl FederationReconciler {
                 for (name, outcome) in plan.outcomes.iter_mut() {
                     if let Outcome::Writing { trust_domain } = outcome {
                         let message = format!(
-                            "saving ConfigMap {}/{FEDERATION_CONFIG_MAP} failed; the relationship is written once it is saved",
-                            self.ctx.namespace
+                            "saving {} failed; the relationship is written once it is saved",
+                            self.record_location()
                         );
                         tracing::debug!(resource = %name, "{message}");
                         self.failures.insert(trust_domain.clone(), message);
@@ -364,7 +373,10 @@ impl FederationReconciler {
         if self.owned == self.persisted {
             return true;
         }
-        match record::save(&self.ctx.kube, &self.ctx.namespace, &self.owned).await {
+        let Some(kube) = &self.ctx.kube else {
+            return self.persist_file();
+        };
+        match record::save(kube, &self.ctx.namespace, &self.owned).await {
             Ok(()) => {
                 self.persisted = self.owned.clone();
                 true
@@ -376,6 +388,28 @@ impl FederationReconciler {
         }
     }
 
+    /// Where the ownership record is kept, for messages.
+    fn record_location(&self) -> String {
+        match (&self.ctx.kube, &self.ctx.state_dir) {
+            (Some(_), _) => format!("ConfigMap {}/{FEDERATION_CONFIG_MAP}", self.ctx.namespace),
+            (None, Some(dir)) => record::file_in(dir).display().to_string(),
+            (None, None) => "the ownership record".into(),
+        }
+    }
+
+    /// Static mode: the state file, or memory only without `--state-dir`.
+    fn persist_file(&mut self) -> bool {
+        if let Some(dir) = &self.ctx.state_dir {
+            let path = record::file_in(dir);
+            if let Err(e) = record::save_file(&path, &self.owned) {
+                tracing::warn!(file = %path.display(), error = %e, "saving the federation ownership record failed; will retry");
+                return false;
+            }
+        }
+        self.persisted = self.owned.clone();
+        true
+    }
+
     /// Patches statuses that changed and publishes events for new problems. False when
     /// a patch or event failed.
     async fn report(
@@ -384,7 +418,7 @@ impl FederationReconciler {
         plan: &Plan,
     ) -> bool {
         let now = Time(Timestamp::now());
-        let api: Api<ClusterFederatedTrustDomain> = Api::all(self.ctx.kube.clone());
+        let api: Option<Api<ClusterFederatedTrustDomain>> = self.ctx.kube.clone().map(Api::all);
         let mut ok = true;
         let mut live = BTreeSet::new();
         for resource in resources {
@@ -399,7 +433,9 @@ impl FederationReconciler {
                 resource.status.as_ref(),
                 &now,
             );
-            if resource.status.as_ref() != Some(&status) {
+            if resource.status.as_ref() != Some(&status)
+                && let Some(api) = &api
+            {
                 let patch = serde_json::json!({ "status": status });
                 if let Err(e) = api
                     .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
@@ -420,12 +456,13 @@ impl FederationReconciler {
                         action: "Reconcile".into(),
                         secondary: None,
                     };
-                    match self
-                        .ctx
-                        .recorder
-                        .publish(&event, &resource.object_ref(&()))
-                        .await
-                    {
+                    let Some(recorder) = &self.ctx.recorder else {
+                        // Static mode: the log is the only report.
+                        tracing::warn!(clusterfederatedtrustdomain = %name, reason, note = %note, "problem (static mode: logged, no Event)");
+                        self.announced.insert(name, note);
+                        continue;
+                    };
+                    match recorder.publish(&event, &resource.object_ref(&())).await {
                         Ok(()) => {
                             self.announced.insert(name, note);
                         }

@@ -209,18 +209,19 @@ impl Harness {
         let reconciler = FederationReconciler::new(FederationContext {
             config: Arc::new(config),
             namespace: "spire-system".into(),
-            kube: kube.clone(),
+            kube: Some(kube.clone()),
             spire,
             store,
             dirty: Arc::new(DirtySet::default()),
             metrics: Arc::new(Metrics::new()),
-            recorder: Recorder::new(
+            recorder: Some(Recorder::new(
                 kube,
                 Reporter {
                     controller: "spire-operator".into(),
                     instance: None,
                 },
-            ),
+            )),
+            state_dir: None,
         })
         .await
         .unwrap();

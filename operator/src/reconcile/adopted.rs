@@ -55,3 +55,37 @@ pub async fn save(
     .await
     .map(drop)
 }
+
+/// The adopted IDs' file in static mode's state directory.
+pub fn file_in(dir: &std::path::Path) -> std::path::PathBuf {
+    dir.join(format!("{ADOPTED_CONFIG_MAP}.txt"))
+}
+
+/// The adopted IDs kept in `path` (static mode), one per line; empty when the file does
+/// not exist.
+pub fn load_file(path: &std::path::Path) -> std::io::Result<BTreeSet<String>> {
+    match std::fs::read_to_string(path) {
+        Ok(ids) => Ok(ids
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeSet::new()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Saves `ids` to `path`, one per line.
+pub fn save_file(path: &std::path::Path, ids: &BTreeSet<String>) -> std::io::Result<()> {
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    write_atomically(path, &ids.join("\n"))
+}
+
+/// Writes `text` next to `path`, then renames it over `path`: a crash never leaves a
+/// half-written file.
+pub fn write_atomically(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    let mut aside = path.as_os_str().to_owned();
+    aside.push(".tmp");
+    std::fs::write(&aside, text)?;
+    std::fs::rename(&aside, path)
+}

@@ -74,8 +74,10 @@ impl Reconciler {
                 &now,
             );
             let mut ok = true;
-            if resource.status.as_ref() != Some(&status) {
-                let api: Api<ClusterSPIFFEID> = Api::all(self.ctx.kube.clone());
+            if resource.status.as_ref() != Some(&status)
+                && let Some(kube) = self.ctx.kube.clone()
+            {
+                let api: Api<ClusterSPIFFEID> = Api::all(kube);
                 let patch = serde_json::json!({ "status": status });
                 if let Err(e) = api
                     .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
@@ -206,7 +208,8 @@ impl Reconciler {
 
     /// Returns false when a status or event failed.
     async fn write_static_statuses(&mut self, now: &Time, events: &mut usize) -> bool {
-        let api: Api<ClusterStaticEntry> = Api::all(self.ctx.kube.clone());
+        // Static mode has no API: no status, the problems are logged (see `announce`).
+        let api: Option<Api<ClusterStaticEntry>> = self.ctx.kube.clone().map(Api::all);
         let mut all_ok = true;
         for resource in self.ctx.stores.cluster_static_entries.state() {
             let name = resource.name_any();
@@ -238,7 +241,9 @@ impl Reconciler {
                 resource.status.as_ref(),
                 now,
             );
-            if resource.status.as_ref() != Some(&status) {
+            if resource.status.as_ref() != Some(&status)
+                && let Some(api) = &api
+            {
                 let patch = serde_json::json!({ "status": status });
                 if let Err(e) = api
                     .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
@@ -286,7 +291,13 @@ impl Reconciler {
             action: "Reconcile".into(),
             secondary: None,
         };
-        match self.ctx.recorder.publish(&event, reference).await {
+        let Some(recorder) = &self.ctx.recorder else {
+            // Static mode: no API to publish to; the log is the only report.
+            tracing::warn!(%subject, reason, note = %note, "problem (static mode: logged, no Event)");
+            self.announced.insert(subject, note);
+            return Announced::Published;
+        };
+        match recorder.publish(&event, reference).await {
             Ok(()) => {
                 self.announced.insert(subject, note);
                 Announced::Published

@@ -41,8 +41,9 @@ pub struct Context {
     pub cluster_domain: String,
     /// The operator's namespace (for the adoption ConfigMap).
     pub namespace: String,
-    /// Kubernetes client.
-    pub kube: kube::Client,
+    /// Kubernetes client; `None` in static mode, where adopted IDs are kept in memory
+    /// only and statuses and events are logged instead.
+    pub kube: Option<kube::Client>,
     /// SPIRE client.
     pub spire: SpireClient,
     /// The watched objects.
@@ -51,8 +52,10 @@ pub struct Context {
     pub dirty: Arc<DirtySet<Dirty>>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
-    /// Event publisher.
-    pub recorder: Recorder,
+    /// Event publisher; `None` in static mode.
+    pub recorder: Option<Recorder>,
+    /// Static mode's `--state-dir`: where adopted IDs are kept without the API.
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 /// Why the loop cannot start.
@@ -61,6 +64,15 @@ pub enum RunError {
     /// `parentIDTemplate` does not parse.
     #[error("config key parentIDTemplate")]
     ParentTemplate(#[source] SpecError),
+    /// The adopted IDs' state file could not be read.
+    #[error("reading {}", path.display())]
+    ReadAdoptedFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The adoption ConfigMap could not be read.
     #[error("reading ConfigMap {namespace}/{ADOPTED_CONFIG_MAP}")]
     ReadAdopted {
@@ -131,12 +143,22 @@ impl Reconciler {
             &ctx.config.cluster_name,
             ctx.config.entry_id_prefix_cleanup.as_deref(),
         );
-        let adopted = adopted::load(&ctx.kube, &ctx.namespace)
-            .await
-            .map_err(|source| RunError::ReadAdopted {
-                namespace: ctx.namespace.clone(),
-                source,
-            })?;
+        let adopted = match &ctx.kube {
+            Some(kube) => adopted::load(kube, &ctx.namespace)
+                .await
+                .map_err(|source| RunError::ReadAdopted {
+                    namespace: ctx.namespace.clone(),
+                    source,
+                })?,
+            None => match &ctx.state_dir {
+                Some(dir) => {
+                    let path = adopted::file_in(dir);
+                    adopted::load_file(&path)
+                        .map_err(|source| RunError::ReadAdoptedFile { path, source })?
+                }
+                None => BTreeSet::new(),
+            },
+        };
         ownership.set_adopted(adopted.clone());
         let dirty = ctx.dirty.clone();
         let retrier = |mark: Dirty, initial: u64, max: u64| {
@@ -541,17 +563,27 @@ impl Reconciler {
             .collect()
     }
 
+    /// Static mode: the state file, or memory only without `--state-dir`.
+    fn persist_adopted_file(&mut self) {
+        if let Some(dir) = &self.ctx.state_dir {
+            let path = adopted::file_in(dir);
+            if let Err(e) = adopted::save_file(&path, self.ownership.adopted()) {
+                tracing::warn!(file = %path.display(), error = %e, "saving adopted entry IDs failed; will retry");
+                return;
+            }
+        }
+        self.persisted_adopted = self.ownership.adopted().clone();
+    }
+
     async fn persist_adopted(&mut self) {
         if *self.ownership.adopted() == self.persisted_adopted {
             return;
         }
-        match adopted::save(
-            &self.ctx.kube,
-            &self.ctx.namespace,
-            self.ownership.adopted(),
-        )
-        .await
-        {
+        let Some(kube) = &self.ctx.kube else {
+            self.persist_adopted_file();
+            return;
+        };
+        match adopted::save(kube, &self.ctx.namespace, self.ownership.adopted()).await {
             Ok(()) => self.persisted_adopted = self.ownership.adopted().clone(),
             Err(e) => {
                 tracing::warn!(namespace = %self.ctx.namespace, configmap = ADOPTED_CONFIG_MAP, error = %e, "saving adopted entry IDs failed; will retry")

@@ -146,18 +146,19 @@ impl Harness {
             config: Arc::new(config),
             cluster_domain: "cluster.local".into(),
             namespace: "spire-system".into(),
-            kube: kube.clone(),
+            kube: Some(kube.clone()),
             spire: client,
             stores,
             dirty: dirty.clone(),
             metrics: metrics.clone(),
-            recorder: Recorder::new(
+            recorder: Some(Recorder::new(
                 kube,
                 Reporter {
                     controller: "spire-operator".into(),
                     instance: None,
                 },
-            ),
+            )),
+            state_dir: None,
         })
         .await
         .unwrap();

@@ -217,7 +217,8 @@ impl Validator {
         Ok(())
     }
 
-    fn cluster_static_entry(&self, resource: &ClusterStaticEntry) -> Result<(), SpecError> {
+    /// The webhook's verdict on a ClusterStaticEntry (static mode checks its files with it).
+    pub fn cluster_static_entry(&self, resource: &ClusterStaticEntry) -> Result<(), SpecError> {
         let parsed = StaticEntry::parse(resource)?;
         if self.is_ours(resource.spec.class_name.as_deref()) {
             for (field, id) in [
@@ -238,7 +239,9 @@ impl Validator {
         Ok(())
     }
 
-    fn cluster_federated_trust_domain(
+    /// The webhook's verdict on a ClusterFederatedTrustDomain (static mode checks its
+    /// files with it).
+    pub fn cluster_federated_trust_domain(
         &self,
         resource: &ClusterFederatedTrustDomain,
     ) -> Result<(), SpecError> {
