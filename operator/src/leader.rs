@@ -1,11 +1,19 @@
 //! Leader election on a coordination.k8s.io Lease: only the leader writes entries and
 //! status; the other replicas keep warm caches and wait.
+//!
+//! A leader that cannot renew (e.g. cut off from the kube-apiserver while it still reaches
+//! SPIRE) steps down on its own clock before a standby may take the lease: kube-lease-manager
+//! alone keeps reporting leadership while its renewals fail, which left two writers.
 
 use std::time::Duration;
 
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::jiff::Timestamp;
+use kube::Api;
 use kube_lease_manager::{LeaseCreateMode, LeaseManagerBuilder, LeaseManagerError};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 /// Where and how to campaign.
 #[derive(Debug, Clone)]
@@ -52,6 +60,8 @@ pub fn spawn(
             source,
         };
         let (duration, grace) = lease_timing(config.lease_duration, config.renew_deadline);
+        let step_down_after = step_down_after(duration, config.retry_period);
+        let leases: Api<Lease> = Api::namespaced(client.clone(), &config.namespace);
         let manager = LeaseManagerBuilder::new(client, &config.lease_name)
             .with_namespace(&config.namespace)
             .with_identity(&config.identity)
@@ -63,6 +73,10 @@ pub fn spawn(
             .map_err(error)?;
         let (mut leading, watcher) = manager.watch().await;
         let mut shutdown = std::pin::pin!(shutdown);
+        // While leading: when to stop unless the Lease is seen renewed meanwhile.
+        let mut step_down_at: Option<Instant> = None;
+        let mut check = tokio::time::interval(config.retry_period.max(Duration::from_millis(100)));
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 changed = leading.changed() => {
@@ -72,7 +86,32 @@ pub fn spawn(
                     }
                     let now = *leading.borrow_and_update();
                     tracing::info!(leader = now, lease = %config.lease_name, "leadership changed");
+                    // kube-lease-manager reports leadership right after taking the lease.
+                    step_down_at = now.then(|| Instant::now() + step_down_after);
                     let _ = tx.send(now);
+                }
+                _ = check.tick(), if step_down_at.is_some() => {
+                    let deadline = step_down_at.unwrap_or_else(Instant::now);
+                    let budget = config.retry_period.min(deadline.saturating_duration_since(Instant::now()));
+                    match tokio::time::timeout(budget, leases.get_opt(&config.lease_name)).await {
+                        Ok(Ok(lease)) => match confirmed_until(lease.as_ref(), &config.identity, step_down_after) {
+                            Some(until) => step_down_at = Some(until),
+                            None => {
+                                tracing::warn!(lease = %config.lease_name, "the Lease names another holder; stepping down");
+                                break;
+                            }
+                        },
+                        // Unconfirmed: the deadline stands.
+                        Ok(Err(e)) => tracing::warn!(error = %e, lease = %config.lease_name, "cannot read the Lease to confirm leadership"),
+                        Err(_) => tracing::warn!(lease = %config.lease_name, "reading the Lease to confirm leadership timed out"),
+                    }
+                }
+                () = tokio::time::sleep_until(step_down_at.unwrap_or_else(Instant::now)), if step_down_at.is_some() => {
+                    tracing::error!(
+                        lease = %config.lease_name,
+                        "the Lease was not renewed in time: stepping down before a standby may take it"
+                    );
+                    break;
                 }
                 () = &mut shutdown => break,
             }
@@ -98,6 +137,33 @@ fn lease_timing(lease_duration: Duration, renew_deadline: Duration) -> (u64, u64
         .saturating_sub(renew_deadline.as_secs())
         .clamp(1, duration - 1);
     (duration, grace)
+}
+
+/// How long after a renewal the leader stops writing unless it has seen the next one: one
+/// `retryPeriod` (at least a second, at most half the lease) before the lease expires,
+/// since a standby may take it the moment it does. kube-lease-manager renews
+/// `renewDeadline` after the last renewal, which leaves `leaseDuration - renewDeadline -
+/// retryPeriod` for that renewal to land and be seen.
+fn step_down_after(lease_secs: u64, retry_period: Duration) -> Duration {
+    let lease = Duration::from_secs(lease_secs);
+    lease - retry_period.clamp(Duration::from_secs(1), lease / 2)
+}
+
+/// When the holder of `lease` must stop unless renewed again: `None` if it is not held
+/// by `identity` (or has no renewal time).
+fn confirmed_until(
+    lease: Option<&Lease>,
+    identity: &str,
+    step_down_after: Duration,
+) -> Option<Instant> {
+    let spec = lease?.spec.as_ref()?;
+    if spec.holder_identity.as_deref() != Some(identity) {
+        return None;
+    }
+    let renewed = spec.renew_time.as_ref()?.0;
+    let age_ms = Timestamp::now().as_millisecond() - renewed.as_millisecond();
+    let left = step_down_after.as_millis() as i64 - age_ms;
+    Some(Instant::now() + Duration::from_millis(left.max(0) as u64))
 }
 
 /// For a single replica (leader election off): always the leader.
@@ -129,5 +195,38 @@ mod tests {
             assert!(grace > 0 && grace < duration);
         }
         assert!(*always_leader().borrow());
+    }
+
+    #[test]
+    fn a_leader_steps_down_one_retry_period_before_its_lease_expires() {
+        let s = Duration::from_secs;
+        assert_eq!(step_down_after(15, s(2)), s(13));
+        // Never later than a second before expiry, never earlier than half the lease.
+        assert_eq!(step_down_after(15, Duration::ZERO), s(14));
+        assert_eq!(step_down_after(4, s(9)), s(2));
+    }
+
+    #[test]
+    fn only_our_own_renewal_confirms_leadership() {
+        let lease = |holder: &str, age_secs: i64| -> Lease {
+            let renewed = Timestamp::from_second(Timestamp::now().as_second() - age_secs).unwrap();
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "l"},
+                "spec": {"holderIdentity": holder, "renewTime": renewed.to_string()},
+            }))
+            .unwrap()
+        };
+        let after = Duration::from_secs(13);
+        let until = confirmed_until(Some(&lease("me", 3)), "me", after).unwrap();
+        let left = until - Instant::now();
+        assert!(
+            left > Duration::from_secs(8) && left <= Duration::from_secs(10),
+            "{left:?}"
+        );
+        // A renewal older than the step-down point confirms nothing beyond now.
+        let until = confirmed_until(Some(&lease("me", 20)), "me", after).unwrap();
+        assert!(until <= Instant::now());
+        assert!(confirmed_until(Some(&lease("other", 0)), "me", after).is_none());
+        assert!(confirmed_until(None, "me", after).is_none());
     }
 }
