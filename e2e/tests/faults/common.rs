@@ -6,12 +6,17 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use e2e::entries::{self, EntryView};
+use e2e::kube_util::scheduled_pod;
+use e2e::operator::MetricsSnapshot;
 use e2e::postgres::Postgres;
 use e2e::world::World;
 use e2e::{ControlPlane, Spire, SpireOptions};
 use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
+use kube::api::{Api, PostParams};
 use serde_json::json;
 
 /// The namespace the scenarios' pods live in.
@@ -43,12 +48,13 @@ pub struct Faults {
     /// The entry made with the SPIRE CLI before any operator ran.
     pub sentinel: EntryView,
     /// The shared database; dropped last, after the servers.
-    pub _postgres: Postgres,
+    pub postgres: Postgres,
 }
 
 impl Faults {
     /// Starts everything and makes the sentinel entry.
     pub async fn start(trust_domain: &str, servers: usize) -> anyhow::Result<Self> {
+        let started = Instant::now();
         let (control_plane, postgres) = tokio::try_join!(ControlPlane::start(), Postgres::start())?;
         let options = SpireOptions {
             postgres: Some(postgres.connection_string()),
@@ -82,11 +88,15 @@ impl Faults {
                 "unix:uid:4242",
             )
             .await?;
+        println!(
+            "[fault] set-up took {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
         Ok(Self {
             world,
             others,
             sentinel,
-            _postgres: postgres,
+            postgres,
         })
     }
 
@@ -96,18 +106,7 @@ impl Faults {
         prefix: &str,
         range: std::ops::Range<usize>,
     ) -> anyhow::Result<BTreeMap<String, String>> {
-        futures::stream::iter(range)
-            .map(|i| async move {
-                let name = format!("{prefix}-{i}");
-                let pod = self
-                    .world
-                    .pod(NAMESPACE, &name, "default", NODE, &[])
-                    .await?;
-                Ok::<_, anyhow::Error>((name, pod.uid().unwrap_or_default()))
-            })
-            .buffer_unordered(16)
-            .try_collect()
-            .await
+        create_pods(self.world.client.clone(), prefix.to_owned(), range).await
     }
 
     /// Deletes the named pods, 16 at a time.
@@ -154,6 +153,39 @@ impl Faults {
         );
         Ok(took)
     }
+}
+
+/// [`Faults::pods`] without borrowing the world: for a task creating pods while the test
+/// kills and restarts components.
+pub async fn create_pods(
+    client: kube::Client,
+    prefix: String,
+    range: std::ops::Range<usize>,
+) -> anyhow::Result<BTreeMap<String, String>> {
+    let pods: Api<Pod> = Api::namespaced(client, NAMESPACE);
+    futures::stream::iter(range)
+        .map(|i| {
+            let (pods, name) = (pods.clone(), format!("{prefix}-{i}"));
+            async move {
+                let pod = scheduled_pod(NAMESPACE, &name, "default", NODE, &[]);
+                let pod = pods
+                    .create(&PostParams::default(), &pod)
+                    .await
+                    .with_context(|| format!("creating pod {NAMESPACE}/{name}"))?;
+                Ok::<_, anyhow::Error>((name, pod.uid().unwrap_or_default()))
+            }
+        })
+        .buffer_unordered(16)
+        .try_collect()
+        .await
+}
+
+/// The sum of `spire_operator_entry_writes_total` samples for `operation` (any result).
+pub fn writes(metrics: &MetricsSnapshot, operation: &str) -> f64 {
+    metrics.value(
+        "spire_operator_entry_writes_total",
+        &[("operation", operation)],
+    )
 }
 
 /// `Ok` when `entries` are exactly one entry per pod (its SPIFFE ID and `k8s:pod-uid`

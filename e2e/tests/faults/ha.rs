@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use e2e::operator::Operator;
 use e2e::proxy::TcpProxy;
 
-use crate::common::{Faults, LEADER_CONFIG, LEASE_DURATION};
+use crate::common::{Faults, LEADER_CONFIG, LEASE_DURATION, writes};
 
 /// A standby takes over at most this long after the lease's last renewal: the lease,
 /// then kube-lease-manager's up-to-1 s pause before locking, then the lock itself.
@@ -19,13 +19,6 @@ async fn leading(operator: &Operator) -> anyhow::Result<bool> {
         .await?
         .value("spire_operator_leader", &[])
         == 1.0)
-}
-
-fn writes(metrics: &e2e::operator::MetricsSnapshot, operation: &str) -> f64 {
-    metrics.value(
-        "spire_operator_entry_writes_total",
-        &[("operation", operation)],
-    )
 }
 
 #[tokio::test]

@@ -4,3 +4,4 @@
 
 mod common;
 mod ha;
+mod spire_server;
