@@ -4,4 +4,5 @@
 
 mod common;
 mod ha;
+mod restarts;
 mod spire_server;
