@@ -44,6 +44,9 @@ pub struct Options {
     /// (entries, bundle, agents), each server with its own CA keys (`KeyManager "memory"`
     /// here, `disk` in the charts), which it publishes into the shared bundle.
     pub postgres: Option<String>,
+    /// Run the server with `-expandEnv`, so that `${VAR}` in its configuration (e.g. a
+    /// connection string the chart leaves to a Secret) is taken from [`Options::server_env`].
+    pub expand_env: bool,
 }
 
 /// How a server's bundle endpoint authenticates itself.
@@ -64,6 +67,8 @@ pub struct Spire {
     agent: Process,
     // Stops after the agent.
     server: Process,
+    server_env: Vec<(String, String)>,
+    expand_env: bool,
     client: SpireClient,
     trust_domain: String,
     agent_id: SpiffeId,
@@ -111,8 +116,14 @@ impl Spire {
                 bundle_endpoint_port.map(|p| (p, dir.path())),
             )?,
         )?;
-        let (mut server, client) =
-            spawn_server(&server_conf, &server_socket, &options.server_env, &dir).await?;
+        let (mut server, client) = spawn_server(
+            &server_conf,
+            &server_socket,
+            &options.server_env,
+            options.expand_env,
+            &dir,
+        )
+        .await?;
 
         let bundle = client.get_bundle().await?;
         let bundle_pem: String = bundle
@@ -175,6 +186,8 @@ impl Spire {
         Ok(Self {
             agent,
             server,
+            server_env: options.server_env,
+            expand_env: options.expand_env,
             client,
             trust_domain: trust_domain.to_owned(),
             agent_id,
@@ -289,12 +302,13 @@ impl Spire {
     /// [`Spire::kill_server`]; returns once its API answers. The server's CA keys are in
     /// memory, so it comes back with new ones, as a restarted pod with `KeyManager
     /// "memory"` does.
-    pub async fn start_server(&mut self, env: &[(String, String)]) -> anyhow::Result<()> {
+    pub async fn start_server(&mut self) -> anyhow::Result<()> {
         self.server.kill();
         let (server, client) = spawn_server(
             &self.dir.join("server.conf"),
             &self.server_socket,
-            env,
+            &self.server_env,
+            self.expand_env,
             &self.dir,
         )
         .await?;
@@ -343,6 +357,7 @@ async fn spawn_server(
     conf: &Path,
     socket: &Path,
     env: &[(String, String)],
+    expand_env: bool,
     dir: &WorkDir,
 ) -> anyhow::Result<(Process, SpireClient)> {
     // A socket left by a killed server would make the wait below dial a dead one.
@@ -352,6 +367,9 @@ async fn spawn_server(
     }
     let mut server = Command::new(tool("spire-server")?);
     server.arg("run").arg("-config").arg(conf);
+    if expand_env {
+        server.arg("-expandEnv");
+    }
     server.envs(env.iter().map(|(k, v)| (k, v)));
     let mut server = Process::spawn("spire-server", server, &dir.join("spire-server.log"))?;
     let address = SpireAddress::Unix(socket.to_path_buf());

@@ -123,7 +123,7 @@ async fn the_leaders_spire_server_killed_and_restarted_converges_with_one_writer
         )
         .await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    f.world.spire.start_server(&[]).await?;
+    f.world.spire.start_server().await?;
     let restarted = Instant::now();
     let took = f
         .converged(

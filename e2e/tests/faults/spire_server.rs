@@ -35,7 +35,7 @@ async fn spire_server_killed_mid_batch_ends_with_the_exact_set() -> anyhow::Resu
     f.world.spire.kill_server();
     let killed = Instant::now();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    f.world.spire.start_server(&[]).await?;
+    f.world.spire.start_server().await?;
     let restarted = Instant::now();
     let pods = creating.await??;
     let took = f
@@ -78,7 +78,7 @@ async fn spire_server_absent_at_start_then_up_converges_without_a_crash() -> any
         0.0
     );
 
-    f.world.spire.start_server(&[]).await?;
+    f.world.spire.start_server().await?;
     let up = Instant::now();
     // The operator retries its connection with backoff capped at 10 s.
     f.converged(
