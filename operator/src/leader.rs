@@ -2,8 +2,9 @@
 //! status; the other replicas keep warm caches and wait.
 //!
 //! A leader that cannot renew (e.g. cut off from the kube-apiserver while it still reaches
-//! SPIRE) steps down on its own clock before a standby may take the lease: kube-lease-manager
-//! alone keeps reporting leadership while its renewals fail, which left two writers.
+//! SPIRE) steps down on its own clock after `renewDeadline`, before a standby may take the
+//! lease: kube-lease-manager alone keeps reporting leadership while its renewals fail,
+//! which left two writers.
 
 use std::time::Duration;
 
@@ -26,12 +27,12 @@ pub struct LeaderConfig {
     pub identity: String,
     /// How long a lease is valid without renewal (`leaseDuration`).
     pub lease_duration: Duration,
-    /// How long the leader keeps trying to renew before giving up (`renewDeadline`).
+    /// How long the leader keeps trying to renew before giving up (`renewDeadline`): a
+    /// leader that has not seen its own renewal for this long stops writing.
     pub renew_deadline: Duration,
-    /// How often client-go's candidates poll (`retryPeriod`). Checked against
-    /// `renewDeadline` as client-go does, but not used for pacing: kube-lease-manager's
-    /// candidates wake when the holder's lease would expire instead of polling, which
-    /// takes over no later than polling would.
+    /// How often the leader renews and confirms its lease (`retryPeriod`). Candidates do
+    /// not poll at this pace: kube-lease-manager's wake when the holder's lease would
+    /// expire, which takes over no later than polling would.
     pub retry_period: Duration,
 }
 
@@ -59,8 +60,8 @@ pub fn spawn(
             name: config.lease_name.clone(),
             source,
         };
-        let (duration, grace) = lease_timing(config.lease_duration, config.renew_deadline);
-        let step_down_after = step_down_after(duration, config.retry_period);
+        let (duration, grace) = lease_timing(config.lease_duration, config.retry_period);
+        let step_down_after = step_down_after(duration, config.renew_deadline);
         let leases: Api<Lease> = Api::namespaced(client.clone(), &config.namespace);
         let manager = LeaseManagerBuilder::new(client, &config.lease_name)
             .with_namespace(&config.namespace)
@@ -128,25 +129,24 @@ pub fn spawn(
 }
 
 /// kube-lease-manager's (duration, grace) in whole seconds for controller-runtime's
-/// `leaseDuration` and `renewDeadline`. controller-runtime renews until renewDeadline;
+/// `leaseDuration` and `retryPeriod`. controller-runtime renews every retryPeriod;
 /// kube-lease-manager renews `grace` seconds before expiry, so grace = leaseDuration -
-/// renewDeadline, kept within what kube-lease-manager accepts (0 < grace < duration).
-fn lease_timing(lease_duration: Duration, renew_deadline: Duration) -> (u64, u64) {
+/// retryPeriod, kept within what kube-lease-manager accepts (0 < grace < duration).
+/// Renewing often leaves a slow renewal time to land before the leader's own deadline.
+fn lease_timing(lease_duration: Duration, retry_period: Duration) -> (u64, u64) {
     let duration = lease_duration.as_secs().max(2);
     let grace = duration
-        .saturating_sub(renew_deadline.as_secs())
+        .saturating_sub(retry_period.as_secs().max(1))
         .clamp(1, duration - 1);
     (duration, grace)
 }
 
-/// How long after a renewal the leader stops writing unless it has seen the next one: one
-/// `retryPeriod` (at least a second, at most half the lease) before the lease expires,
-/// since a standby may take it the moment it does. kube-lease-manager renews
-/// `renewDeadline` after the last renewal, which leaves `leaseDuration - renewDeadline -
-/// retryPeriod` for that renewal to land and be seen.
-fn step_down_after(lease_secs: u64, retry_period: Duration) -> Duration {
+/// How long after a renewal the leader stops writing unless it has seen the next one:
+/// `renewDeadline`, as controller-runtime's leader gives up, and at least a second before
+/// the lease expires, since a standby may take it the moment it does.
+fn step_down_after(lease_secs: u64, renew_deadline: Duration) -> Duration {
     let lease = Duration::from_secs(lease_secs);
-    lease - retry_period.clamp(Duration::from_secs(1), lease / 2)
+    renew_deadline.clamp(Duration::from_secs(1), lease - Duration::from_secs(1))
 }
 
 /// When the holder of `lease` must stop unless renewed again: `None` if it is not held
@@ -181,29 +181,31 @@ mod tests {
     #[test]
     fn lease_timing_follows_controller_runtime_within_what_the_manager_accepts() {
         let s = Duration::from_secs;
-        for (lease, renew, want) in [
-            (s(15), s(10), (15, 5)),
-            (s(137), s(107), (137, 30)),
-            // A deadline at or past the duration still renews a second early.
+        for (lease, retry, want) in [
+            // Renewed every 2 s, as controller-runtime does.
+            (s(15), s(2), (15, 13)),
+            (s(137), s(26), (137, 111)),
+            // A period at or past the duration still renews a second early.
             (s(4), s(4), (4, 1)),
             (s(4), s(9), (4, 1)),
-            // Sub-second and zero durations become the smallest valid lease.
+            // Sub-second periods renew every second; sub-second leases become the smallest.
+            (s(15), Duration::from_millis(500), (15, 14)),
             (Duration::from_millis(500), Duration::ZERO, (2, 1)),
         ] {
-            let (duration, grace) = lease_timing(lease, renew);
-            assert_eq!((duration, grace), want, "{lease:?} / {renew:?}");
+            let (duration, grace) = lease_timing(lease, retry);
+            assert_eq!((duration, grace), want, "{lease:?} / {retry:?}");
             assert!(grace > 0 && grace < duration);
         }
         assert!(*always_leader().borrow());
     }
 
     #[test]
-    fn a_leader_steps_down_one_retry_period_before_its_lease_expires() {
+    fn a_leader_steps_down_after_renew_deadline_and_before_its_lease_expires() {
         let s = Duration::from_secs;
-        assert_eq!(step_down_after(15, s(2)), s(13));
-        // Never later than a second before expiry, never earlier than half the lease.
-        assert_eq!(step_down_after(15, Duration::ZERO), s(14));
-        assert_eq!(step_down_after(4, s(9)), s(2));
+        assert_eq!(step_down_after(15, s(10)), s(10));
+        // Never later than a second before expiry, never sooner than a second.
+        assert_eq!(step_down_after(15, s(15)), s(14));
+        assert_eq!(step_down_after(15, Duration::ZERO), s(1));
     }
 
     #[test]
@@ -216,11 +218,12 @@ mod tests {
             }))
             .unwrap()
         };
-        let after = Duration::from_secs(13);
+        let after = Duration::from_secs(10);
         let until = confirmed_until(Some(&lease("me", 3)), "me", after).unwrap();
+        // Renewed 3 to 4 s ago (whole seconds): 6 to 7 s left.
         let left = until - Instant::now();
         assert!(
-            left > Duration::from_secs(8) && left <= Duration::from_secs(10),
+            left > Duration::from_secs(5) && left <= Duration::from_secs(7),
             "{left:?}"
         );
         // A renewal older than the step-down point confirms nothing beyond now.
