@@ -216,6 +216,14 @@ async fn a_leader_cut_off_from_the_apiserver_stops_before_the_standby_starts() -
             first.log_tail(20)
         ),
     }
+    // It stopped because its renewals failed, and said so; then it exited.
+    let log = first.log_tail(100_000);
+    assert!(
+        log.contains("the Lease was not renewed in time: stepping down"),
+        "{}",
+        first.log_tail(40)
+    );
+    assert!(first.ensure_running().is_err(), "the old leader still runs");
     f.converged(
         "after the partition",
         &pods,
