@@ -1,5 +1,6 @@
 //! A real Kubernetes control plane on loopback: etcd and kube-apiserver.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -61,6 +62,9 @@ pub struct ControlPlane {
     controller_manager: Option<Process>,
     apiserver: Process,
     etcd: Process,
+    // What they were started with, for restarts.
+    apiserver_args: Vec<OsString>,
+    etcd_args: Vec<OsString>,
     ca: Ca,
     client: kube::Client,
     url: String,
@@ -130,6 +134,7 @@ impl ControlPlane {
             // Test data is thrown away; fsync would only slow every write down.
             .arg("--unsafe-no-fsync")
             .arg("--log-level=warn");
+        let etcd_args: Vec<OsString> = etcd.get_args().map(ToOwned::to_owned).collect();
         let mut etcd = Process::spawn("etcd", etcd, &dir.join("etcd.log"))?;
 
         let mut apiserver = Command::new(tool("kube-apiserver")?);
@@ -181,6 +186,7 @@ impl ControlPlane {
         } else {
             apiserver.arg("--authorization-mode=RBAC");
         }
+        let apiserver_args: Vec<OsString> = apiserver.get_args().map(ToOwned::to_owned).collect();
         let mut apiserver =
             Process::spawn("kube-apiserver", apiserver, &dir.join("kube-apiserver.log"))?;
 
@@ -192,28 +198,7 @@ impl ControlPlane {
         )?;
         let client = client_for(&kubeconfig).await?;
 
-        wait::until(
-            "kube-apiserver /readyz",
-            Duration::from_secs(120),
-            Duration::from_millis(250),
-            || {
-                let running = etcd
-                    .ensure_running()
-                    .and_then(|()| apiserver.ensure_running());
-                let client = client.clone();
-                async move {
-                    running?;
-                    let request = http::Request::get("/readyz").body(Vec::new())?;
-                    Ok(client
-                        .request_text(request)
-                        .await
-                        .ok()
-                        .filter(|body| body == "ok")
-                        .map(|_| ()))
-                }
-            },
-        )
-        .await?;
+        wait_ready(&mut etcd, &mut apiserver, &client).await?;
 
         if options.nodes {
             bind_kubelet_api_admin(&client).await?;
@@ -258,12 +243,35 @@ impl ControlPlane {
             controller_manager,
             apiserver,
             etcd,
+            apiserver_args,
+            etcd_args,
             ca,
             client,
             url,
             kubeconfig,
             dir,
         })
+    }
+
+    /// Stops the kube-apiserver (SIGTERM, as a rolling restart does) and starts it again
+    /// with the same flags; returns once it is ready. Clients' watches break meanwhile.
+    pub async fn restart_apiserver(&mut self) -> anyhow::Result<()> {
+        self.apiserver.stop();
+        let mut apiserver = Command::new(tool("kube-apiserver")?);
+        apiserver.args(&self.apiserver_args);
+        let log = self.dir.join("kube-apiserver.log");
+        self.apiserver = Process::spawn("kube-apiserver", apiserver, &log)?;
+        wait_ready(&mut self.etcd, &mut self.apiserver, &self.client).await
+    }
+
+    /// Stops etcd and starts it again on the same data; returns once the kube-apiserver,
+    /// which stays up, is ready again.
+    pub async fn restart_etcd(&mut self) -> anyhow::Result<()> {
+        self.etcd.stop();
+        let mut etcd = Command::new(tool("etcd")?);
+        etcd.args(&self.etcd_args);
+        self.etcd = Process::spawn("etcd", etcd, &self.dir.join("etcd.log"))?;
+        wait_ready(&mut self.etcd, &mut self.apiserver, &self.client).await
     }
 
     /// A client authenticated as a cluster admin (`system:masters`).
@@ -369,6 +377,37 @@ async fn bind_kubelet_api_admin(client: &kube::Client) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("creating ClusterRoleBinding {KUBELET_CLIENT_USER}"))?;
     Ok(())
+}
+
+/// Waits until the apiserver answers `/readyz` with `ok`; fails at once if either process
+/// exits.
+async fn wait_ready(
+    etcd: &mut Process,
+    apiserver: &mut Process,
+    client: &kube::Client,
+) -> anyhow::Result<()> {
+    wait::until(
+        "kube-apiserver /readyz",
+        Duration::from_secs(120),
+        Duration::from_millis(250),
+        || {
+            let running = etcd
+                .ensure_running()
+                .and_then(|()| apiserver.ensure_running());
+            let client = client.clone();
+            async move {
+                running?;
+                let request = http::Request::get("/readyz").body(Vec::new())?;
+                Ok(client
+                    .request_text(request)
+                    .await
+                    .ok()
+                    .filter(|body| body == "ok")
+                    .map(|_| ()))
+            }
+        },
+    )
+    .await
 }
 
 /// A kube client for a kubeconfig file's current context.

@@ -6,6 +6,7 @@
 //!   real pods from images imported without a registry.
 //! - [`Spire`]: spire-server (sqlite) + spire-agent attested by a join token, with the
 //!   unix workload attestor.
+//! - [`postgres::Postgres`]: a PostgreSQL server for SPIRE's datastore (HA, faults).
 //!
 //! Every process runs in its own process group and is stopped when its owner drops,
 //! also when a test panics. Each component works in its own temporary directory, which
@@ -25,7 +26,9 @@ pub mod node;
 pub mod operator;
 pub mod pki;
 pub mod ports;
+pub mod postgres;
 pub mod process;
+pub mod proxy;
 pub mod reference;
 pub mod spire;
 pub mod stand_in_kubelet;

@@ -455,6 +455,12 @@ impl Operator {
         self.process.stop();
     }
 
+    /// Kills the process at once (SIGKILL): no lease release, no graceful shutdown, as a
+    /// crashed or OOM-killed container goes.
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+
     /// Peak resident set size (`VmHWM` in `/proc/<pid>/status`), in KiB; `None` once the
     /// process is gone.
     pub fn peak_rss_kib(&self) -> Option<u64> {

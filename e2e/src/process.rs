@@ -74,6 +74,15 @@ impl Process {
         Ok(())
     }
 
+    /// Kills the process group at once (SIGKILL), as a crash or the OOM killer would, and
+    /// reaps the child.
+    pub fn kill(&mut self) {
+        if let Some(pgid) = Pid::from_raw(self.child.id() as i32) {
+            let _ = rustix::process::kill_process_group(pgid, Signal::KILL);
+        }
+        let _ = self.child.wait();
+    }
+
     /// Stops the process group: SIGTERM, then SIGKILL after a grace period.
     pub fn stop(&mut self) {
         let Some(pgid) = Pid::from_raw(self.child.id() as i32) else {

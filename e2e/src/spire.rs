@@ -1,5 +1,6 @@
-//! A real SPIRE deployment on loopback: one server (sqlite) and one agent attested by
-//! a join token, with the unix workload attestor.
+//! A real SPIRE deployment on loopback: one server (sqlite, or PostgreSQL shared with
+//! other servers for HA) and one agent attested by a join token, with the unix workload
+//! attestor.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -37,6 +38,15 @@ pub struct Options {
     /// Serve the server's telemetry (RPC counters by method) in Prometheus format on
     /// 127.0.0.1 at this port.
     pub prometheus_port: Option<u16>,
+    /// Keep the datastore in PostgreSQL with this libpq connection string (see
+    /// [`crate::postgres::Postgres::connection_string`]) instead of sqlite. Servers of one
+    /// trust domain given the same database run as SPIRE's HA does: one shared datastore
+    /// (entries, bundle, agents), each server with its own CA keys (`KeyManager "memory"`
+    /// here, `disk` in the charts), which it publishes into the shared bundle.
+    pub postgres: Option<String>,
+    /// Run the server with `-expandEnv`, so that `${VAR}` in its configuration (e.g. a
+    /// connection string the chart leaves to a Secret) is taken from [`Options::server_env`].
+    pub expand_env: bool,
 }
 
 /// How a server's bundle endpoint authenticates itself.
@@ -55,8 +65,10 @@ pub const KUBELET_NODE: &str = "node-a";
 /// first, then the server, then the directory is removed.
 pub struct Spire {
     agent: Process,
-    // Held for its Drop; stops after the agent.
-    _server: Process,
+    // Stops after the agent.
+    server: Process,
+    server_env: Vec<(String, String)>,
+    expand_env: bool,
     client: SpireClient,
     trust_domain: String,
     agent_id: SpiffeId,
@@ -104,30 +116,12 @@ impl Spire {
                 bundle_endpoint_port.map(|p| (p, dir.path())),
             )?,
         )?;
-        let mut server = Command::new(tool("spire-server")?);
-        server.arg("run").arg("-config").arg(&server_conf);
-        server.envs(options.server_env.iter().map(|(k, v)| (k, v)));
-        let mut server = Process::spawn("spire-server", server, &dir.join("spire-server.log"))?;
-
-        let address = SpireAddress::Unix(server_socket.clone());
-        let client = wait::until(
-            "spire-server API",
-            Duration::from_secs(60),
-            Duration::from_millis(100),
-            || {
-                let running = server.ensure_running();
-                let address = address.clone();
-                let socket_exists = server_socket.exists();
-                async move {
-                    running?;
-                    if !socket_exists {
-                        return Ok(None);
-                    }
-                    let client = SpireClient::connect(address, API_TIMEOUT).await?;
-                    client.get_bundle().await?;
-                    Ok(Some(client))
-                }
-            },
+        let (mut server, client) = spawn_server(
+            &server_conf,
+            &server_socket,
+            &options.server_env,
+            options.expand_env,
+            &dir,
         )
         .await?;
 
@@ -191,7 +185,9 @@ impl Spire {
 
         Ok(Self {
             agent,
-            _server: server,
+            server,
+            server_env: options.server_env,
+            expand_env: options.expand_env,
             client,
             trust_domain: trust_domain.to_owned(),
             agent_id,
@@ -217,7 +213,7 @@ impl Spire {
 
     /// The server's process ID (for its CPU time and RSS).
     pub fn server_pid(&self) -> u32 {
-        self._server.id()
+        self.server.id()
     }
 
     /// A client on the server's admin socket.
@@ -296,6 +292,31 @@ impl Spire {
         self.dir.path()
     }
 
+    /// Kills the server at once (SIGKILL), as a crash or the OOM killer would; the agent
+    /// keeps running. [`Spire::start_server`] brings it back.
+    pub fn kill_server(&mut self) {
+        self.server.kill();
+    }
+
+    /// Starts the server again with the same configuration and datastore, after
+    /// [`Spire::kill_server`]; returns once its API answers. The server's CA keys are in
+    /// memory, so it comes back with new ones, as a restarted pod with `KeyManager
+    /// "memory"` does.
+    pub async fn start_server(&mut self) -> anyhow::Result<()> {
+        self.server.kill();
+        let (server, client) = spawn_server(
+            &self.dir.join("server.conf"),
+            &self.server_socket,
+            &self.server_env,
+            self.expand_env,
+            &self.dir,
+        )
+        .await?;
+        self.server = server;
+        self.client = client;
+        Ok(())
+    }
+
     /// Stops the agent and starts it again with the same configuration, as a node agent
     /// restart would; it keeps its identity (SVID and key are on disk, the join token is
     /// not needed again). Returns once the Workload API socket is back.
@@ -331,6 +352,50 @@ impl Spire {
     }
 }
 
+/// Starts `spire-server run` on `conf` and waits until its API answers on `socket`.
+async fn spawn_server(
+    conf: &Path,
+    socket: &Path,
+    env: &[(String, String)],
+    expand_env: bool,
+    dir: &WorkDir,
+) -> anyhow::Result<(Process, SpireClient)> {
+    // A socket left by a killed server would make the wait below dial a dead one.
+    match std::fs::remove_file(socket) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+        _ => {}
+    }
+    let mut server = Command::new(tool("spire-server")?);
+    server.arg("run").arg("-config").arg(conf);
+    if expand_env {
+        server.arg("-expandEnv");
+    }
+    server.envs(env.iter().map(|(k, v)| (k, v)));
+    let mut server = Process::spawn("spire-server", server, &dir.join("spire-server.log"))?;
+    let address = SpireAddress::Unix(socket.to_path_buf());
+    let client = wait::until(
+        "spire-server API",
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        || {
+            let running = server.ensure_running();
+            let address = address.clone();
+            let socket_exists = socket.exists();
+            async move {
+                running?;
+                if !socket_exists {
+                    return Ok(None);
+                }
+                let client = SpireClient::connect(address, API_TIMEOUT).await?;
+                client.get_bundle().await?;
+                Ok(Some(client))
+            }
+        },
+    )
+    .await?;
+    Ok((server, client))
+}
+
 fn server_config(
     trust_domain: &str,
     port: u16,
@@ -344,11 +409,19 @@ fn server_config(
         .as_ref()
         .map(|issuer| format!("jwt_issuer = \"{issuer}\""))
         .unwrap_or_default();
-    let datastore = options
-        .datastore_dir
-        .as_deref()
-        .unwrap_or(data)
-        .join("datastore.sqlite3");
+    let (database_type, datastore) = match &options.postgres {
+        Some(connection) => ("postgres", connection.clone()),
+        None => (
+            "sqlite3",
+            options
+                .datastore_dir
+                .as_deref()
+                .unwrap_or(data)
+                .join("datastore.sqlite3")
+                .display()
+                .to_string(),
+        ),
+    };
     let telemetry = options
         .prometheus_port
         .map(|port| {
@@ -416,7 +489,7 @@ fn server_config(
 plugins {{
     DataStore "sql" {{
         plugin_data {{
-            database_type = "sqlite3"
+            database_type = "{database_type}"
             connection_string = "{datastore}"
         }}
     }}
@@ -432,7 +505,6 @@ plugins {{
 "#,
         socket = socket.display(),
         data = data.display(),
-        datastore = datastore.display(),
     ))
 }
 

@@ -173,6 +173,27 @@ ensure_runc() {
   echo "install.sh: runc is missing and could not be installed; the node tests need it (apt-get install runc)" >&2
 }
 
+# PostgreSQL backs the SPIRE servers of the HA and fault tests (two servers, one database,
+# as production runs them). Debian's server package, installed when its binaries are missing;
+# the harness finds them in /usr/lib/postgresql/<major>/bin (see e2e/src/postgres.rs).
+ensure_postgres() {
+  local path
+  if path=$(ls -d /usr/lib/postgresql/*/bin/postgres 2>/dev/null | sort -V | tail -1) && [[ -n $path ]]; then
+    printf '  %-26s %-12s present: %s\n' postgresql system "$path"
+    return
+  fi
+  if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+    printf '  %-26s %-12s missing: apt-get install postgresql-15 ...' postgresql system
+    if { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postgresql-15; } \
+      >"$root/postgresql-install.log" 2>&1; then
+      echo " done"
+      return
+    fi
+    echo " FAILED (log: $root/postgresql-install.log)"
+  fi
+  echo "install.sh: PostgreSQL is missing and could not be installed; the HA and fault tests need it (apt-get install postgresql-15)" >&2
+}
+
 # go_install <package@version>...
 go_install() {
   GOBIN="$out" go install -trimpath "$@"
@@ -236,6 +257,7 @@ for t in "${tools[@]}"; do
   build "$t" "$(builder "$t")"
 done
 ensure_runc
+ensure_postgres
 
 # Publish the set: a fresh directory of symlinks, swapped in atomically.
 mkdir -p "$root/bin"
