@@ -52,6 +52,9 @@ pub trait Mounter: Send + Sync + 'static {
     fn bind(&self, source: &Path, target: &OpenTarget, mode: HostMount) -> io::Result<()>;
     /// Removes the top mount on `target`.
     fn unmount(&self, target: &OpenTarget) -> io::Result<()>;
+    /// The id (as in mountinfo) and read-only flag of the mount on top of `path`, when
+    /// the kernel can tell without reading mountinfo; `None` otherwise.
+    fn top_mount(&self, path: &Path) -> Option<(u64, bool)>;
 }
 
 impl<M: Mounter> Mounter for std::sync::Arc<M> {
@@ -67,6 +70,9 @@ impl<M: Mounter> Mounter for std::sync::Arc<M> {
     fn unmount(&self, target: &OpenTarget) -> io::Result<()> {
         (**self).unmount(target)
     }
+    fn top_mount(&self, path: &Path) -> Option<(u64, bool)> {
+        (**self).top_mount(path)
+    }
 }
 
 /// The real mounter (rustix syscalls, `/proc/thread-self/mountinfo`).
@@ -78,10 +84,22 @@ impl<M: Mounter> Mounter for std::sync::Arc<M> {
 /// into a private staging directory and made read-only there, and only that read-only
 /// mount is bound onto the target: a bind copies the per-mount flags, and so do the
 /// propagated copies.
+///
+/// The staged mount is kept and reused by every publish while it still shows the
+/// source directory (same device and inode), so a publish is one bind; unmounting a
+/// staged mount per publish cost a kernel RCU grace period (milliseconds) each time.
 #[derive(Debug)]
 pub struct LinuxMounter {
     staging_dir: PathBuf,
     next: AtomicU64,
+    stage: std::sync::Mutex<Option<Stage>>,
+}
+
+/// The read-only (or read-write) bind of the source kept in the staging directory.
+#[derive(Debug)]
+struct Stage {
+    dir: PathBuf,
+    mode: HostMount,
 }
 
 impl LinuxMounter {
@@ -94,6 +112,7 @@ impl LinuxMounter {
         let mounter = Self {
             staging_dir,
             next: AtomicU64::new(0),
+            stage: std::sync::Mutex::new(None),
         };
         if mounter.mounts_at(&mounter.staging_dir)?.is_empty() {
             mount_bind(&mounter.staging_dir, &mounter.staging_dir)?;
@@ -106,10 +125,81 @@ impl LinuxMounter {
     pub fn staging_dir(&self) -> &Path {
         &self.staging_dir
     }
+
+    /// The staged bind of `source` with `mode`'s flags: the kept one while it still
+    /// shows `source` in this mount namespace, else a new one (the old one detached).
+    fn staged(&self, source: &Path, mode: HostMount) -> io::Result<PathBuf> {
+        let mut stage = self.stage.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(kept) = stage.as_ref()
+            && kept.mode == mode
+            && same_inode(&kept.dir, source)?
+        {
+            return Ok(kept.dir.clone());
+        }
+        if let Some(old) = stage.take() {
+            discard_stage(&old.dir)?;
+        }
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let dir = self.staging_dir.join(format!("{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        if let Err(e) =
+            mount_bind(source, &dir).and_then(|()| mount_remount(&dir, mode.flags(), ""))
+        {
+            discard_stage(&dir)?;
+            return Err(e.into());
+        }
+        *stage = Some(Stage {
+            dir: dir.clone(),
+            mode,
+        });
+        Ok(dir)
+    }
+}
+
+/// Whether `a` and `b` are the same directory now (device and inode, through mounts).
+fn same_inode(a: &Path, b: &Path) -> io::Result<bool> {
+    let (a, b) = (std::fs::metadata(a)?, std::fs::metadata(b)?);
+    Ok(a.dev() == b.dev() && a.ino() == b.ino())
+}
+
+/// Detaches whatever is mounted on a staging directory and removes it.
+fn discard_stage(dir: &Path) -> io::Result<()> {
+    match unmount(dir, UnmountFlags::DETACH) {
+        // Not (or no longer) a mount point in this namespace.
+        Ok(()) | Err(rustix::io::Errno::INVAL) => {}
+        Err(e) => return Err(e.into()),
+    }
+    match std::fs::remove_dir(dir) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Whether `path` is the root of a mount, from `statx` alone: `None` when the kernel
+/// cannot tell (before Linux 5.8) or the path cannot be examined, so that the caller
+/// reads mountinfo instead.
+fn is_mount_root(path: &Path) -> Option<bool> {
+    use rustix::fs::{AtFlags, CWD, StatxAttributes, StatxFlags};
+    let st = rustix::fs::statx(
+        CWD,
+        path,
+        AtFlags::NO_AUTOMOUNT | AtFlags::SYMLINK_NOFOLLOW,
+        StatxFlags::empty(),
+    )
+    .ok()?;
+    st.stx_attributes_mask
+        .contains(StatxAttributes::MOUNT_ROOT)
+        .then(|| st.stx_attributes.contains(StatxAttributes::MOUNT_ROOT))
 }
 
 impl Mounter for LinuxMounter {
     fn mounts_at(&self, path: &Path) -> io::Result<Vec<MountEntry>> {
+        // mountinfo grows with every pod on the node and is read whole: skip it when
+        // statx already says nothing is mounted here (a first publish, an unpublish
+        // done, the agent directory under our chart's layout).
+        if is_mount_root(path) == Some(false) {
+            return Ok(Vec::new());
+        }
         let text = std::fs::read_to_string(mountinfo::THREAD_MOUNTINFO)?;
         Ok(mountinfo::mounts_at_in(&text, path))
     }
@@ -124,16 +214,28 @@ impl Mounter for LinuxMounter {
         // Mount onto the directory that was validated, by its descriptor: a symlink put
         // at the path after validation cannot redirect the bind.
         let target_fd = target.open_dir()?;
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let stage = self.staging_dir.join(format!("{}-{n}", std::process::id()));
-        std::fs::create_dir_all(&stage)?;
-        let result = stage_and_bind(source, &stage, &fd_handle(&target_fd), mode);
-        // Detach: nothing should hold the staging mount, and it must never linger.
-        if !self.mounts_at(&stage)?.is_empty() {
-            unmount(&stage, UnmountFlags::DETACH)?;
+        let stage = self.staged(source, mode)?;
+        mount_bind(&stage, &fd_handle(&target_fd))?;
+        Ok(())
+    }
+
+    fn top_mount(&self, path: &Path) -> Option<(u64, bool)> {
+        use rustix::fs::{AtFlags, CWD, StatVfsMountFlags, StatxFlags};
+        let st = rustix::fs::statx(
+            CWD,
+            path,
+            AtFlags::NO_AUTOMOUNT | AtFlags::SYMLINK_NOFOLLOW,
+            StatxFlags::MNT_ID,
+        )
+        .ok()?;
+        if !StatxFlags::from_bits_retain(st.stx_mask).contains(StatxFlags::MNT_ID) {
+            return None;
         }
-        std::fs::remove_dir(&stage)?;
-        result
+        let read_only = rustix::fs::statvfs(path)
+            .ok()?
+            .f_flag
+            .contains(StatVfsMountFlags::RDONLY);
+        Some((st.stx_mnt_id, read_only))
     }
 
     fn unmount(&self, target: &OpenTarget) -> io::Result<()> {
@@ -148,13 +250,6 @@ impl Mounter for LinuxMounter {
         }
         Ok(())
     }
-}
-
-fn stage_and_bind(source: &Path, stage: &Path, target: &Path, mode: HostMount) -> io::Result<()> {
-    mount_bind(source, stage)?;
-    mount_remount(stage, mode.flags(), "")?;
-    mount_bind(stage, target)?;
-    Ok(())
 }
 
 #[cfg(test)]
@@ -194,8 +289,10 @@ pub(crate) mod fake {
             Ok(self.lock().get(path).cloned().unwrap_or_default())
         }
 
-        fn same_directory(&self, _target: &OpenTarget, _source: &Path) -> io::Result<bool> {
-            Ok(true)
+        fn same_directory(&self, target: &OpenTarget, _source: &Path) -> io::Result<bool> {
+            let mounts = self.lock();
+            let top = mounts.get(&target.path).and_then(|m| m.last());
+            Ok(!top.is_some_and(MountEntry::is_deleted))
         }
 
         fn bind(&self, source: &Path, target: &OpenTarget, mode: HostMount) -> io::Result<()> {
@@ -214,6 +311,12 @@ pub(crate) mod fake {
                     read_only: mode.read_only(),
                 });
             Ok(())
+        }
+
+        fn top_mount(&self, path: &Path) -> Option<(u64, bool)> {
+            let mounts = self.lock();
+            let top = mounts.get(path)?.last()?;
+            Some((top.mount_id, top.read_only))
         }
 
         fn unmount(&self, target: &OpenTarget) -> io::Result<()> {

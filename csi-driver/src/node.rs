@@ -41,9 +41,18 @@ pub struct NodeService<M> {
     config: NodeConfig,
     mounter: Arc<M>,
     in_flight: Arc<Mutex<HashSet<String>>>,
-    /// target -> volume_id for targets this process published, to tell a repeated call
-    /// from a different volume on the same target.
-    published: Mutex<HashMap<PathBuf, String>>,
+    /// Targets this process published or found live: to tell a repeated call from a
+    /// different volume on the same target, and to answer kubelet's republish of a live
+    /// mount without reading mountinfo.
+    published: Mutex<HashMap<PathBuf, Published>>,
+}
+
+/// What this process knows about a target it published.
+#[derive(Debug, Clone)]
+struct Published {
+    volume_id: String,
+    /// The mount's id when we last saw it live and alone on the target.
+    mount_id: Option<u64>,
 }
 
 /// Proof that we hold a volume; dropping it lets the next call for the volume in.
@@ -245,6 +254,9 @@ impl<M: Mounter> NodeService<M> {
         target
             .create_dir()
             .map_err(io_err("creating target directory", path))?;
+        if self.still_live(volume_id, target) {
+            return Ok(OnTarget::Live);
+        }
         let stacked = self
             .mounter
             .mounts_at(path)
@@ -256,7 +268,7 @@ impl<M: Mounter> NodeService<M> {
         // names for this path (its handle is derived from the pod uid and volume name).
         let owner = lock(&self.published)
             .get(path)
-            .cloned()
+            .map(|p| p.volume_id.clone())
             .unwrap_or_else(|| target.target.kubelet_volume_id());
         if owner != volume_id {
             return Err(PublishError::AlreadyPublished {
@@ -271,7 +283,7 @@ impl<M: Mounter> NodeService<M> {
                 .same_directory(target, &self.config.agent_socket_dir)
                 .unwrap_or(false);
         if live && stacked.len() == 1 {
-            lock(&self.published).insert(path.to_owned(), volume_id.to_owned());
+            self.remember(path, volume_id, Some(top.mount_id));
             return Ok(OnTarget::Live);
         }
         Ok(OnTarget::Stale {
@@ -304,8 +316,41 @@ impl<M: Mounter> NodeService<M> {
                 "bind-mounting the agent socket directory onto",
                 path,
             ))?;
-        lock(&self.published).insert(path.to_owned(), volume_id.to_owned());
+        let mount_id = self.mounter.top_mount(path).map(|(id, _)| id);
+        self.remember(path, volume_id, mount_id);
         Ok(())
+    }
+
+    fn remember(&self, path: &Path, volume_id: &str, mount_id: Option<u64>) {
+        lock(&self.published).insert(
+            path.to_owned(),
+            Published {
+                volume_id: volume_id.to_owned(),
+                mount_id,
+            },
+        );
+    }
+
+    /// kubelet's republish of a mount this process saw live: the same mount is still
+    /// on top (so nothing was stacked on it, and it was alone when we saw it), with the
+    /// right read-only flag, and still shows the agent directory. Answered with two
+    /// stats instead of a mountinfo read, which grows with every mount on the node.
+    fn still_live(&self, volume_id: &str, target: &OpenTarget) -> bool {
+        let known = lock(&self.published).get(&target.path).cloned();
+        let Some(Published {
+            volume_id: owner,
+            mount_id: Some(known_id),
+        }) = known
+        else {
+            return false;
+        };
+        owner == volume_id
+            && self.mounter.top_mount(&target.path)
+                == Some((known_id, self.config.host_mount.read_only()))
+            && self
+                .mounter
+                .same_directory(target, &self.config.agent_socket_dir)
+                .unwrap_or(false)
     }
 
     /// The agent directory must exist and, seen from this process, not be a dead mount.

@@ -155,16 +155,17 @@ fn published_target_is_read_only_on_the_node_and_shows_the_agent_socket() {
         // The agent keeps writing its own directory.
         std::fs::write(s.agent_dir.join("new"), "x").unwrap();
         assert!(s.target.join("new").exists());
-        // No staging mount is left behind.
+        // One staged mount is kept for the next publish: read-only, like the target.
         let text = std::fs::read_to_string(mountinfo::THREAD_MOUNTINFO).unwrap();
-        let staged = mountinfo::parse(&text)
+        let staged: Vec<MountEntry> = mountinfo::parse(&text)
             .into_iter()
             .filter(|m| {
                 m.mount_point.starts_with(s.node_staging(dir))
                     && m.mount_point != s.node_staging(dir)
             })
-            .count();
-        assert_eq!(staged, 0);
+            .collect();
+        assert_eq!(staged.len(), 1, "{staged:?}");
+        assert!(staged[0].read_only, "{staged:?}");
         let condition = s.condition();
         assert!(
             !condition.abnormal,
@@ -187,6 +188,30 @@ fn repeated_publish_keeps_exactly_one_mount() {
             s.publish();
         }
         assert_eq!(mounts_at(&s.target).len(), 1);
+    });
+}
+
+/// Republish answers from the mount id it remembered; a mount stacked on top since, or
+/// the same mount made writable, must still be noticed and repaired.
+#[test]
+fn republish_repairs_a_mount_stacked_on_top_or_made_writable() {
+    in_private_mount_namespace(|dir| {
+        let s = setup(dir, &dir.join("pods"));
+        s.publish();
+        s.publish();
+        mount_bind(&s.agent_dir, &s.target).unwrap();
+        assert_eq!(mounts_at(&s.target).len(), 2);
+        s.publish();
+        let mounts = mounts_at(&s.target);
+        assert_eq!(mounts.len(), 1, "{mounts:?}");
+        assert_read_only(&s.target);
+        rustix::mount::mount_remount(&s.target, rustix::mount::MountFlags::BIND, "").unwrap();
+        assert!(!mounts_at(&s.target)[0].read_only);
+        s.publish();
+        let mounts = mounts_at(&s.target);
+        assert_eq!(mounts.len(), 1, "{mounts:?}");
+        assert!(mounts[0].read_only, "{mounts:?}");
+        assert_read_only(&s.target);
     });
 }
 
@@ -355,6 +380,9 @@ impl<F: Fn() + Send + Sync + 'static> spiffe_csi_driver::mount::Mounter for Befo
     }
     fn unmount(&self, target: &spiffe_csi_driver::target_path::OpenTarget) -> std::io::Result<()> {
         self.inner.unmount(target)
+    }
+    fn top_mount(&self, path: &Path) -> Option<(u64, bool)> {
+        self.inner.top_mount(path)
     }
 }
 
