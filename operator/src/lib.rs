@@ -17,3 +17,4 @@ pub mod spire;
 pub mod status;
 pub mod template;
 pub mod webhook;
+pub mod workload_api;

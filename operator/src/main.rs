@@ -272,6 +272,13 @@ async fn async_main() -> anyhow::Result<()> {
             tracing::warn!("{note}");
         }
         if let Some(socket) = &args.spire_api_socket {
+            if let Some(tcp) = &config.spire_server_tcp {
+                anyhow::bail!(
+                    "--spire-api-socket {} cannot be used with spireServerAddress {:?} in the config file; use one: the Unix socket or the TCP address",
+                    socket.display(),
+                    tcp.address
+                );
+            }
             tracing::warn!(
                 socket = %socket.display(),
                 "--spire-api-socket is deprecated (as in spire-controller-manager); it overrides spireServerSocketPath"

@@ -178,7 +178,11 @@ pub async fn run(mut args: RunArgs, config: Config) -> anyhow::Result<()> {
         Some((store, handle))
     };
 
-    let spire = connect_spire(&config, args.spire_timeout, &metrics).await;
+    let address = match &config.spire_server_tcp {
+        None => SpireAddress::Unix(config.spire_server_socket_path.clone()),
+        Some(tcp) => spire_operator::spire::tcp::address(tcp, metrics.clone()).await?,
+    };
+    let spire = connect_spire(address, &config, args.spire_timeout, &metrics).await;
 
     if let Some((store, _)) = &webhook {
         let manager = webhook::ManagerConfig {
@@ -329,8 +333,12 @@ pub async fn run(mut args: RunArgs, config: Config) -> anyhow::Result<()> {
 }
 
 /// Waits for the SPIRE server (it may start after us, e.g. as a sibling container).
-async fn connect_spire(config: &Config, timeout: Duration, metrics: &Metrics) -> SpireClient {
-    let address = SpireAddress::Unix(config.spire_server_socket_path.clone());
+async fn connect_spire(
+    address: SpireAddress,
+    config: &Config,
+    timeout: Duration,
+    metrics: &Metrics,
+) -> SpireClient {
     let defaults = ClientOptions::default();
     let options = ClientOptions {
         timeout,
@@ -348,7 +356,7 @@ async fn connect_spire(config: &Config, timeout: Duration, metrics: &Metrics) ->
             }
             Err(e) => {
                 metrics.spire_reachable.set(0);
-                tracing::warn!(error = %e, retry_in = ?delay, "SPIRE server not reachable yet");
+                tracing::warn!(error = %spire_operator::spire::error_chain(&e), retry_in = ?delay, "SPIRE server not reachable yet");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(10));
             }

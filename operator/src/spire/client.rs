@@ -9,6 +9,8 @@ use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 use super::api::{agent, bundle, entry, svid, trustdomain, types};
+use super::{SpiffeId, tls};
+use crate::workload_api::X509Source;
 
 /// Entries requested per ListEntries page by default. Large pages keep a full resync at
 /// 10k+ entries to a handful of round trips; SPIRE streams each page from its datastore.
@@ -46,12 +48,25 @@ impl Default for ClientOptions {
 pub enum SpireAddress {
     /// The server's local (admin) Unix socket, `server.socket_path` in its config.
     Unix(PathBuf),
+    /// The server's TCP API (`server.bind_address`/`bind_port`), over mTLS with our own
+    /// X.509-SVID; the server must list our SPIFFE ID in `admin_ids`.
+    Tcp {
+        /// `host:port`.
+        address: String,
+        /// The SPIFFE ID the server's certificate must carry.
+        server_id: SpiffeId,
+        /// Our SVID and the trust bundle, from the Workload API.
+        source: X509Source,
+    },
 }
 
 impl fmt::Display for SpireAddress {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             SpireAddress::Unix(path) => write!(f, "unix://{}", path.display()),
+            SpireAddress::Tcp {
+                address, server_id, ..
+            } => write!(f, "tcp://{address} ({server_id})"),
         }
     }
 }
@@ -59,6 +74,14 @@ impl fmt::Display for SpireAddress {
 /// What went wrong talking to the SPIRE server.
 #[derive(Debug, thiserror::Error)]
 pub enum SpireError {
+    /// The TLS client could not be set up for the address.
+    #[error("SPIRE server address {address}: {reason}")]
+    Address {
+        /// The address.
+        address: SpireAddress,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The transport could not be set up.
     #[error("connecting to the SPIRE server at {address}")]
     Connect {
@@ -108,7 +131,7 @@ impl SpireError {
                 source.code(),
                 tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
             ),
-            Self::Malformed { .. } => false,
+            Self::Malformed { .. } | Self::Address { .. } => false,
         }
     }
 }
@@ -131,21 +154,38 @@ impl SpireClient {
         options: &ClientOptions,
     ) -> Result<Self, SpireError> {
         let timeout = options.timeout;
-        let SpireAddress::Unix(path) = &address;
-        let path = path.clone();
-        // The URI is required by the HTTP/2 layer but never resolved: the connector dials the socket.
-        let channel =
-            Endpoint::from_static("http://spire-server.invalid")
-                .timeout(timeout)
-                .connect_timeout(timeout)
-                .connect_with_connector(tower::service_fn(move |_: Uri| {
-                    let path = path.clone();
-                    async move {
-                        Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?))
-                    }
-                }))
-                .await
-                .map_err(|source| SpireError::Connect { address, source })?;
+        // The URI is required by the HTTP/2 layer but never resolved: the connectors
+        // dial the socket or the TCP address themselves.
+        let endpoint = Endpoint::from_static("http://spire-server.invalid")
+            .timeout(timeout)
+            .connect_timeout(timeout);
+        let connected = match &address {
+            SpireAddress::Unix(path) => {
+                let path = path.clone();
+                endpoint
+                    .connect_with_connector(tower::service_fn(move |_: Uri| {
+                        let path = path.clone();
+                        async move {
+                            Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?))
+                        }
+                    }))
+                    .await
+            }
+            SpireAddress::Tcp {
+                address: host_port,
+                server_id,
+                source,
+            } => {
+                let connector = tls::Connector::new(host_port, server_id.clone(), source).map_err(
+                    |reason| SpireError::Address {
+                        address: address.clone(),
+                        reason,
+                    },
+                )?;
+                endpoint.connect_with_connector(connector).await
+            }
+        };
+        let channel = connected.map_err(|source| SpireError::Connect { address, source })?;
         Ok(Self {
             channel,
             list_page_size: options.list_page_size.max(1),
