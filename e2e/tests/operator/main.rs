@@ -10,4 +10,5 @@ mod large_entries;
 mod leader_election;
 mod pod_entries;
 mod reconcile_switches;
+mod spire_tcp;
 mod webhook;

@@ -92,7 +92,7 @@ pub enum SpireError {
         source: tonic::transport::Error,
     },
     /// The server answered a call with a non-OK status, or the call failed in transit.
-    #[error("SPIRE server call {method} failed")]
+    #[error("SPIRE server call {method} failed with {:?}", source.code())]
     Rpc {
         /// The gRPC method, e.g. `entry.v1.Entry/ListEntries`.
         method: &'static str,

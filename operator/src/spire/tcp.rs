@@ -72,7 +72,7 @@ pub async fn address(
     loop {
         match source.ready(every).await {
             Ok(identity) => {
-                tracing::info!(spiffe_id = %identity.spiffe_id, "got the operator's X.509-SVID");
+                tracing::info!(spiffe_id = %identity.spiffe_id, "got the operator's X.509-SVID; the SPIRE server must list it in admin_ids for the operator's calls to be allowed");
                 break;
             }
             Err(e) => {
