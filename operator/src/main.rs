@@ -48,6 +48,10 @@ enum Command {
         #[arg(long, env = "SPIRE_API_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
         timeout: Duration,
     },
+    /// Keeps the registration entries an operator outside the SPIRE server's pod needs
+    /// (a node alias for the cluster's agents and the operator's own entry), through the
+    /// server's admin socket: run it in the server's pod. Re-checks every --interval.
+    BootstrapEntry(BootstrapArgs),
     /// Prints the CustomResourceDefinitions of ClusterSPIFFEID, ClusterStaticEntry and
     /// ClusterFederatedTrustDomain as one multi-document YAML stream, or writes one file
     /// per kind with --out-dir.
@@ -68,6 +72,39 @@ enum Command {
         #[arg(long, env = "SPIRE_OPERATOR_EXPAND_ENV")]
         expand_env: bool,
     },
+}
+
+/// Arguments of `bootstrap-entry`.
+#[derive(clap::Args, Debug)]
+struct BootstrapArgs {
+    /// Path of the SPIRE server's admin API Unix socket.
+    #[arg(
+        long,
+        env = "SPIRE_SERVER_SOCKET_PATH",
+        default_value = "/spire-server/api.sock"
+    )]
+    spire_server_socket_path: PathBuf,
+    /// The trust domain.
+    #[arg(long, env = "SPIRE_TRUST_DOMAIN")]
+    trust_domain: String,
+    /// The cluster name the agents attest with (k8s_psat).
+    #[arg(long, env = "SPIRE_CLUSTER_NAME")]
+    cluster_name: String,
+    /// The operator's SPIFFE ID (the server's admin_ids must list it).
+    #[arg(long, env = "SPIRE_OPERATOR_SPIFFE_ID")]
+    spiffe_id: SpiffeId,
+    /// The operator pod's namespace.
+    #[arg(long, env = "SPIRE_OPERATOR_NAMESPACE")]
+    operator_namespace: String,
+    /// The operator pod's ServiceAccount.
+    #[arg(long, env = "SPIRE_OPERATOR_SERVICE_ACCOUNT")]
+    operator_service_account: String,
+    /// Lifetime of the operator's X.509-SVIDs; 0s keeps the server's default.
+    #[arg(long, env = "SPIRE_OPERATOR_SVID_TTL", default_value = "0s", value_parser = parse_duration)]
+    svid_ttl: Duration,
+    /// How often the entries are checked again (a deleted one comes back).
+    #[arg(long, env = "SPIRE_OPERATOR_BOOTSTRAP_INTERVAL", default_value = "5m", value_parser = parse_duration)]
+    interval: Duration,
 }
 
 /// controller-runtime's zap flags, which spire-controller-manager's command line accepts.
@@ -310,6 +347,7 @@ async fn async_main() -> anyhow::Result<()> {
             spire_server_socket_path,
             timeout,
         } => check_spire(SpireAddress::Unix(spire_server_socket_path), timeout).await,
+        Command::BootstrapEntry(args) => bootstrap_entry(args).await,
         Command::Crds { out_dir: None } => {
             print!("{}", spire_operator::crd::all_yaml()?);
             Ok(())
@@ -328,6 +366,41 @@ async fn async_main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+async fn bootstrap_entry(args: BootstrapArgs) -> anyhow::Result<()> {
+    use spire_operator::spire::bootstrap;
+    let identity = bootstrap::OperatorIdentity {
+        spiffe_id: args.spiffe_id,
+        trust_domain: args.trust_domain,
+        cluster_name: args.cluster_name,
+        namespace: args.operator_namespace,
+        service_account: args.operator_service_account,
+        x509_svid_ttl: args.svid_ttl,
+    };
+    let entries = identity.entries()?;
+    let address = SpireAddress::Unix(args.spire_server_socket_path);
+    loop {
+        let outcome = async {
+            let client = SpireClient::connect(address.clone(), Duration::from_secs(30)).await?;
+            anyhow::Ok(bootstrap::ensure(&client, entries.clone()).await?)
+        }
+        .await;
+        match outcome {
+            Ok(ensured) => {
+                tracing::info!(spiffe_id = %identity.spiffe_id, created = ensured.created, existing = ensured.existing, "operator entries in place")
+            }
+            Err(e) => {
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "could not ensure the operator's entries; retrying in 10s"
+                );
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                continue;
+            }
+        }
+        tokio::time::sleep(args.interval).await;
     }
 }
 

@@ -3,4 +3,5 @@
 //! and prove its RBAC by running the operator with the chart's ServiceAccount.
 
 mod install;
+mod operator_deployment;
 mod render;

@@ -223,3 +223,51 @@ async fn an_operator_missing_from_admin_ids_is_denied() -> anyhow::Result<()> {
     assert!(failed >= 1.0, "failed calls counted: {failed}");
     Ok(())
 }
+
+#[tokio::test]
+async fn bootstrap_entries_for_an_operator_deployment_are_made_once() -> anyhow::Result<()> {
+    use spire_operator::spire::bootstrap::{Ensured, OperatorIdentity, ensure};
+    let spire = Spire::start(TRUST_DOMAIN).await?;
+    let identity = OperatorIdentity {
+        spiffe_id: OPERATOR_ID.parse()?,
+        trust_domain: TRUST_DOMAIN.into(),
+        cluster_name: "prod".into(),
+        namespace: "spire-system".into(),
+        service_account: "spire-operator".into(),
+        x509_svid_ttl: Duration::from_secs(600),
+    };
+    let first = ensure(&spire.client(), identity.entries()?).await?;
+    assert_eq!(
+        first,
+        Ensured {
+            created: 2,
+            existing: 0
+        }
+    );
+    let again = ensure(&spire.client(), identity.entries()?).await?;
+    assert_eq!(
+        again,
+        Ensured {
+            created: 0,
+            existing: 2
+        }
+    );
+    let all = entries::list(&spire).await?;
+    let alias = format!("spiffe://{TRUST_DOMAIN}/spire-rs/cluster/prod");
+    assert!(
+        all.iter().any(|e| e.spiffe_id == alias
+            && e.parent_id == format!("spiffe://{TRUST_DOMAIN}/spire/server")
+            && e.has_selector("k8s_psat:cluster:prod")),
+        "{}",
+        entries::describe(&all)
+    );
+    assert!(
+        all.iter().any(|e| e.spiffe_id == OPERATOR_ID
+            && e.parent_id == alias
+            && e.has_selector("k8s:ns:spire-system")
+            && e.has_selector("k8s:sa:spire-operator")),
+        "{}",
+        entries::describe(&all)
+    );
+    Ok(())
+}

@@ -1,6 +1,7 @@
 //! The SPIRE server: API client and SPIFFE ID handling.
 
 pub mod api;
+pub mod bootstrap;
 mod client;
 mod entry;
 #[cfg(test)]
