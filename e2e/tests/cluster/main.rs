@@ -233,3 +233,4 @@ spec:
     Ok(())
 }
 mod demo;
+mod operator_deployment;
