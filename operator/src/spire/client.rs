@@ -77,8 +77,8 @@ pub enum SpireError {
     /// The TLS client could not be set up for the address.
     #[error("SPIRE server address {address}: {reason}")]
     Address {
-        /// The address.
-        address: SpireAddress,
+        /// The address (boxed: a TCP address is large, and errors travel by value).
+        address: Box<SpireAddress>,
         /// What is wrong with it.
         reason: String,
     },
@@ -86,7 +86,7 @@ pub enum SpireError {
     #[error("connecting to the SPIRE server at {address}")]
     Connect {
         /// The address that was dialled.
-        address: SpireAddress,
+        address: Box<SpireAddress>,
         /// The transport error.
         #[source]
         source: tonic::transport::Error,
@@ -178,14 +178,17 @@ impl SpireClient {
             } => {
                 let connector = tls::Connector::new(host_port, server_id.clone(), source).map_err(
                     |reason| SpireError::Address {
-                        address: address.clone(),
+                        address: Box::new(address.clone()),
                         reason,
                     },
                 )?;
                 endpoint.connect_with_connector(connector).await
             }
         };
-        let channel = connected.map_err(|source| SpireError::Connect { address, source })?;
+        let channel = connected.map_err(|source| SpireError::Connect {
+            address: Box::new(address),
+            source,
+        })?;
         Ok(Self {
             channel,
             list_page_size: options.list_page_size.max(1),
