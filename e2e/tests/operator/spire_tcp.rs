@@ -20,8 +20,20 @@ const OPERATOR_ID: &str = "spiffe://tcp.test/spire-operator";
 /// half its lifetime) several times while the test runs.
 const OPERATOR_SVID_TTL: Duration = Duration::from_secs(30);
 
-/// How long the rotation test keeps reconciling.
-const ROTATION_WINDOW: Duration = Duration::from_secs(75);
+/// How long the rotation test keeps reconciling: past the 3 minutes after which SPIRE
+/// closes a connection (its MaxConnectionAge, ±10 %), so the operator reconnects once
+/// with a rotated SVID.
+const ROTATION_WINDOW: Duration = Duration::from_secs(210);
+
+/// The serial of the client SVID each new TLS connection presented, from the log.
+fn handshake_serials(log: &str) -> Vec<String> {
+    log.lines()
+        .filter(|l| l.contains("TLS connection to the SPIRE server established"))
+        .filter_map(|l| l.split("client_svid_serial=").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .map(str::to_owned)
+        .collect()
+}
 
 /// Registers this test process's uid (the operator runs as it) as `OPERATOR_ID`.
 async fn register_operator(spire: &Spire, ttl: Duration) -> anyhow::Result<()> {
@@ -158,14 +170,17 @@ async fn reconciles_over_tcp_across_svid_rotations_and_refuses_a_server_with_ano
         tokio::time::sleep(Duration::from_secs(3)).await;
     }
     let metrics = operator.metrics().await?;
-    let failed_calls = metrics.value("spire_operator_spire_rpc_failures_total", &[]);
+    // + 0.0: an empty sum is -0.0, which prints as "-0".
+    let failed_calls = metrics.value("spire_operator_spire_rpc_failures_total", &[]) + 0.0;
     let failed_writes = metrics.value(
         "spire_operator_entry_writes_total",
         &[("result", "failure")],
-    );
+    ) + 0.0;
     let updates = metrics.value("spire_operator_workload_svid_updates_total", &[]);
     let lists = metrics.value("spire_operator_entry_lists_total", &[]);
     let rotations = expiries.len().saturating_sub(1);
+    let serials = handshake_serials(&std::fs::read_to_string(operator.log_path())?);
+    eprintln!("client SVID serials of the operator's TLS connections: {serials:?}");
     eprintln!(
         "operator SVID TTL {OPERATOR_SVID_TTL:?}; over {:?}: {rotations} rotations seen \
          (new expiry first seen at {:?}), {updates} Workload API updates, {created} entries \
@@ -176,6 +191,11 @@ async fn reconciles_over_tcp_across_svid_rotations_and_refuses_a_server_with_ano
     anyhow::ensure!(
         rotations >= 1,
         "no SVID rotation seen in {ROTATION_WINDOW:?}: {expiries:?}"
+    );
+    // A connection made after a rotation presented the rotated SVID, and was accepted.
+    anyhow::ensure!(
+        serials.len() >= 2 && serials.windows(2).all(|w| w[0] != w[1]),
+        "expected a reconnection with a rotated SVID, got handshakes with {serials:?}"
     );
     anyhow::ensure!(
         failed_calls == 0.0 && failed_writes == 0.0,

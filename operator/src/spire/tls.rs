@@ -199,6 +199,7 @@ pub struct Connector {
     address: Arc<str>,
     name: ServerName<'static>,
     tls: TlsConnector,
+    source: X509Source,
 }
 
 impl Connector {
@@ -210,6 +211,7 @@ impl Connector {
             address: address.into(),
             name,
             tls: TlsConnector::from(Arc::new(config)),
+            source: source.clone(),
         })
     }
 }
@@ -229,6 +231,10 @@ impl tower::Service<Uri> for Connector {
             let tcp = TcpStream::connect(&*this.address).await?;
             tcp.set_nodelay(true)?;
             let stream = this.tls.connect(this.name, tcp).await?;
+            // One line per connection (SPIRE closes them after 3 minutes): which SVID a
+            // new handshake presented shows that rotations reach new connections.
+            let serial = this.source.current().map(|i| i.serial.clone());
+            tracing::info!(address = %this.address, client_svid_serial = %serial.as_deref().unwrap_or("none"), "TLS connection to the SPIRE server established");
             Ok(TokioIo::new(stream))
         })
     }
