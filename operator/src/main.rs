@@ -44,6 +44,26 @@ enum Command {
             default_value = "/spire-server/api.sock"
         )]
         spire_server_socket_path: PathBuf,
+        /// `host:port` of the server's TCP API instead of the socket: mTLS as this
+        /// process's X.509-SVID (config key `spireServerAddress`).
+        #[arg(long, env = "SPIRE_SERVER_ADDRESS")]
+        spire_server_address: Option<String>,
+        /// With --spire-server-address: the SPIFFE ID the server must present. Default:
+        /// `spiffe://<trust domain of our SVID>/spire/server`.
+        #[arg(
+            long,
+            env = "SPIRE_SERVER_SPIFFE_ID",
+            requires = "spire_server_address"
+        )]
+        spire_server_spiffe_id: Option<SpiffeId>,
+        /// With --spire-server-address: the Workload API socket (`unix:///path` or a
+        /// path). Default: `SPIFFE_ENDPOINT_SOCKET`.
+        #[arg(
+            long,
+            env = "SPIFFE_ENDPOINT_SOCKET",
+            requires = "spire_server_address"
+        )]
+        workload_api_address: Option<String>,
         /// How long each SPIRE API call may take.
         #[arg(long, env = "SPIRE_API_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
         timeout: Duration,
@@ -345,8 +365,26 @@ async fn async_main() -> anyhow::Result<()> {
         Command::Run(_) => unreachable!("handled above"),
         Command::CheckSpire {
             spire_server_socket_path,
+            spire_server_address: None,
             timeout,
+            ..
         } => check_spire(SpireAddress::Unix(spire_server_socket_path), timeout).await,
+        Command::CheckSpire {
+            spire_server_address: Some(address),
+            spire_server_spiffe_id,
+            workload_api_address,
+            timeout,
+            ..
+        } => {
+            let address = tcp_address(
+                address,
+                spire_server_spiffe_id,
+                workload_api_address,
+                timeout,
+            )
+            .await?;
+            check_spire(address, timeout).await
+        }
         Command::BootstrapEntry(args) => bootstrap_entry(args).await,
         Command::Crds { out_dir: None } => {
             print!("{}", spire_operator::crd::all_yaml()?);
@@ -402,6 +440,36 @@ async fn bootstrap_entry(args: BootstrapArgs) -> anyhow::Result<()> {
         }
         tokio::time::sleep(args.interval).await;
     }
+}
+
+/// The TCP address for `check-spire`: our SVID from the Workload API first.
+async fn tcp_address(
+    address: String,
+    server_id: Option<SpiffeId>,
+    workload_api: Option<String>,
+    timeout: Duration,
+) -> anyhow::Result<SpireAddress> {
+    use spire_operator::workload_api::{X509Source, socket_from_address};
+    let workload_api = workload_api
+        .context("--spire-server-address needs --workload-api-address or SPIFFE_ENDPOINT_SOCKET")?;
+    let socket = socket_from_address(&workload_api)
+        .map_err(|e| anyhow::anyhow!("--workload-api-address: {e}"))?;
+    let source = X509Source::start(socket);
+    let identity = source.ready(timeout).await?;
+    println!("our X.509-SVID:      {}", identity.spiffe_id);
+    let server_id = match server_id {
+        Some(id) => id,
+        None => format!(
+            "spiffe://{}/spire/server",
+            identity.spiffe_id.trust_domain()
+        )
+        .parse()?,
+    };
+    Ok(SpireAddress::Tcp {
+        address,
+        server_id,
+        source,
+    })
 }
 
 async fn check_spire(address: SpireAddress, timeout: Duration) -> anyhow::Result<()> {

@@ -291,3 +291,39 @@ async fn bootstrap_entries_for_an_operator_deployment_are_made_once() -> anyhow:
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn check_spire_reaches_the_server_over_tcp() -> anyhow::Result<()> {
+    let spire = Spire::start_with(
+        TRUST_DOMAIN,
+        SpireOptions {
+            admin_ids: vec![OPERATOR_ID.into()],
+            ..Default::default()
+        },
+    )
+    .await?;
+    register_operator(&spire, Duration::from_secs(3600)).await?;
+    let binary = Operator::binary()?;
+    let (address, endpoint) = (spire.server_address(), spire.workload_endpoint());
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(binary)
+            .args(["check-spire", "--spire-server-address", &address])
+            .args(["--workload-api-address", &endpoint, "--timeout", "60s"])
+            .output()
+    })
+    .await??;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for want in [
+        format!("our X.509-SVID:      {OPERATOR_ID}"),
+        format!("trust domain:      {TRUST_DOMAIN}"),
+        "attested agents:   1".into(),
+    ] {
+        assert!(stdout.contains(&want), "{want:?} not in:\n{stdout}");
+    }
+    Ok(())
+}
