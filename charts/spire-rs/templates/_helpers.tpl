@@ -110,8 +110,8 @@ seccompProfile:
 
 {{/* Combinations that cannot work fail the install with a reason. */}}
 {{- define "spire-rs.validate" -}}
-{{- if and .Values.operator.enabled (not .Values.spireServer.enabled) -}}
-{{- fail "operator.enabled needs spireServer.enabled: the operator runs beside the server and uses its admin socket. With an existing SPIRE server, add the operator to that server's pod (see the chart README) and set operator.enabled=false." -}}
+{{- if and .Values.operator.enabled (not .Values.spireServer.enabled) (not (and .Values.operator.deployment.enabled .Values.operator.deployment.spireServerAddress)) -}}
+{{- fail "operator.enabled needs spireServer.enabled: the operator runs beside the server and uses its admin socket. With an existing SPIRE server, either run the operator as a Deployment reaching it over TCP (operator.deployment.enabled with operator.deployment.spireServerAddress; the server must list the operator in admin_ids and hold its entry), or add the operator to that server's pod and set operator.enabled=false." -}}
 {{- end -}}
 {{- if and (include "spire-rs.operatorDeployment" .) (not (and .Values.spireAgent.enabled .Values.csiDriver.enabled)) -}}
 {{- fail "operator.deployment.enabled needs spireAgent.enabled and csiDriver.enabled: the operator gets its own X.509-SVID from the agent's Workload API through the CSI driver." -}}

@@ -161,3 +161,37 @@ fn a_custom_id_and_svid_ttl_reach_admin_ids_and_the_bootstrap_entry() -> anyhow:
     assert!(args.contains("--svid-ttl=10m"), "{args}");
     Ok(())
 }
+
+#[test]
+fn with_an_existing_server_the_deployment_points_at_it_and_renders_no_server() -> anyhow::Result<()>
+{
+    let objects = render(&[
+        "spireServer.enabled=false",
+        "spireAgent.server.address=spire.example.net",
+        "operator.deployment.enabled=true",
+        "operator.deployment.spireServerAddress=spire.example.net:8081",
+    ])?;
+    assert!(!objects.iter().any(|o| o["kind"] == "StatefulSet"
+        || o["kind"] == "Service" && o["metadata"]["name"] == "spire-rs-spire-server"));
+    find(&objects, "Deployment", "spire-rs-spire-operator")?;
+    let config = config_map_key(&objects, "spire-rs-spire-operator", "config.yaml")?;
+    assert!(
+        config.contains("spireServerAddress: spire.example.net:8081"),
+        "{config}"
+    );
+    // Without an address the chart cannot know where the server is.
+    let output = Helm::new()?.output(&[
+        "template",
+        "spire-rs",
+        e2e::helm::chart_dir().to_str().context("chart path")?,
+        "--set",
+        "spireServer.enabled=false,spireAgent.server.address=x,operator.deployment.enabled=true",
+    ])?;
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("operator.deployment.spireServerAddress"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(())
+}
