@@ -9,6 +9,7 @@ use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use spire_operator::config::LogEncoding;
 use spire_operator::spire::{SpiffeId, SpireAddress, SpireClient};
 
+mod commands;
 mod run;
 
 /// Reconciles ClusterSPIFFEID, ClusterStaticEntry and ClusterFederatedTrustDomain
@@ -71,7 +72,7 @@ enum Command {
     /// Keeps the registration entries an operator outside the SPIRE server's pod needs
     /// (a node alias for the cluster's agents and the operator's own entry), through the
     /// server's admin socket: run it in the server's pod. Re-checks every --interval.
-    BootstrapEntry(BootstrapArgs),
+    BootstrapEntry(commands::BootstrapArgs),
     /// Prints the CustomResourceDefinitions of ClusterSPIFFEID, ClusterStaticEntry and
     /// ClusterFederatedTrustDomain as one multi-document YAML stream, or writes one file
     /// per kind with --out-dir.
@@ -92,39 +93,6 @@ enum Command {
         #[arg(long, env = "SPIRE_OPERATOR_EXPAND_ENV")]
         expand_env: bool,
     },
-}
-
-/// Arguments of `bootstrap-entry`.
-#[derive(clap::Args, Debug)]
-struct BootstrapArgs {
-    /// Path of the SPIRE server's admin API Unix socket.
-    #[arg(
-        long,
-        env = "SPIRE_SERVER_SOCKET_PATH",
-        default_value = "/spire-server/api.sock"
-    )]
-    spire_server_socket_path: PathBuf,
-    /// The trust domain.
-    #[arg(long, env = "SPIRE_TRUST_DOMAIN")]
-    trust_domain: String,
-    /// The cluster name the agents attest with (k8s_psat).
-    #[arg(long, env = "SPIRE_CLUSTER_NAME")]
-    cluster_name: String,
-    /// The operator's SPIFFE ID (the server's admin_ids must list it).
-    #[arg(long, env = "SPIRE_OPERATOR_SPIFFE_ID")]
-    spiffe_id: SpiffeId,
-    /// The operator pod's namespace.
-    #[arg(long, env = "SPIRE_OPERATOR_NAMESPACE")]
-    operator_namespace: String,
-    /// The operator pod's ServiceAccount.
-    #[arg(long, env = "SPIRE_OPERATOR_SERVICE_ACCOUNT")]
-    operator_service_account: String,
-    /// Lifetime of the operator's X.509-SVIDs; 0s keeps the server's default.
-    #[arg(long, env = "SPIRE_OPERATOR_SVID_TTL", default_value = "0s", value_parser = parse_duration)]
-    svid_ttl: Duration,
-    /// How often the entries are checked again (a deleted one comes back).
-    #[arg(long, env = "SPIRE_OPERATOR_BOOTSTRAP_INTERVAL", default_value = "5m", value_parser = parse_duration)]
-    interval: Duration,
 }
 
 /// controller-runtime's zap flags, which spire-controller-manager's command line accepts.
@@ -376,7 +344,7 @@ async fn async_main() -> anyhow::Result<()> {
             timeout,
             ..
         } => {
-            let address = tcp_address(
+            let address = commands::tcp_address(
                 address,
                 spire_server_spiffe_id,
                 workload_api_address,
@@ -385,7 +353,7 @@ async fn async_main() -> anyhow::Result<()> {
             .await?;
             check_spire(address, timeout).await
         }
-        Command::BootstrapEntry(args) => bootstrap_entry(args).await,
+        Command::BootstrapEntry(args) => commands::bootstrap_entry(args).await,
         Command::Crds { out_dir: None } => {
             print!("{}", spire_operator::crd::all_yaml()?);
             Ok(())
@@ -405,71 +373,6 @@ async fn async_main() -> anyhow::Result<()> {
             Ok(())
         }
     }
-}
-
-async fn bootstrap_entry(args: BootstrapArgs) -> anyhow::Result<()> {
-    use spire_operator::spire::bootstrap;
-    let identity = bootstrap::OperatorIdentity {
-        spiffe_id: args.spiffe_id,
-        trust_domain: args.trust_domain,
-        cluster_name: args.cluster_name,
-        namespace: args.operator_namespace,
-        service_account: args.operator_service_account,
-        x509_svid_ttl: args.svid_ttl,
-    };
-    let entries = identity.entries()?;
-    let address = SpireAddress::Unix(args.spire_server_socket_path);
-    loop {
-        let outcome = async {
-            let client = SpireClient::connect(address.clone(), Duration::from_secs(30)).await?;
-            anyhow::Ok(bootstrap::ensure(&client, entries.clone()).await?)
-        }
-        .await;
-        match outcome {
-            Ok(ensured) => {
-                tracing::info!(spiffe_id = %identity.spiffe_id, created = ensured.created, existing = ensured.existing, "operator entries in place")
-            }
-            Err(e) => {
-                tracing::warn!(
-                    error = format!("{e:#}"),
-                    "could not ensure the operator's entries; retrying in 10s"
-                );
-                tokio::time::sleep(Duration::from_secs(10)).await;
-                continue;
-            }
-        }
-        tokio::time::sleep(args.interval).await;
-    }
-}
-
-/// The TCP address for `check-spire`: our SVID from the Workload API first.
-async fn tcp_address(
-    address: String,
-    server_id: Option<SpiffeId>,
-    workload_api: Option<String>,
-    timeout: Duration,
-) -> anyhow::Result<SpireAddress> {
-    use spire_operator::workload_api::{X509Source, socket_from_address};
-    let workload_api = workload_api
-        .context("--spire-server-address needs --workload-api-address or SPIFFE_ENDPOINT_SOCKET")?;
-    let socket = socket_from_address(&workload_api)
-        .map_err(|e| anyhow::anyhow!("--workload-api-address: {e}"))?;
-    let source = X509Source::start(socket);
-    let identity = source.ready(timeout).await?;
-    println!("our X.509-SVID:      {}", identity.spiffe_id);
-    let server_id = match server_id {
-        Some(id) => id,
-        None => format!(
-            "spiffe://{}/spire/server",
-            identity.spiffe_id.trust_domain()
-        )
-        .parse()?,
-    };
-    Ok(SpireAddress::Tcp {
-        address,
-        server_id,
-        source,
-    })
 }
 
 async fn check_spire(address: SpireAddress, timeout: Duration) -> anyhow::Result<()> {

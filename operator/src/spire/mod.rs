@@ -1,5 +1,6 @@
 //! The SPIRE server: API client and SPIFFE ID handling.
 
+mod address;
 pub mod api;
 pub mod bootstrap;
 mod client;
