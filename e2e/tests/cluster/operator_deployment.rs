@@ -112,11 +112,12 @@ spec:
     )
     .await?;
     let metrics = operator_metrics(&cluster).await?;
-    let failed = metrics.value("spire_operator_spire_rpc_failures_total", &[]);
+    // + 0.0: an empty sum is -0.0, which prints as "-0".
+    let failed = metrics.value("spire_operator_spire_rpc_failures_total", &[]) + 0.0;
     let failed_writes = metrics.value(
         "spire_operator_entry_writes_total",
         &[("result", "failure")],
-    );
+    ) + 0.0;
     println!(
         "operator SVID rotated {:.0} s after the first check; {} SVID updates, {failed} failed SPIRE calls, {failed_writes} failed writes",
         waited.elapsed().as_secs_f64(),
