@@ -1,4 +1,5 @@
-//! Generates the SPIRE server API client from the hand-written protos in `proto/`.
+//! Generates the SPIRE server API client and the Workload API client from the
+//! hand-written protos in `proto/`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // SAFETY: build scripts are single-threaded; prost-build reads PROTOC from the environment.
@@ -10,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/spire/api/svid.proto",
         "proto/spire/api/trustdomain.proto",
         "proto/spire/api/agent.proto",
+        "proto/spiffe/workload.proto",
     ];
     tonic_prost_build::configure()
         .build_server(true)

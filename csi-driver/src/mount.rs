@@ -215,7 +215,7 @@ impl Mounter for LinuxMounter {
         // at the path after validation cannot redirect the bind.
         let target_fd = target.open_dir()?;
         let stage = self.staged(source, mode)?;
-        mount_bind(&stage, &fd_handle(&target_fd))?;
+        mount_bind(&stage, fd_handle(&target_fd))?;
         Ok(())
     }
 

@@ -47,6 +47,10 @@ pub struct Options {
     /// Run the server with `-expandEnv`, so that `${VAR}` in its configuration (e.g. a
     /// connection string the chart leaves to a Secret) is taken from [`Options::server_env`].
     pub expand_env: bool,
+    /// The server's `admin_ids`: SPIFFE IDs whose X.509-SVIDs may call the admin APIs
+    /// on its TCP address ([`Spire::server_address`]), as an operator outside the
+    /// server's pod does.
+    pub admin_ids: Vec<String>,
 }
 
 /// How a server's bundle endpoint authenticates itself.
@@ -75,6 +79,7 @@ pub struct Spire {
     server_socket: PathBuf,
     workload_socket: PathBuf,
     bundle_endpoint_port: Option<u16>,
+    port: u16,
     dir: WorkDir,
 }
 
@@ -194,8 +199,15 @@ impl Spire {
             server_socket,
             workload_socket,
             bundle_endpoint_port,
+            port,
             dir,
         })
+    }
+
+    /// `127.0.0.1:<port>`: the server's TCP API (agents attest there; admin calls need
+    /// a caller listed in [`Options::admin_ids`]).
+    pub fn server_address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
     }
 
     /// `https://127.0.0.1:<port>`, where the bundle endpoint serves (with
@@ -471,8 +483,19 @@ fn server_config(
         }
         _ => String::new(),
     };
+    let admin_ids = if options.admin_ids.is_empty() {
+        String::new()
+    } else {
+        let quoted: Vec<String> = options
+            .admin_ids
+            .iter()
+            .map(|id| format!("{id:?}"))
+            .collect();
+        format!("admin_ids = [{}]", quoted.join(", "))
+    };
     Ok(format!(
         r#"server {{
+    {admin_ids}
     bind_address = "127.0.0.1"
     bind_port = "{port}"
     socket_path = "{socket}"

@@ -21,6 +21,7 @@
 mod annotations;
 pub mod expand;
 mod raw;
+pub mod spire_server;
 mod static_mode;
 
 use std::collections::BTreeMap;
@@ -33,6 +34,7 @@ use serde::Serialize;
 pub use annotations::AnnotationIdentities;
 pub use expand::expand_env;
 use raw::{RawConfig, RawDuration, RawLabelSelectorConfig, RawLeaderElection};
+pub use spire_server::SpireServerTcp;
 pub use static_mode::StaticMode;
 
 const DEFAULT_GC_INTERVAL: Duration = Duration::from_secs(10);
@@ -110,8 +112,12 @@ pub struct Config {
     #[serde(serialize_with = "serialize_patterns")]
     pub ignore_namespaces: Vec<Regex>,
     /// `spireServerSocketPath`: the SPIRE server admin API socket. Default:
-    /// `/spire-server/api.sock`.
+    /// `/spire-server/api.sock`. Not used with `spireServerAddress`.
     pub spire_server_socket_path: PathBuf,
+    /// `spireServerAddress` and its keys: the server's TCP API over mTLS instead of the
+    /// socket (ours; see [`spire_server`]).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub spire_server_tcp: Option<SpireServerTcp>,
     /// `gcInterval`: the full-resync interval (re-list of SPIRE entries). Default 10s;
     /// zero or negative means the default.
     #[serde(serialize_with = "serialize_duration")]
@@ -453,6 +459,19 @@ impl Config {
                 )?),
             };
         let webhook = webhook(raw.webhook.as_ref())?;
+        let socket_path_set = raw
+            .spire_server_socket_path
+            .as_ref()
+            .is_some_and(|p| !p.as_os_str().is_empty());
+        let spire_server_tcp = spire_server::parse(
+            spire_server::RawTcp {
+                address: raw.spire_server_address,
+                spiffe_id: raw.spire_server_spiffe_id,
+                workload_api_address: raw.workload_api_address,
+            },
+            socket_path_set,
+            &trust_domain,
+        )?;
         let annotation_identities = annotations::parse(raw.annotation_identities)?;
         let log_level = match raw.log_level {
             None => LogLevel::default(),
@@ -476,7 +495,8 @@ impl Config {
             spire_server_socket_path: raw
                 .spire_server_socket_path
                 .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or_else(|| PathBuf::from("/spire-server/api.sock")),
+                .unwrap_or_else(|| PathBuf::from(spire_server::DEFAULT_SOCKET_PATH)),
+            spire_server_tcp,
             gc_interval,
             class_name,
             watch_classless: raw.watch_classless.unwrap_or(false),

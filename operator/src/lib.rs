@@ -18,3 +18,4 @@ pub mod static_mode;
 pub mod status;
 pub mod template;
 pub mod webhook;
+pub mod workload_api;

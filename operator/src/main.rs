@@ -9,6 +9,7 @@ use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use spire_operator::config::LogEncoding;
 use spire_operator::spire::{SpiffeId, SpireAddress, SpireClient};
 
+mod commands;
 mod run;
 mod run_static;
 
@@ -45,10 +46,34 @@ enum Command {
             default_value = "/spire-server/api.sock"
         )]
         spire_server_socket_path: PathBuf,
+        /// `host:port` of the server's TCP API instead of the socket: mTLS as this
+        /// process's X.509-SVID (config key `spireServerAddress`).
+        #[arg(long, env = "SPIRE_SERVER_ADDRESS")]
+        spire_server_address: Option<String>,
+        /// With --spire-server-address: the SPIFFE ID the server must present. Default:
+        /// `spiffe://<trust domain of our SVID>/spire/server`.
+        #[arg(
+            long,
+            env = "SPIRE_SERVER_SPIFFE_ID",
+            requires = "spire_server_address"
+        )]
+        spire_server_spiffe_id: Option<SpiffeId>,
+        /// With --spire-server-address: the Workload API socket (`unix:///path` or a
+        /// path). Default: `SPIFFE_ENDPOINT_SOCKET`.
+        #[arg(
+            long,
+            env = "SPIFFE_ENDPOINT_SOCKET",
+            requires = "spire_server_address"
+        )]
+        workload_api_address: Option<String>,
         /// How long each SPIRE API call may take.
         #[arg(long, env = "SPIRE_API_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
         timeout: Duration,
     },
+    /// Keeps the registration entries an operator outside the SPIRE server's pod needs
+    /// (a node alias for the cluster's agents and the operator's own entry), through the
+    /// server's admin socket: run it in the server's pod. Re-checks every --interval.
+    BootstrapEntry(commands::BootstrapArgs),
     /// Prints the CustomResourceDefinitions of ClusterSPIFFEID, ClusterStaticEntry and
     /// ClusterFederatedTrustDomain as one multi-document YAML stream, or writes one file
     /// per kind with --out-dir.
@@ -273,6 +298,13 @@ async fn async_main() -> anyhow::Result<()> {
             tracing::warn!("{note}");
         }
         if let Some(socket) = &args.spire_api_socket {
+            if let Some(tcp) = &config.spire_server_tcp {
+                anyhow::bail!(
+                    "--spire-api-socket {} cannot be used with spireServerAddress {:?} in the config file; use one: the Unix socket or the TCP address",
+                    socket.display(),
+                    tcp.address
+                );
+            }
             tracing::warn!(
                 socket = %socket.display(),
                 "--spire-api-socket is deprecated (as in spire-controller-manager); it overrides spireServerSocketPath"
@@ -305,8 +337,27 @@ async fn async_main() -> anyhow::Result<()> {
         Command::Run(_) => unreachable!("handled above"),
         Command::CheckSpire {
             spire_server_socket_path,
+            spire_server_address: None,
             timeout,
+            ..
         } => check_spire(SpireAddress::Unix(spire_server_socket_path), timeout).await,
+        Command::CheckSpire {
+            spire_server_address: Some(address),
+            spire_server_spiffe_id,
+            workload_api_address,
+            timeout,
+            ..
+        } => {
+            let address = commands::tcp_address(
+                address,
+                spire_server_spiffe_id,
+                workload_api_address,
+                timeout,
+            )
+            .await?;
+            check_spire(address, timeout).await
+        }
+        Command::BootstrapEntry(args) => commands::bootstrap_entry(args).await,
         Command::Crds { out_dir: None } => {
             print!("{}", spire_operator::crd::all_yaml()?);
             Ok(())

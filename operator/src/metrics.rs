@@ -64,6 +64,12 @@ pub struct Metrics {
     registry: Registry,
     entry_writes: Family<WriteLabels, Counter>,
     spire_rpc_duration: HistogramFamily,
+    spire_rpc_failures: Family<MethodLabels, Counter>,
+    /// X.509-SVIDs (new or rotated, or a new bundle) received from the Workload API, for
+    /// the TCP+mTLS connection to the SPIRE server.
+    pub workload_svid_updates: Counter,
+    /// When the operator's current X.509-SVID expires, Unix seconds (0 without one).
+    pub workload_svid_expiry: Gauge,
     /// Existing entries taken over in place.
     pub entries_adopted: Counter,
     /// Desired entries found as entries the operator may not adopt (left alone).
@@ -144,6 +150,12 @@ impl Metrics {
             "spire_rpc_duration_seconds",
             "SPIRE server API call latency, by method",
             spire_rpc_duration.clone(),
+        );
+        let spire_rpc_failures = Family::<MethodLabels, Counter>::default();
+        registry.register(
+            "spire_rpc_failures",
+            "SPIRE server API calls that failed as a whole (unreachable, refused, timed out), by method",
+            spire_rpc_failures.clone(),
         );
         let counter = |registry: &mut Registry, name: &str, help: &str| {
             let c = Counter::default();
@@ -304,9 +316,20 @@ impl Metrics {
                 "initial_sync_complete",
                 "1 once the first full reconcile after start finished",
             ),
+            workload_svid_updates: counter(
+                &mut registry,
+                "workload_svid_updates",
+                "X.509-SVID updates received from the Workload API",
+            ),
+            workload_svid_expiry: gauge(
+                &mut registry,
+                "workload_svid_expiry_timestamp_seconds",
+                "When the operator's own X.509-SVID expires (Unix seconds)",
+            ),
             registry,
             entry_writes,
             spire_rpc_duration,
+            spire_rpc_failures,
             entries_adopted,
             entry_conflicts,
             entry_lists,
@@ -358,6 +381,15 @@ impl Metrics {
                 method: method.to_owned(),
             })
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts one SPIRE API call that failed as a whole.
+    pub fn rpc_failed(&self, method: &str) {
+        self.spire_rpc_failures
+            .get_or_create(&MethodLabels {
+                method: method.to_owned(),
+            })
+            .inc();
     }
 
     /// Counts one admission review of `kind` and its verdict.

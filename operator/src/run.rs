@@ -159,7 +159,8 @@ pub async fn run(mut args: RunArgs, config: Config) -> anyhow::Result<()> {
         Some((store, handle))
     };
 
-    let spire = connect_spire(&config, args.spire_timeout, &metrics).await;
+    let address = spire_address(&config, &metrics).await?;
+    let spire = connect_spire(address, &config, args.spire_timeout, &metrics).await;
 
     if let Some((store, _)) = &webhook {
         let manager = webhook::ManagerConfig {
@@ -356,13 +357,25 @@ pub(crate) fn spawn_http_servers(
     [metrics_server, health_server]
 }
 
+/// Where the SPIRE server API is: its admin socket, or over TCP+mTLS with our own
+/// SVID from the Workload API (`spireServerAddress`).
+pub(crate) async fn spire_address(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<SpireAddress> {
+    Ok(match &config.spire_server_tcp {
+        None => SpireAddress::Unix(config.spire_server_socket_path.clone()),
+        Some(tcp) => spire_operator::spire::tcp::address(tcp, metrics.clone()).await?,
+    })
+}
+
 /// Waits for the SPIRE server (it may start after us, e.g. as a sibling container).
 pub(crate) async fn connect_spire(
+    address: SpireAddress,
     config: &Config,
     timeout: Duration,
     metrics: &Metrics,
 ) -> SpireClient {
-    let address = SpireAddress::Unix(config.spire_server_socket_path.clone());
     let defaults = ClientOptions::default();
     let options = ClientOptions {
         timeout,
@@ -380,7 +393,7 @@ pub(crate) async fn connect_spire(
             }
             Err(e) => {
                 metrics.spire_reachable.set(0);
-                tracing::warn!(error = %e, retry_in = ?delay, "SPIRE server not reachable yet");
+                tracing::warn!(error = %spire_operator::spire::error_chain(&e), retry_in = ?delay, "SPIRE server not reachable yet");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(10));
             }

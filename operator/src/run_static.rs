@@ -14,7 +14,7 @@ use spire_operator::static_mode::StaticSource;
 use spire_operator::webhook::Validator;
 use tokio::sync::Notify;
 
-use crate::run::{RunArgs, connect_spire, spawn_http_servers, terminated};
+use crate::run::{RunArgs, connect_spire, spawn_http_servers, spire_address, terminated};
 
 pub async fn run(args: RunArgs, config: Config, mode: StaticMode) -> anyhow::Result<()> {
     tracing::info!(
@@ -46,7 +46,8 @@ pub async fn run(args: RunArgs, config: Config, mode: StaticMode) -> anyhow::Res
             .with_context(|| format!("creating --state-dir {:?}", args.state_dir))?;
     metrics.caches_synced.set(1);
     // Bad files are reported at once, before waiting for the server.
-    let spire = connect_spire(&config, args.spire_timeout, &metrics).await;
+    let address = spire_address(&config, &metrics).await?;
+    let spire = connect_spire(address, &config, args.spire_timeout, &metrics).await;
     // One replica, always the writer: static mode has no Lease.
     metrics.leader.set(1);
     let dirty = Arc::new(DirtySet::default());

@@ -85,10 +85,36 @@ seccompProfile:
 {{/* Directory (in the server pod) of the admin socket the operator shares. */}}
 {{- define "spire-rs.adminSocketDir" -}}/run/spire/server-admin{{- end -}}
 
+{{/* Whether the operator runs as its own Deployment (TCP+mTLS) rather than a sidecar. */}}
+{{- define "spire-rs.operatorDeployment" -}}
+{{- if and .Values.operator.enabled .Values.operator.deployment.enabled -}}true{{- end -}}
+{{- end -}}
+
+{{/* The ServiceAccount the operator runs as: its own as a Deployment, the server's as a sidecar. */}}
+{{- define "spire-rs.operatorServiceAccount" -}}
+{{- if include "spire-rs.operatorDeployment" . -}}
+{{- include "spire-rs.operatorName" . -}}
+{{- else -}}
+{{- include "spire-rs.serverName" . -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The operator Deployment's SPIFFE ID (the server's admin_ids lists it). */}}
+{{- define "spire-rs.operatorSPIFFEID" -}}
+{{- with .Values.operator.deployment.spiffeID -}}
+{{- . -}}
+{{- else -}}
+{{- printf "spiffe://%s/ns/%s/sa/%s" .Values.global.trustDomain .Release.Namespace (include "spire-rs.operatorName" .) -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Combinations that cannot work fail the install with a reason. */}}
 {{- define "spire-rs.validate" -}}
-{{- if and .Values.operator.enabled (not .Values.spireServer.enabled) -}}
-{{- fail "operator.enabled needs spireServer.enabled: the operator runs beside the server and uses its admin socket. With an existing SPIRE server, add the operator to that server's pod (see the chart README) and set operator.enabled=false." -}}
+{{- if and .Values.operator.enabled (not .Values.spireServer.enabled) (not (and .Values.operator.deployment.enabled .Values.operator.deployment.spireServerAddress)) -}}
+{{- fail "operator.enabled needs spireServer.enabled: the operator runs beside the server and uses its admin socket. With an existing SPIRE server, either run the operator as a Deployment reaching it over TCP (operator.deployment.enabled with operator.deployment.spireServerAddress; the server must list the operator in admin_ids and hold its entry), or add the operator to that server's pod and set operator.enabled=false." -}}
+{{- end -}}
+{{- if and (include "spire-rs.operatorDeployment" .) (not (and .Values.spireAgent.enabled .Values.csiDriver.enabled)) -}}
+{{- fail "operator.deployment.enabled needs spireAgent.enabled and csiDriver.enabled: the operator gets its own X.509-SVID from the agent's Workload API through the CSI driver." -}}
 {{- end -}}
 {{- if and .Values.spireServer.enabled (gt (int .Values.spireServer.replicas) 1) (eq .Values.spireServer.dataStore.type "sqlite3") -}}
 {{- fail "spireServer.replicas > 1 needs spireServer.dataStore.type postgres or mysql: each replica would have its own sqlite database." -}}

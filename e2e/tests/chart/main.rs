@@ -3,5 +3,6 @@
 //! and prove its RBAC by running the operator with the chart's ServiceAccount.
 
 mod install;
+mod operator_deployment;
 mod rbac;
 mod render;

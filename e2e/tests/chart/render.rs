@@ -93,6 +93,10 @@ async fn every_values_file_lints_renders_and_validates_against_the_apiserver() -
         kinds("external-db-values")
             .contains(&"Ingress/spire-rs-oidc-discovery-provider".to_owned())
     );
+    assert!(
+        kinds("operator-deployment-values")
+            .contains(&"Deployment/spire-rs-spire-operator".to_owned())
+    );
     let federation = kinds("federation-values");
     for expected in [
         "Service/spire-rs-spire-server-bundle-endpoint",
@@ -278,6 +282,17 @@ async fn wrong_values_fail_with_a_message_naming_them() -> anyhow::Result<()> {
                 "operator.config.annotationIdentities.allowedSPIFFEIDTemplates[0]=ns/x",
             ],
             "/operator/config/annotationIdentities/allowedSPIFFEIDTemplates/0",
+        ),
+        (
+            &[
+                "--set",
+                "operator.deployment.enabled=true,csiDriver.enabled=false",
+            ],
+            "operator.deployment.enabled needs spireAgent.enabled and csiDriver.enabled",
+        ),
+        (
+            &["--set", "operator.deployment.spiffeID=example.org/operator"],
+            "/operator/deployment/spiffeID",
         ),
         (
             &["--set", "operator.enabled=false,spireServer.enabled=false"],

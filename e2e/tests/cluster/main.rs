@@ -293,3 +293,4 @@ async fn republish_twice(cluster: &Cluster, pod: &Pod) -> anyhow::Result<()> {
 }
 
 mod demo;
+mod operator_deployment;

@@ -11,5 +11,6 @@ mod large_entries;
 mod leader_election;
 mod pod_entries;
 mod reconcile_switches;
+mod spire_tcp;
 mod static_mode;
 mod webhook;

@@ -33,6 +33,12 @@ pub(super) struct RawConfig {
     pub cluster_domain: Option<String>,
     pub ignore_namespaces: Option<Vec<String>>,
     pub spire_server_socket_path: Option<PathBuf>,
+    /// Ours (see [`super::spire_server`]).
+    pub spire_server_address: Option<String>,
+    #[serde(rename = "spireServerSPIFFEID")]
+    pub spire_server_spiffe_id: Option<String>,
+    #[serde(rename = "workloadAPIAddress")]
+    pub workload_api_address: Option<String>,
     pub gc_interval: Option<RawDuration>,
     pub class_name: Option<String>,
     pub watch_classless: Option<bool>,

@@ -127,8 +127,11 @@ impl FederationReconciler {
             Ok(listed) => listed,
             Err(e) => {
                 self.ctx.metrics.spire_reachable.set(0);
+                self.ctx
+                    .metrics
+                    .rpc_failed("trustdomain.v1.TrustDomain/ListFederationRelationships");
                 if let Some(suppressed) = self.retry.should_log() {
-                    tracing::warn!(error = %e, suppressed, "listing federation relationships failed; retrying with backoff");
+                    tracing::warn!(error = %crate::spire::error_chain(&e), suppressed, "listing federation relationships failed; retrying with backoff");
                 }
                 return false;
             }

@@ -364,9 +364,10 @@ impl Reconciler {
             }
             Err(e) => {
                 self.ctx.metrics.spire_reachable.set(0);
+                self.ctx.metrics.rpc_failed("entry.v1.Entry/ListEntries");
                 let retry_in = self.list_retry.failed();
                 if let Some(suppressed) = self.list_retry.should_log() {
-                    tracing::warn!(error = %e, ?retry_in, failures = self.list_retry.attempt(), suppressed, "listing entries failed; retrying with backoff");
+                    tracing::warn!(error = %crate::spire::error_chain(&e), ?retry_in, failures = self.list_retry.attempt(), suppressed, "listing entries failed; retrying with backoff");
                 }
                 false
             }

@@ -108,11 +108,12 @@ pub async fn execute(
             }
             Err(e) => {
                 report.unreachable |= e.is_unavailable();
+                metrics.rpc_failed("entry.v1.Entry/BatchDeleteEntry");
                 metrics.record_writes(Operation::Delete, 0, ids.len() as u64);
                 for id in ids {
                     report.failed.push(Failure {
                         key: key_of(&id),
-                        message: e.to_string(),
+                        message: crate::spire::error_chain(&e),
                     });
                 }
             }
@@ -199,11 +200,15 @@ pub async fn execute(
             }
             Err(e) => {
                 report.unreachable |= e.is_unavailable();
+                metrics.rpc_failed(match op {
+                    Operation::Create => "entry.v1.Entry/BatchCreateEntry",
+                    _ => "entry.v1.Entry/BatchUpdateEntry",
+                });
                 metrics.record_writes(op, 0, batch.len() as u64);
                 for (_, spec) in batch {
                     report.failed.push(Failure {
                         key: Some(spec.key),
-                        message: e.to_string(),
+                        message: crate::spire::error_chain(&e),
                     });
                 }
             }

@@ -1,13 +1,10 @@
 //! A typed client for the SPIRE server API subset the operator uses.
 
-use std::fmt;
-use std::path::PathBuf;
 use std::time::Duration;
 
-use hyper_util::rt::TokioIo;
-use tokio::net::UnixStream;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 
+pub use super::address::SpireAddress;
 use super::api::{agent, bundle, entry, svid, trustdomain, types};
 
 /// Entries requested per ListEntries page by default. Large pages keep a full resync at
@@ -41,35 +38,28 @@ impl Default for ClientOptions {
     }
 }
 
-/// Where the SPIRE server API listens.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SpireAddress {
-    /// The server's local (admin) Unix socket, `server.socket_path` in its config.
-    Unix(PathBuf),
-}
-
-impl fmt::Display for SpireAddress {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            SpireAddress::Unix(path) => write!(f, "unix://{}", path.display()),
-        }
-    }
-}
-
 /// What went wrong talking to the SPIRE server.
 #[derive(Debug, thiserror::Error)]
 pub enum SpireError {
+    /// The TLS client could not be set up for the address.
+    #[error("SPIRE server address {address}: {reason}")]
+    Address {
+        /// The address (boxed: a TCP address is large, and errors travel by value).
+        address: Box<SpireAddress>,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The transport could not be set up.
     #[error("connecting to the SPIRE server at {address}")]
     Connect {
         /// The address that was dialled.
-        address: SpireAddress,
+        address: Box<SpireAddress>,
         /// The transport error.
         #[source]
         source: tonic::transport::Error,
     },
     /// The server answered a call with a non-OK status, or the call failed in transit.
-    #[error("SPIRE server call {method} failed")]
+    #[error("SPIRE server call {method} failed with {:?}", source.code())]
     Rpc {
         /// The gRPC method, e.g. `entry.v1.Entry/ListEntries`.
         method: &'static str,
@@ -108,7 +98,7 @@ impl SpireError {
                 source.code(),
                 tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
             ),
-            Self::Malformed { .. } => false,
+            Self::Malformed { .. } | Self::Address { .. } => false,
         }
     }
 }
@@ -130,22 +120,7 @@ impl SpireClient {
         address: SpireAddress,
         options: &ClientOptions,
     ) -> Result<Self, SpireError> {
-        let timeout = options.timeout;
-        let SpireAddress::Unix(path) = &address;
-        let path = path.clone();
-        // The URI is required by the HTTP/2 layer but never resolved: the connector dials the socket.
-        let channel =
-            Endpoint::from_static("http://spire-server.invalid")
-                .timeout(timeout)
-                .connect_timeout(timeout)
-                .connect_with_connector(tower::service_fn(move |_: Uri| {
-                    let path = path.clone();
-                    async move {
-                        Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?))
-                    }
-                }))
-                .await
-                .map_err(|source| SpireError::Connect { address, source })?;
+        let channel = super::address::dial(address, options.timeout).await?;
         Ok(Self {
             channel,
             list_page_size: options.list_page_size.max(1),

@@ -202,8 +202,12 @@ async fn main() -> anyhow::Result<()> {
         csids: args.csids,
     };
     // Built (if stale) now, so that the build is not timed.
-    let operator_binary = Operator::binary()?;
-    let mut report = report::Report::new(&args, &operator_binary);
+    let operator_binary = if args.suites.contains(&Suite::Operator) {
+        Some(Operator::binary()?)
+    } else {
+        None
+    };
+    let mut report = report::Report::new(&args, operator_binary.as_deref());
     if args.suites.contains(&Suite::Operator) {
         operators(&args, &setup, &mut report).await?;
     }

@@ -49,7 +49,7 @@ pub struct Report {
 }
 
 impl Report {
-    pub fn new(args: &Args, operator_binary: &Path) -> Self {
+    pub fn new(args: &Args, operator_binary: Option<&Path>) -> Self {
         let pin = |key: &str| {
             VERSIONS_ENV
                 .lines()
@@ -87,7 +87,7 @@ impl Report {
                 "cpu": cpu,
             },
             "versions": {
-                "ours": output(operator_binary, &["--version"]),
+                "ours": operator_binary.map(|b| output(b, &["--version"])),
                 "ours_commit": output(Path::new("git"), &["rev-parse", "--short", "HEAD"]),
                 "spire-controller-manager": pin("SPIRE_CONTROLLER_MANAGER_VERSION"),
                 "spire-server": pin("SPIRE_VERSION"),
