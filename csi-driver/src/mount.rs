@@ -45,7 +45,7 @@ pub trait Mounter: Send + Sync + 'static {
     /// The mounts stacked on `path`, bottom first; empty when it is not a mount point.
     fn mounts_at(&self, path: &Path) -> io::Result<Vec<MountEntry>>;
     /// Whether `target` (as it is now, through any mount on it) and `source` are the same
-    /// directory (device and inode).
+    /// directory (device and inode), and it has not been removed.
     fn same_directory(&self, target: &OpenTarget, source: &Path) -> io::Result<bool>;
     /// Bind-mounts `source` onto `target` with `mode`'s flags in effect from the moment
     /// the mount appears, in this namespace and in every peer it propagates to.
@@ -156,10 +156,12 @@ impl LinuxMounter {
     }
 }
 
-/// Whether `a` and `b` are the same directory now (device and inode, through mounts).
+/// Whether `a` and `b` are the same directory now (device and inode, through mounts),
+/// and it still exists (a removed directory has no links left, though a mount of it
+/// keeps it reachable).
 fn same_inode(a: &Path, b: &Path) -> io::Result<bool> {
     let (a, b) = (std::fs::metadata(a)?, std::fs::metadata(b)?);
-    Ok(a.dev() == b.dev() && a.ino() == b.ino())
+    Ok(a.dev() == b.dev() && a.ino() == b.ino() && a.nlink() > 0)
 }
 
 /// Detaches whatever is mounted on a staging directory and removes it.
@@ -207,7 +209,9 @@ impl Mounter for LinuxMounter {
     fn same_directory(&self, target: &OpenTarget, source: &Path) -> io::Result<bool> {
         let a = rustix::fs::fstat(target.open_dir()?)?;
         let b = std::fs::metadata(source)?;
-        Ok(a.st_dev == b.dev() && a.st_ino == b.ino())
+        // A removed directory (no links) is never the live source, even when the
+        // driver's own view of the source is the same dead mount.
+        Ok(a.st_dev == b.dev() && a.st_ino == b.ino() && a.st_nlink > 0)
     }
 
     fn bind(&self, source: &Path, target: &OpenTarget, mode: HostMount) -> io::Result<()> {

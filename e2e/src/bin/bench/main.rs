@@ -5,7 +5,7 @@
 //! node; nothing runs them) in namespaces of 100, and `--csids` ClusterSPIFFEIDs that
 //! each select every pod, one entry per pod each (with a DNS name template). Then, for
 //! `--runs` rounds, each tool in turn (ours, SCM, ours, SCM, ...) on a fresh SPIRE server
-//! (sqlite on tmpfs or disk): the SPIRE write floor for the same number of entries, then
+//! (sqlite on tmpfs or disk, or PostgreSQL): the SPIRE write floor for the same number of entries, then
 //! the tool's cold convergence, idle cost, a template change and churn at each rate.
 //! Prints a markdown table (per-run figures, medians, ours/SCM) and writes it as JSON
 //! to `--out`. See docs/benchmarks.md for what each scenario measures and what bounds it.
@@ -56,7 +56,7 @@ pub struct Args {
     /// Scenarios after cold convergence, which always runs (`--scenarios cold`: only it).
     #[arg(long, value_delimiter = ',', default_value = "idle,template,churn")]
     scenarios: Vec<Scenario>,
-    /// Where SPIRE's sqlite datastore lives.
+    /// SPIRE's datastore: sqlite on tmpfs or disk, or PostgreSQL.
     #[arg(long, value_enum, default_value_t = Datastore::Tmpfs)]
     datastore: Datastore,
     /// Idle scenario length, seconds.
@@ -120,6 +120,17 @@ pub enum Datastore {
     Tmpfs,
     /// sqlite in the server's data directory under $TMPDIR.
     Disk,
+    /// PostgreSQL (Debian's server, started per run, data on /dev/shm, Unix socket), as
+    /// production servers run.
+    Postgres,
+}
+
+/// What must outlive a fresh SPIRE server: its datastore's directory or database.
+enum DatastoreGuard {
+    Tmpfs(tempfile::TempDir),
+    Disk,
+    // Held for its Drop: the database stops with it.
+    Postgres(#[allow(dead_code)] Box<e2e::postgres::Postgres>),
 }
 
 /// The objects every run sees.
@@ -277,24 +288,31 @@ async fn populate(setup: &Setup) -> anyhow::Result<World> {
 }
 
 /// A fresh SPIRE server with its datastore where `datastore` says and its telemetry on.
-/// Returns the server, the telemetry address and the tmpfs directory to keep.
-async fn fresh_spire(
-    datastore: Datastore,
-) -> anyhow::Result<(Spire, String, Option<tempfile::TempDir>)> {
-    let tmpfs = match datastore {
-        Datastore::Tmpfs => Some(
+/// Returns the server, the telemetry address and what its datastore needs kept.
+async fn fresh_spire(datastore: Datastore) -> anyhow::Result<(Spire, String, DatastoreGuard)> {
+    let guard = match datastore {
+        Datastore::Tmpfs => DatastoreGuard::Tmpfs(
             tempfile::Builder::new()
                 .prefix("spire-rs-bench-")
                 .tempdir_in("/dev/shm")
                 .context("creating the datastore directory on /dev/shm")?,
         ),
-        Datastore::Disk => None,
+        Datastore::Disk => DatastoreGuard::Disk,
+        Datastore::Postgres => {
+            DatastoreGuard::Postgres(Box::new(e2e::postgres::Postgres::start().await?))
+        }
     };
     let port = e2e::ports::free_port()?;
+    let (datastore_dir, postgres) = match &guard {
+        DatastoreGuard::Tmpfs(dir) => (Some(dir.path().to_path_buf()), None),
+        DatastoreGuard::Disk => (None, None),
+        DatastoreGuard::Postgres(pg) => (None, Some(pg.connection_string())),
+    };
     let spire = Spire::start_with(
         TRUST_DOMAIN,
         SpireOptions {
-            datastore_dir: tmpfs.as_ref().map(|d| d.path().to_path_buf()),
+            datastore_dir,
+            postgres,
             prometheus_port: Some(port),
             ..Default::default()
         },
@@ -311,7 +329,7 @@ async fn fresh_spire(
         },
     )
     .await?;
-    Ok((spire, addr, tmpfs))
+    Ok((spire, addr, guard))
 }
 
 /// One tool's run on a fresh server: cold convergence, then the chosen scenarios.
@@ -322,7 +340,7 @@ async fn one_run(
     kind: ToolKind,
     run: usize,
 ) -> anyhow::Result<std::collections::BTreeMap<String, Value>> {
-    let (spire, prometheus, _tmpfs) = fresh_spire(args.datastore).await?;
+    let (spire, prometheus, _datastore) = fresh_spire(args.datastore).await?;
     let reader = Reader::new(spire.client());
     let rpcs_before = spire_rpcs(&prometheus).await?;
     let own_before = reader.own_calls();
@@ -400,7 +418,7 @@ async fn floor(setup: &Setup, datastore: Datastore) -> anyhow::Result<f64> {
     use spire_operator::spire::SpiffeId;
     use spire_operator::spire::api::types::{Entry, Selector};
 
-    let (spire, _, _tmpfs) = fresh_spire(datastore).await?;
+    let (spire, _, _datastore) = fresh_spire(datastore).await?;
     let client = spire.client();
     let parent = spire.agent_id().to_api();
     let entries: Vec<Entry> = (0..setup.entries())

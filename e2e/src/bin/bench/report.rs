@@ -171,7 +171,7 @@ impl Report {
             h["versions"]["spire-server"].as_str().unwrap_or("")
         );
         println!(
-            "- {} pods on {} nodes, {} ClusterSPIFFEIDs: {} entries; sqlite on {}; gcInterval {} s; {} run(s) per tool, alternating",
+            "- {} pods on {} nodes, {} ClusterSPIFFEIDs: {} entries; datastore {}; gcInterval {} s; {} run(s) per tool, alternating",
             args.pods,
             args.nodes,
             args.csids,
