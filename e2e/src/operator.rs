@@ -158,9 +158,8 @@ impl Operator {
         kubeconfig: &Path,
         env: &[(&str, &str)],
     ) -> anyhow::Result<Self> {
-        let mut attempt = 1;
-        loop {
-            let mut operator = Self::spawn_with(
+        Self::until_serving(|| {
+            Self::spawn_with(
                 control_plane,
                 spire,
                 cluster_name,
@@ -168,7 +167,21 @@ impl Operator {
                 kubeconfig,
                 env,
             )
-            .await?;
+        })
+        .await
+    }
+
+    /// Spawns with `spawn` until the operator serves its readiness endpoint: ports are
+    /// found free by binding and releasing them, so another process may take one first,
+    /// and a start whose listener fails to bind is retried with new ports.
+    async fn until_serving<F, Fut>(mut spawn: F) -> anyhow::Result<Self>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<Self>>,
+    {
+        let mut attempt = 1;
+        loop {
+            let mut operator = spawn().await?;
             match operator.wait_serving(READY_TIMEOUT).await {
                 Ok(()) => return Ok(operator),
                 Err(e) if attempt < BIND_ATTEMPTS && operator.bind_failed() => {

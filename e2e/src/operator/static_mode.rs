@@ -8,7 +8,7 @@ use std::process::Command;
 use anyhow::bail;
 use serde_norway::Value;
 
-use super::{BIND_ATTEMPTS, Operator, READY_TIMEOUT, config_yaml};
+use super::{Operator, config_yaml};
 use crate::ports::free_port;
 use crate::process::Process;
 use crate::spire::Spire;
@@ -24,18 +24,8 @@ impl Operator {
         extra_config: &str,
         args: &[&str],
     ) -> anyhow::Result<Self> {
-        let mut attempt = 1;
-        loop {
-            let mut operator = Self::spawn_static(spire, manifests, extra_config, args)?;
-            match operator.wait_serving(READY_TIMEOUT).await {
-                Ok(()) => return Ok(operator),
-                Err(e) if attempt < BIND_ATTEMPTS && operator.bind_failed() => {
-                    eprintln!("spire-operator could not bind a port (attempt {attempt}): {e:#}");
-                    attempt += 1;
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        Self::until_serving(|| async { Self::spawn_static(spire, manifests, extra_config, args) })
+            .await
     }
 
     fn spawn_static(

@@ -2,6 +2,7 @@
 //! leader-elected through the real kube-apiserver, the topology of the chart with
 //! `replicas: 2` and an external database.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use e2e::operator::Operator;
@@ -21,12 +22,12 @@ async fn leading(operator: &Operator) -> anyhow::Result<bool> {
         == 1.0)
 }
 
-#[tokio::test]
-async fn a_killed_leader_is_replaced_within_the_lease_without_duplicates() -> anyhow::Result<()> {
-    let f = Faults::start("ha-kill.test", 2).await?;
-    let cp = &f.world.control_plane;
-    let mut pods = f.pods("web", 0..20).await?;
-    let mut first = Operator::start(cp, &f.world.spire, "ha", LEADER_CONFIG).await?;
+/// Waits until `first` leads and the server holds every one of `pods`' entries.
+async fn first_leader_converged(
+    f: &Faults,
+    first: &mut Operator,
+    pods: &BTreeMap<String, String>,
+) -> anyhow::Result<()> {
     first
         .wait_metric("spire_operator_leader", &[], LEASE_DURATION * 2, |v| {
             v == 1.0
@@ -34,11 +35,21 @@ async fn a_killed_leader_is_replaced_within_the_lease_without_duplicates() -> an
         .await?;
     f.converged(
         "first leader",
-        &pods,
+        pods,
         Instant::now(),
         Duration::from_secs(60),
     )
     .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_killed_leader_is_replaced_within_the_lease_without_duplicates() -> anyhow::Result<()> {
+    let f = Faults::start("ha-kill.test", 2).await?;
+    let cp = &f.world.control_plane;
+    let mut pods = f.pods("web", 0..20).await?;
+    let mut first = Operator::start(cp, &f.world.spire, "ha", LEADER_CONFIG).await?;
+    first_leader_converged(&f, &mut first, &pods).await?;
     let mut second = Operator::start(cp, &f.others[0], "ha", LEADER_CONFIG).await?;
     assert!(
         !leading(&second).await?,
@@ -96,18 +107,7 @@ async fn the_leaders_spire_server_killed_and_restarted_converges_with_one_writer
         let second = Operator::start(cp, &f.others[0], "ha", LEADER_CONFIG).await?;
         (first, second)
     };
-    first
-        .wait_metric("spire_operator_leader", &[], LEASE_DURATION * 2, |v| {
-            v == 1.0
-        })
-        .await?;
-    f.converged(
-        "first leader",
-        &pods,
-        Instant::now(),
-        Duration::from_secs(60),
-    )
-    .await?;
+    first_leader_converged(&f, &mut first, &pods).await?;
 
     // The sidecar's SPIRE server crashes; the kubelet would restart it in place. Work
     // arrives meanwhile; the leader keeps the lease and retries (docs/troubleshooting.md).
@@ -162,18 +162,7 @@ async fn a_leader_cut_off_from_the_apiserver_stops_before_the_standby_starts() -
     let mut pods = f.pods("web", 0..20).await?;
     let mut first =
         Operator::start_as(cp, &f.world.spire, "ha", LEADER_CONFIG, &kubeconfig).await?;
-    first
-        .wait_metric("spire_operator_leader", &[], LEASE_DURATION * 2, |v| {
-            v == 1.0
-        })
-        .await?;
-    f.converged(
-        "first leader",
-        &pods,
-        Instant::now(),
-        Duration::from_secs(60),
-    )
-    .await?;
+    first_leader_converged(&f, &mut first, &pods).await?;
     let second = Operator::start(cp, &f.others[0], "ha", LEADER_CONFIG).await?;
 
     // The leader still reaches its SPIRE server, not the kube-apiserver: it cannot renew,
