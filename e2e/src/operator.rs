@@ -34,6 +34,14 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Starts tried when a listener fails to bind its port.
 const BIND_ATTEMPTS: u32 = 3;
 
+/// The operator's `--entry-resync-interval` variable. The harness sets it to `0s`, so
+/// the timed full listing runs every `gcInterval` as with spire-controller-manager:
+/// the scenarios written against the Go tool's cadence (a resync that repairs or
+/// changes nothing, `gcInterval: 1s`) keep it. Passing it with an empty value in `env`
+/// leaves it unset, for the operator's own default (the benchmark, the default-cadence
+/// scenario).
+pub const ENTRY_RESYNC_INTERVAL: &str = "SPIRE_OPERATOR_ENTRY_RESYNC_INTERVAL";
+
 /// A running `spire-operator run`. Dropping it stops the process; its directory (config
 /// and `operator.log`) is kept when the test fails.
 pub struct Operator {
@@ -290,7 +298,11 @@ impl Operator {
             .env("KUBECONFIG", kubeconfig)
             .env("POD_NAME", &identity)
             .env("RUST_BACKTRACE", "1")
+            .env(ENTRY_RESYNC_INTERVAL, "0s")
             .envs(env.iter().copied());
+        if env.contains(&(ENTRY_RESYNC_INTERVAL, "")) {
+            command.env_remove(ENTRY_RESYNC_INTERVAL);
+        }
         let process = Process::spawn("spire-operator", command, &log_path)?;
         Ok(Self {
             process,

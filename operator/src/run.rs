@@ -67,6 +67,13 @@ pub struct RunArgs {
     /// ConfigMaps hold with the API). Default: none, kept in memory only.
     #[arg(long, env = "SPIRE_OPERATOR_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
+    /// The shortest time between two full listings of the SPIRE server's entries. Between
+    /// them the operator works from watch events and its own writes; a listing only
+    /// repairs changes made behind its back (an entry deleted or edited with the CLI).
+    /// The resync runs every `gcInterval` or every this, whichever is longer; `0s` lists
+    /// at every `gcInterval`, as spire-controller-manager does.
+    #[arg(long, env = "SPIRE_OPERATOR_ENTRY_RESYNC_INTERVAL", default_value = "5m", value_parser = crate::parse_duration)]
+    pub entry_resync_interval: Duration,
 }
 
 /// Where a pod's service account token mount says which namespace the pod runs in.
@@ -279,6 +286,7 @@ pub async fn run(mut args: RunArgs, config: Config) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         recorder: Some(recorder),
         state_dir: None,
+        entry_resync_interval: args.entry_resync_interval,
     })
     .await?;
     let federation = async move {

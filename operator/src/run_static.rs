@@ -79,6 +79,7 @@ pub async fn run(args: RunArgs, config: Config, mode: StaticMode) -> anyhow::Res
         metrics: metrics.clone(),
         recorder: None,
         state_dir: args.state_dir.clone(),
+        entry_resync_interval: args.entry_resync_interval,
     })
     .await
     .context("starting the entry reconciler")?;

@@ -69,7 +69,8 @@ impl Operator {
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HOME", &home)
-            .env("RUST_BACKTRACE", "1");
+            .env("RUST_BACKTRACE", "1")
+            .env(super::ENTRY_RESYNC_INTERVAL, "0s");
         let process = Process::spawn("spire-operator", command, &log_path)?;
         Ok(Self {
             process,

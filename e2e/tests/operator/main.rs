@@ -14,5 +14,6 @@ mod large_entries;
 mod leader_election;
 mod pod_entries;
 mod reconcile_switches;
+mod renames_and_resync;
 mod static_mode;
 mod webhook;

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use super::ownership::Class;
 use crate::spire::api::types::EntryMask;
-use crate::spire::{EntryKey, EntrySpec};
+use crate::spire::{EntryKey, EntrySpec, Selectors, SpiffeId};
 
 /// An entry on the server, as the mirror holds it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,6 +27,10 @@ pub struct Plan {
     pub create: Vec<EntrySpec>,
     /// Existing entries (by ID) whose non-key fields change in place.
     pub update: Vec<(String, EntrySpec)>,
+    /// Owned entries whose SPIFFE ID alone changes (same parent ID and selectors: a
+    /// template edit), updated in place instead of a delete and a create: one write
+    /// instead of two, no moment without an entry, and the entry keeps its ID.
+    pub rename: Vec<(String, EntrySpec)>,
     /// Owned entries no longer desired.
     pub delete: Vec<String>,
     /// Entries the operator did not own that match a desired key: taken over in place,
@@ -43,7 +47,10 @@ pub struct Plan {
 impl Plan {
     /// Whether nothing needs writing.
     pub fn is_empty(&self) -> bool {
-        self.create.is_empty() && self.update.is_empty() && self.delete.is_empty()
+        self.create.is_empty()
+            && self.update.is_empty()
+            && self.rename.is_empty()
+            && self.delete.is_empty()
     }
 }
 
@@ -95,22 +102,65 @@ pub fn plan<'a>(
             None => plan.create.push(want.clone()),
         }
     }
+    let mut gone = Vec::new();
     for entry in by_key.values().copied().chain(duplicates) {
         if matched.contains(entry.id.as_str()) {
             continue;
         }
         if entry.class == Class::Owned {
-            plan.delete.push(entry.id.clone());
+            gone.push(entry);
         } else {
             plan.foreign += 1;
         }
     }
     plan.create.sort_by(|a, b| a.key.cmp(&b.key));
+    pair_renames(&mut plan, gone);
     plan.update.sort_by(|a, b| a.0.cmp(&b.0));
+    plan.rename.sort_by(|a, b| a.0.cmp(&b.0));
     plan.delete.sort();
     plan.adopt.sort();
     plan.conflicts.sort();
     plan
+}
+
+/// Turns each create whose parent ID and selectors equal those of an owned entry going
+/// away into a rename of that entry; the other ones going away are deleted. Pairs are
+/// made in a fixed order (creates by key, entries by ID), so a plan over the touched keys
+/// pairs as a plan over everything does.
+fn pair_renames(plan: &mut Plan, mut gone: Vec<&ActualEntry>) {
+    gone.sort_by(|a, b| a.id.cmp(&b.id));
+    // (parent ID, selectors) -> index of the IDs going away with them, in `lists`.
+    let mut by_subject: BTreeMap<(&SpiffeId, &Selectors), usize> = BTreeMap::new();
+    let mut lists: Vec<Vec<&str>> = Vec::new();
+    // Reversed, so that popping takes the lowest ID first.
+    for entry in gone.iter().rev() {
+        let subject = (&entry.spec.key.parent_id, &entry.spec.key.selectors);
+        let slot = *by_subject.entry(subject).or_insert_with(|| {
+            lists.push(Vec::new());
+            lists.len() - 1
+        });
+        lists[slot].push(&entry.id);
+    }
+    let mut renamed = HashSet::new();
+    let mut create = Vec::with_capacity(plan.create.len());
+    for want in std::mem::take(&mut plan.create) {
+        let slot = by_subject
+            .get(&(&want.key.parent_id, &want.key.selectors))
+            .copied();
+        match slot.and_then(|slot| lists[slot].pop()) {
+            Some(id) => {
+                renamed.insert(id);
+                plan.rename.push((id.to_owned(), want));
+            }
+            None => create.push(want),
+        }
+    }
+    plan.create = create;
+    plan.delete = gone
+        .into_iter()
+        .filter(|e| !renamed.contains(e.id.as_str()))
+        .map(|e| e.id.clone())
+        .collect();
 }
 
 #[cfg(test)]
@@ -155,6 +205,7 @@ mod tests {
         let mut web_hinted = web.clone();
         web_hinted.hint = "web".into();
         let web_moved = spec("/ns/a/sa/web2", &["k8s:pod-uid:1"]);
+        let web_elsewhere = spec("/ns/a/sa/web", &["k8s:pod-uid:9"]);
         let db = spec("/ns/a/sa/db", &["k8s:pod-uid:2"]);
         let cli = spec("/legacy", &["unix:uid:0"]);
 
@@ -190,12 +241,31 @@ mod tests {
                 },
             },
             Case {
-                name: "changed SPIFFE ID is delete plus create",
+                name: "changed SPIFFE ID, same parent and selectors, is a rename in place",
                 desired: vec![web_moved.clone()],
                 actual: vec![actual("e1", web.clone(), Owned)],
                 want: Plan {
-                    create: vec![web_moved.clone()],
+                    rename: vec![("e1".into(), web_moved.clone())],
+                    ..Default::default()
+                },
+            },
+            Case {
+                name: "changed selectors are a delete plus a create",
+                desired: vec![web_elsewhere.clone()],
+                actual: vec![actual("e1", web.clone(), Owned)],
+                want: Plan {
+                    create: vec![web_elsewhere.clone()],
                     delete: vec!["e1".into()],
+                    ..Default::default()
+                },
+            },
+            Case {
+                name: "an entry that is not ours is never renamed",
+                desired: vec![web_moved.clone()],
+                actual: vec![actual("scm-1", web.clone(), Adoptable)],
+                want: Plan {
+                    create: vec![web_moved.clone()],
+                    foreign: 1,
                     ..Default::default()
                 },
             },

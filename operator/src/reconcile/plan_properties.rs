@@ -79,6 +79,16 @@ fn apply(server: &mut BTreeMap<String, ActualEntry>, plan: &Plan) {
         assert_eq!(entry.spec.key, spec.key, "an update never changes a key");
         entry.spec = spec.clone();
     }
+    for (id, spec) in &plan.rename {
+        let entry = server.get_mut(id).expect("renamed entry exists");
+        assert_eq!(entry.class, Class::Owned, "renamed {id}, not ours");
+        assert_eq!(
+            (&entry.spec.key.parent_id, &entry.spec.key.selectors),
+            (&spec.key.parent_id, &spec.key.selectors),
+            "a rename changes the SPIFFE ID only"
+        );
+        entry.spec = spec.clone();
+    }
     for id in &plan.delete {
         server.remove(id).expect("deleted entry exists");
     }
@@ -216,6 +226,7 @@ proptest! {
         let full = plan_all(&desired, &mirror, &mask);
         prop_assert_eq!(&incremental.create, &full.create);
         prop_assert_eq!(&incremental.update, &full.update);
+        prop_assert_eq!(&incremental.rename, &full.rename);
         prop_assert_eq!(&incremental.delete, &full.delete);
         // Conflicts of untouched keys are reported by full plans only.
         let touched_conflicts: Vec<_> = full

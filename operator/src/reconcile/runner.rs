@@ -56,6 +56,8 @@ pub struct Context {
     pub recorder: Option<Recorder>,
     /// Static mode's `--state-dir`: where adopted IDs are kept without the API.
     pub state_dir: Option<std::path::PathBuf>,
+    /// `--entry-resync-interval`: the shortest time between two timed full listings.
+    pub entry_resync_interval: Duration,
 }
 
 /// Why the loop cannot start.
@@ -129,6 +131,14 @@ pub struct Reconciler {
     status_retry: Retrier,
 }
 
+/// How often the timer re-lists the server: `gcInterval`, or `--entry-resync-interval`
+/// when that is longer. Watch events and the operator's own writes keep the mirror
+/// current in between; the listing is only the net for changes made behind its back,
+/// and at spire-controller-manager's usual 10 s it is most of the server's idle load.
+pub fn resync_period(gc_interval: Duration, entry_resync_interval: Duration) -> Duration {
+    gc_interval.max(entry_resync_interval)
+}
+
 /// How often fields found unsupported are compared again, in case the server was
 /// upgraded (spire-controller-manager re-checks every 10 minutes too).
 const MASK_RECHECK: Duration = Duration::from_secs(600);
@@ -198,7 +208,8 @@ impl Reconciler {
     /// Runs passes forever. Call once the watches have synced; the first pass is a full one.
     pub async fn run(mut self) {
         self.ctx.dirty.mark(Dirty::Resync);
-        let resync = self.ctx.config.gc_interval;
+        let resync = resync_period(self.ctx.config.gc_interval, self.ctx.entry_resync_interval);
+        tracing::info!(every = ?resync, "entries are fully re-listed on a timer");
         let dirty = self.ctx.dirty.clone();
         tokio::spawn(async move {
             let mut ticker = tokio::time::interval(resync);
@@ -497,6 +508,7 @@ impl Reconciler {
         tracing::info!(
             create = plan.create.len(),
             update = plan.update.len(),
+            rename = plan.rename.len(),
             delete = plan.delete.len(),
             "writing entries"
         );

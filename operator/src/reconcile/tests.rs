@@ -159,6 +159,7 @@ impl Harness {
                 },
             )),
             state_dir: None,
+            entry_resync_interval: Duration::ZERO,
         })
         .await
         .unwrap();

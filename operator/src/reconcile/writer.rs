@@ -127,12 +127,23 @@ pub async fn execute(
             .map(|spec| (ownership.new_id(), spec)),
     );
     let updates = batches(plan.update);
+    // A rename sends the SPIFFE ID too; parent ID and selectors are unchanged.
+    let rename_mask = EntryMask {
+        spiffe_id: true,
+        ..*mask
+    };
+    let renames = batches(plan.rename);
     let calls = creates
         .into_iter()
-        .map(|b| (Operation::Create, b))
-        .chain(updates.into_iter().map(|b| (Operation::Update, b)));
+        .map(|b| (Operation::Create, mask, b))
+        .chain(updates.into_iter().map(|b| (Operation::Update, mask, b)))
+        .chain(
+            renames
+                .into_iter()
+                .map(|b| (Operation::Update, &rename_mask, b)),
+        );
     let mut results = stream::iter(calls)
-        .map(|(op, batch)| async move {
+        .map(|(op, mask, batch)| async move {
             let entries: Vec<types::Entry> = batch
                 .iter()
                 .map(|(id, spec)| spec.to_api(id.clone()))
@@ -151,10 +162,10 @@ pub async fn execute(
                     r
                 }
             };
-            (op, batch, result)
+            (op, mask.spiffe_id, batch, result)
         })
         .buffer_unordered(CONCURRENCY);
-    while let Some((op, batch, result)) = results.next().await {
+    while let Some((op, renaming, batch, result)) = results.next().await {
         let verb = if op == Operation::Create {
             "creating"
         } else {
@@ -186,6 +197,13 @@ pub async fn execute(
                     } else {
                         failed += 1;
                         report.stale_mirror |= code == ALREADY_EXISTS || code == NOT_FOUND;
+                        if renaming {
+                            // The entry keeps its old key: plan it again too.
+                            report.failed.push(Failure {
+                                key: key_of(&id),
+                                message: status_message(verb, &id, r.status.as_ref()),
+                            });
+                        }
                         report.failed.push(Failure {
                             message: status_message(
                                 verb,
@@ -205,7 +223,13 @@ pub async fn execute(
                     _ => "entry.v1.Entry/BatchUpdateEntry",
                 });
                 metrics.record_writes(op, 0, batch.len() as u64);
-                for (_, spec) in batch {
+                for (id, spec) in batch {
+                    if renaming {
+                        report.failed.push(Failure {
+                            key: key_of(&id),
+                            message: crate::spire::error_chain(&e),
+                        });
+                    }
                     report.failed.push(Failure {
                         key: Some(spec.key),
                         message: crate::spire::error_chain(&e),

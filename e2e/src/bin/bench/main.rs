@@ -74,6 +74,10 @@ pub struct Args {
     /// `gcInterval` given to both tools, seconds (the hardened chart renders 10 s).
     #[arg(long, default_value_t = 10)]
     gc_interval_secs: u64,
+    /// Ours' `--entry-resync-interval` (e.g. `0s`: a full listing every `gcInterval`,
+    /// as SCM). Default: the operator's own default.
+    #[arg(long)]
+    entry_resync_interval: Option<String>,
     /// Skip the SPIRE write floor.
     #[arg(long)]
     no_floor: bool,
@@ -351,7 +355,18 @@ async fn one_run(
     let started = Instant::now();
     let tool = match kind {
         ToolKind::Ours => {
-            Running::Ours(Operator::start(&world.control_plane, &spire, CLUSTER, &config).await?)
+            // Empty: unset, the operator's default (the harness would set 0s otherwise).
+            let resync = args.entry_resync_interval.as_deref().unwrap_or("");
+            Running::Ours(
+                Operator::start_with_env(
+                    &world.control_plane,
+                    &spire,
+                    CLUSTER,
+                    &config,
+                    &[(e2e::operator::ENTRY_RESYNC_INTERVAL, resync)],
+                )
+                .await?,
+            )
         }
         ToolKind::Scm => Running::Scm(
             ReferenceControllerManager::start(&world.control_plane, &spire, CLUSTER, &config)

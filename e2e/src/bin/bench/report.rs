@@ -21,6 +21,16 @@ const ROWS: &[(&str, &str, &[&str])] = &[
     ("cold: write RPCs", "cold", &["write_rpcs"]),
     ("idle: tool CPU, s", "idle", &["cpu_seconds"]),
     ("idle: SPIRE server CPU, s", "idle", &["server_cpu_seconds"]),
+    (
+        "idle: SPIRE server CPU without the tool, s",
+        "idle",
+        &["server_baseline_cpu_seconds"],
+    ),
+    (
+        "idle: SPIRE server CPU caused by the tool, s",
+        "idle",
+        &["server_cpu_caused_seconds"],
+    ),
     ("idle: ListEntries calls", "idle", &["list_entries"]),
     ("idle: write RPCs", "idle", &["write_rpcs"]),
     ("idle: tool RSS, MiB", "idle", &["rss_mib"]),
@@ -99,6 +109,7 @@ impl Report {
                 "idle_secs": args.idle_secs, "churn_rates": args.churn_rates,
                 "churn_secs": args.churn_secs, "churn_lifetime_secs": args.churn_lifetime_secs,
                 "gc_interval_secs": args.gc_interval_secs,
+                "entry_resync_interval": args.entry_resync_interval.as_deref().unwrap_or("default"),
             },
         });
         Self {
@@ -171,13 +182,16 @@ impl Report {
             h["versions"]["spire-server"].as_str().unwrap_or("")
         );
         println!(
-            "- {} pods on {} nodes, {} ClusterSPIFFEIDs: {} entries; datastore {}; gcInterval {} s; {} run(s) per tool, alternating",
+            "- {} pods on {} nodes, {} ClusterSPIFFEIDs: {} entries; datastore {}; gcInterval {} s; ours' --entry-resync-interval {}; {} run(s) per tool, alternating",
             args.pods,
             args.nodes,
             args.csids,
             args.pods * args.csids,
             h["options"]["datastore"].as_str().unwrap_or(""),
             args.gc_interval_secs,
+            args.entry_resync_interval
+                .as_deref()
+                .unwrap_or("default (5m)"),
             args.runs
         );
         if !self.floor.is_empty() {

@@ -64,7 +64,9 @@ pub async fn cold(
     let want = setup.entries();
     let mut last_change = (0, Instant::now());
     loop {
+        let looked = Instant::now();
         let have = reader.count().await?;
+        let took = looked.elapsed();
         if have == want {
             break;
         }
@@ -76,7 +78,7 @@ pub async fn cold(
             "{} stuck at {have} of {want} entries for 5 minutes",
             tool.name()
         );
-        tokio::time::sleep(POLL).await;
+        tokio::time::sleep(next_look(POLL, took)).await;
     }
     let took = started.elapsed().as_secs_f64();
     let rpcs = tool_rpcs(
@@ -109,10 +111,24 @@ pub async fn idle(
     let tool_cpu = cpu_seconds(tool.pid()) - tool_cpu;
     let server_cpu = cpu_seconds(server_pid) - server_cpu;
     let rpcs = rpc_delta(&rpcs_before, &spire_rpcs(prometheus).await?);
+    // What the server spends on its own (its entry cache, its CA) with this many
+    // entries: the same server with the tool stopped, scaled to `duration`.
+    let window = duration.min(BASELINE_WINDOW);
+    let baseline = {
+        let _stopped = Stopped::new(tool.pid())?;
+        let before = cpu_seconds(server_pid);
+        tokio::time::sleep(window).await;
+        (cpu_seconds(server_pid) - before) * duration.as_secs_f64() / window.as_secs_f64()
+    };
     Ok(Figures::from([
         ("seconds".into(), json!(duration.as_secs_f64())),
         ("cpu_seconds".into(), json!(tool_cpu)),
         ("server_cpu_seconds".into(), json!(server_cpu)),
+        ("server_baseline_cpu_seconds".into(), json!(baseline)),
+        (
+            "server_cpu_caused_seconds".into(),
+            json!((server_cpu - baseline).max(0.0)),
+        ),
         ("rss_mib".into(), json!(probe::rss_mib(tool.pid()))),
         (
             "list_entries".into(),
@@ -121,6 +137,38 @@ pub async fn idle(
         ("write_rpcs".into(), json!(writes(&rpcs))),
         ("rpcs".into(), json!(rpcs)),
     ]))
+}
+
+/// The longest the idle scenario watches the server with the tool stopped.
+const BASELINE_WINDOW: Duration = Duration::from_secs(60);
+
+/// A process stopped with SIGSTOP until this is dropped.
+struct Stopped(rustix::process::Pid);
+
+impl Stopped {
+    fn new(pid: u32) -> anyhow::Result<Self> {
+        let pid = i32::try_from(pid)
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+            .context("no such pid")?;
+        rustix::process::kill_process(pid, rustix::process::Signal::STOP)
+            .with_context(|| format!("stopping pid {pid:?}"))?;
+        Ok(Self(pid))
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = rustix::process::kill_process(self.0, rustix::process::Signal::CONT);
+    }
+}
+
+/// How long to wait before looking at the server again after a look that took `took`:
+/// at least `floor`, and long enough that the benchmark's own full reads (a CountEntries
+/// is a full listing inside SPIRE) take at most a tenth of the server's time at large
+/// sizes, instead of competing with the writes being timed.
+fn next_look(floor: Duration, took: Duration) -> Duration {
+    floor.max(took * 9)
 }
 
 /// Template change: edit the first ClusterSPIFFEID's spiffeIDTemplate; time until every
@@ -141,7 +189,9 @@ pub async fn template_change(
         .await?;
     let (new_path, old_path) = ("/c0-v2/", "/c0/");
     loop {
+        let looked = Instant::now();
         let entries = reader.list().await?;
+        let took = looked.elapsed();
         let ids = entries
             .iter()
             .filter_map(|e| e.spiffe_id.as_ref().map(|id| id.path.as_str()));
@@ -159,7 +209,7 @@ pub async fn template_change(
             tool.name(),
             setup.pods
         );
-        tokio::time::sleep(LIST_POLL).await;
+        tokio::time::sleep(next_look(LIST_POLL, took)).await;
     }
     let took = started.elapsed().as_secs_f64();
     let cpu = cpu_seconds(tool.pid()) - cpu_before;
