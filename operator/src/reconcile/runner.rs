@@ -519,7 +519,7 @@ impl Reconciler {
             &self.ownership,
             &self.mask,
             &self.ctx.metrics,
-            |id| mirror.get(id).map(|e| e.spec.key.clone()),
+            |id| mirror.get(id).map(|e| &e.spec),
         )
         .await;
         let recovered = Books {

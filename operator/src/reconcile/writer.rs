@@ -61,16 +61,19 @@ pub fn batch_timeout(entries: usize) -> Duration {
     Duration::from_secs(10) + Duration::from_millis(50) * entries as u32
 }
 
-/// Executes `plan`. `key_of` maps a deleted ID to its key for failure reports.
-pub async fn execute(
+/// Executes `plan`. `current` gives the server's entry for an ID as last known (the
+/// mirror): its key for failure reports, and its fields, so that an update sends only
+/// the fields that change.
+pub async fn execute<'m>(
     client: &SpireClient,
     plan: Plan,
     ownership: &Ownership,
     mask: &EntryMask,
     metrics: &Metrics,
-    key_of: impl Fn(&str) -> Option<EntryKey>,
+    current: impl Fn(&str) -> Option<&'m EntrySpec>,
 ) -> WriteReport {
     let mut report = WriteReport::default();
+    let key_of = |id: &str| current(id).map(|spec| spec.key.clone());
 
     let deletes: Vec<Vec<String>> = plan
         .delete
@@ -126,22 +129,15 @@ pub async fn execute(
             .into_iter()
             .map(|spec| (ownership.new_id(), spec)),
     );
-    let updates = batches(plan.update);
-    // A rename sends the SPIFFE ID too; parent ID and selectors are unchanged.
-    let rename_mask = EntryMask {
-        spiffe_id: true,
-        ..*mask
-    };
-    let renames = batches(plan.rename);
+    let updates = by_fields(plan.update, plan.rename, mask, &current);
     let calls = creates
         .into_iter()
         .map(|b| (Operation::Create, mask, b))
-        .chain(updates.into_iter().map(|b| (Operation::Update, mask, b)))
-        .chain(
-            renames
+        .chain(updates.iter().flat_map(|(fields, entries)| {
+            batches(entries.iter().cloned())
                 .into_iter()
-                .map(|b| (Operation::Update, &rename_mask, b)),
-        );
+                .map(move |b| (Operation::Update, fields, b))
+        }));
     let mut results = stream::iter(calls)
         .map(|(op, mask, batch)| async move {
             let entries: Vec<types::Entry> = batch
@@ -239,6 +235,38 @@ pub async fn execute(
         }
     }
     report
+}
+
+/// Groups updates by the fields they send: the ones that differ from the entry as last
+/// known (all of `mask` when it is unknown), plus the SPIFFE ID for renames (parent ID
+/// and selectors never change in an update).
+fn by_fields<'m>(
+    updates: Vec<(String, EntrySpec)>,
+    renames: Vec<(String, EntrySpec)>,
+    mask: &EntryMask,
+    current: &impl Fn(&str) -> Option<&'m EntrySpec>,
+) -> Vec<(EntryMask, Vec<(String, EntrySpec)>)> {
+    let mut groups: Vec<(EntryMask, Vec<(String, EntrySpec)>)> = Vec::new();
+    let flagged = updates
+        .into_iter()
+        .map(|u| (u, false))
+        .chain(renames.into_iter().map(|r| (r, true)));
+    for ((id, spec), rename) in flagged {
+        let mut fields = match current(&id) {
+            Some(have) => spec.differences(have, mask),
+            None => *mask,
+        };
+        fields.spiffe_id = rename;
+        if fields == EntryMask::default() {
+            // Planned against other fields than these: send every one.
+            fields = *mask;
+        }
+        match groups.iter_mut().find(|(f, _)| *f == fields) {
+            Some((_, entries)) => entries.push((id, spec)),
+            None => groups.push((fields, vec![(id, spec)])),
+        }
+    }
+    groups
 }
 
 /// Splits writes into batches without copying them.
@@ -413,6 +441,68 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn updates_send_only_the_fields_that_change_and_renames_the_spiffe_id() {
+        let (web, db, cache) = (spec("/web"), spec("/db"), spec("/cache"));
+        let state = FakeState {
+            entries: [
+                ("web-id".to_string(), web.to_api("web-id".into())),
+                ("db-id".to_string(), db.to_api("db-id".into())),
+                ("cache-id".to_string(), cache.to_api("cache-id".into())),
+            ]
+            .into(),
+            ..Default::default()
+        };
+        let (fake, client, dir) = server("fields", state).await;
+        let mut hinted = web.clone();
+        hinted.hint = "web".into();
+        // db renamed: same parent and selectors, another SPIFFE ID.
+        let mut renamed = db.clone();
+        renamed.key.spiffe_id = "spiffe://td/db-v2".parse().unwrap();
+        let mut cache_more = cache.clone();
+        cache_more.dns_names = vec!["cache.svc".into()];
+        let plan = Plan {
+            update: vec![
+                ("web-id".into(), hinted),
+                ("cache-id".into(), cache_more.clone()),
+                ("unknown-id".into(), cache_more),
+            ],
+            rename: vec![("db-id".into(), renamed)],
+            ..Default::default()
+        };
+        let known = [("web-id", &web), ("db-id", &db), ("cache-id", &cache)];
+        let current = |id: &str| known.iter().find(|(k, _)| *k == id).map(|(_, s)| *s);
+        let ownership = Ownership::new(None, "c", None);
+        let report = execute(
+            &client,
+            plan,
+            &ownership,
+            &managed_fields(),
+            &Metrics::new(),
+            current,
+        )
+        .await;
+        assert_eq!(report.updated.len(), 3, "{:?}", report.failed);
+        let mut masks = fake.state.lock().unwrap().update_masks.clone();
+        masks.sort_by_key(|m| format!("{m:?}"));
+        let only = |f: fn(&mut EntryMask)| {
+            let mut m = EntryMask::default();
+            f(&mut m);
+            m
+        };
+        let mut want = vec![
+            only(|m| m.hint = true),
+            only(|m| m.dns_names = true),
+            only(|m| m.spiffe_id = true),
+            // An entry the mirror does not know: every managed field.
+            managed_fields(),
+        ];
+        want.sort_by_key(|m| format!("{m:?}"));
+        assert_eq!(masks, want);
+        fake.stop().await;
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
     async fn an_unreachable_server_fails_every_entry_and_says_so() {
         let (fake, client, dir) = server("unreachable", FakeState::default()).await;
         fake.stop().await;
@@ -422,7 +512,8 @@ mod tests {
             ..Default::default()
         };
         let ownership = Ownership::new(None, "c", None);
-        let key_of = |id: &str| (id == "x").then(|| spec("/x").key);
+        let x = spec("/x");
+        let key_of = |id: &str| (id == "x").then_some(&x);
         let report = execute(
             &client,
             plan,

@@ -147,14 +147,24 @@ impl EntrySpec {
 
     /// Whether the fields selected by `mask` (other than the key) differ.
     pub fn differs(&self, other: &Self, mask: &types::EntryMask) -> bool {
-        (mask.x509_svid_ttl && self.x509_svid_ttl != other.x509_svid_ttl)
-            || (mask.jwt_svid_ttl && self.jwt_svid_ttl != other.jwt_svid_ttl)
-            || (mask.federates_with && self.federates_with != other.federates_with)
-            || (mask.admin && self.admin != other.admin)
-            || (mask.downstream && self.downstream != other.downstream)
-            || (mask.dns_names && !same_set(&self.dns_names, &other.dns_names))
-            || (mask.hint && self.hint != other.hint)
-            || (mask.store_svid && self.store_svid != other.store_svid)
+        self.differences(other, mask) != types::EntryMask::default()
+    }
+
+    /// The fields selected by `mask` (other than the key) that differ: what an update
+    /// must send. SPIRE rewrites whatever the mask names (DNS names and federation
+    /// rows are deleted and inserted again), so sending less is less work for it.
+    pub fn differences(&self, other: &Self, mask: &types::EntryMask) -> types::EntryMask {
+        types::EntryMask {
+            x509_svid_ttl: mask.x509_svid_ttl && self.x509_svid_ttl != other.x509_svid_ttl,
+            jwt_svid_ttl: mask.jwt_svid_ttl && self.jwt_svid_ttl != other.jwt_svid_ttl,
+            federates_with: mask.federates_with && self.federates_with != other.federates_with,
+            admin: mask.admin && self.admin != other.admin,
+            downstream: mask.downstream && self.downstream != other.downstream,
+            dns_names: mask.dns_names && !same_set(&self.dns_names, &other.dns_names),
+            hint: mask.hint && self.hint != other.hint,
+            store_svid: mask.store_svid && self.store_svid != other.store_svid,
+            ..Default::default()
+        }
     }
 }
 

@@ -31,6 +31,8 @@ pub struct FakeState {
     pub updated: usize,
     /// Entries deleted successfully.
     pub deleted: usize,
+    /// The mask of each BatchUpdateEntry call, in order.
+    pub update_masks: Vec<types::EntryMask>,
     /// Fields the server drops (like an older SPIRE): `hint` is the one modelled.
     pub drops_hint: bool,
 }
@@ -220,7 +222,11 @@ impl Entry for Service {
     ) -> Result<Response<BatchUpdateEntryResponse>, Status> {
         let mut state = self.state();
         let mut results = Vec::new();
-        for mut entry in request.into_inner().entries {
+        let request = request.into_inner();
+        state
+            .update_masks
+            .push(request.input_mask.unwrap_or_default());
+        for mut entry in request.entries {
             if state.fail_writes_for.contains(&key(&entry).0) {
                 results.push(EntryResult {
                     status: status(13, "injected failure"),

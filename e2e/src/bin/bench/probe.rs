@@ -117,13 +117,14 @@ impl Reader {
     }
 
     pub async fn list(&self) -> anyhow::Result<Vec<types::Entry>> {
-        self.lists.fetch_add(1, Ordering::Relaxed);
-        Ok(self.client.list_entries().await?)
+        let entries = self.client.list_entries().await?;
+        self.lists
+            .fetch_add(pages(entries.len()), Ordering::Relaxed);
+        Ok(entries)
     }
 
     /// Entries holding any of the `k8s:pod-uid:<uid>` selectors of `uids`.
     pub async fn for_pods(&self, uids: &[String]) -> anyhow::Result<Vec<types::Entry>> {
-        self.lists.fetch_add(1, Ordering::Relaxed);
         let filter = entry::EntryFilter {
             by_selectors: Some(types::SelectorMatch {
                 selectors: uids
@@ -137,8 +138,18 @@ impl Reader {
             }),
             ..Default::default()
         };
-        Ok(self.client.list_entries_matching(filter).await?)
+        let entries = self.client.list_entries_matching(filter).await?;
+        self.lists
+            .fetch_add(pages(entries.len()), Ordering::Relaxed);
+        Ok(entries)
     }
+}
+
+/// ListEntries calls the client made for `n` entries: SPIRE hands out a next-page
+/// token with every non-empty page, so the last call is an empty page.
+fn pages(n: usize) -> u64 {
+    let page = usize::try_from(spire_operator::spire::DEFAULT_LIST_PAGE_SIZE).unwrap_or(1000);
+    n.div_ceil(page) as u64 + 1
 }
 
 /// The pod UID of an entry's `k8s:pod-uid:` selector.
