@@ -16,9 +16,12 @@ use crate::spire::{EntryKey, EntrySpec, SpireClient, SpireError};
 const WRITE_BATCH: usize = 100;
 /// IDs per BatchDeleteEntry call.
 const DELETE_BATCH: usize = 500;
-/// Batches in flight at once. SPIRE serialises datastore writes, so more mostly adds
-/// contention; two keeps the server busy while a response travels back.
-const CONCURRENCY: usize = 2;
+/// Batches in flight at once. SPIRE writes each entry in its own transaction, and with
+/// sqlite concurrent transactions wait on its lock, so batches in parallel do not make
+/// the server faster: creating 15000 entries (5000 pods, sqlite on tmpfs, `make bench`,
+/// docs/benchmarks.md) took 10.8 and 13.0 s one batch at a time, 14.1 and 13.7 s with
+/// two in flight, and the benchmark's floor client needs 49.5 s with four.
+const CONCURRENCY: usize = 1;
 
 /// gRPC code SPIRE answers for an entry whose key already exists.
 const ALREADY_EXISTS: i32 = 6;
