@@ -74,6 +74,11 @@ pub struct RunArgs {
     /// at every `gcInterval`, as spire-controller-manager does.
     #[arg(long, env = "SPIRE_OPERATOR_ENTRY_RESYNC_INTERVAL", default_value = "5m", value_parser = crate::parse_duration)]
     pub entry_resync_interval: Duration,
+    /// Entry write batches (BatchCreateEntry, BatchUpdateEntry, BatchDeleteEntry) in
+    /// flight at once. One suits SPIRE's default sqlite datastore, whose transactions
+    /// wait on one lock; a server on PostgreSQL or MySQL writes faster with 4.
+    #[arg(long, env = "SPIRE_OPERATOR_SPIRE_WRITE_CONCURRENCY", default_value_t = spire_operator::reconcile::writer::DEFAULT_CONCURRENCY, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub spire_write_concurrency: u16,
 }
 
 /// Where a pod's service account token mount says which namespace the pod runs in.
@@ -287,6 +292,7 @@ pub async fn run(mut args: RunArgs, config: Config) -> anyhow::Result<()> {
         recorder: Some(recorder),
         state_dir: None,
         entry_resync_interval: args.entry_resync_interval,
+        write_concurrency: usize::from(args.spire_write_concurrency),
     })
     .await?;
     let federation = async move {

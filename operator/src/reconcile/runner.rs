@@ -58,6 +58,8 @@ pub struct Context {
     pub state_dir: Option<std::path::PathBuf>,
     /// `--entry-resync-interval`: the shortest time between two timed full listings.
     pub entry_resync_interval: Duration,
+    /// `--spire-write-concurrency`: entry write batches in flight at once.
+    pub write_concurrency: usize,
 }
 
 /// Why the loop cannot start.
@@ -519,6 +521,7 @@ impl Reconciler {
             &self.ownership,
             &self.mask,
             &self.ctx.metrics,
+            self.ctx.write_concurrency,
             |id| mirror.get(id).map(|e| &e.spec),
         )
         .await;

@@ -160,6 +160,7 @@ impl Harness {
             )),
             state_dir: None,
             entry_resync_interval: Duration::ZERO,
+            write_concurrency: usize::from(super::writer::DEFAULT_CONCURRENCY),
         })
         .await
         .unwrap();

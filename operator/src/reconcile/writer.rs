@@ -16,12 +16,14 @@ use crate::spire::{EntryKey, EntrySpec, SpireClient, SpireError};
 const WRITE_BATCH: usize = 100;
 /// IDs per BatchDeleteEntry call.
 const DELETE_BATCH: usize = 500;
-/// Batches in flight at once. SPIRE writes each entry in its own transaction, and with
-/// sqlite concurrent transactions wait on its lock, so batches in parallel do not make
-/// the server faster: creating 15000 entries (5000 pods, sqlite on tmpfs, `make bench`,
-/// docs/benchmarks.md) took 10.8 and 13.0 s one batch at a time, 14.1 and 13.7 s with
-/// two in flight, and the benchmark's floor client needs 49.5 s with four.
-const CONCURRENCY: usize = 1;
+/// Batches in flight at once by default (`--spire-write-concurrency`). SPIRE writes each
+/// entry in its own transaction. With sqlite, concurrent transactions wait on its lock,
+/// so batches in parallel do not make the server faster: creating 15000 entries (5000
+/// pods, sqlite on tmpfs, `make bench`, docs/benchmarks.md) took 10.8 and 13.0 s one
+/// batch at a time and 14.1 and 13.7 s with two in flight, and the benchmark's floor
+/// client needs 49.5 s with four. PostgreSQL is the other way round (floor 16.2 s with
+/// four in flight, ours 35.9 s with one): hence the flag.
+pub const DEFAULT_CONCURRENCY: u16 = 1;
 
 /// gRPC code SPIRE answers for an entry whose key already exists.
 const ALREADY_EXISTS: i32 = 6;
@@ -73,8 +75,10 @@ pub async fn execute<'m>(
     ownership: &Ownership,
     mask: &EntryMask,
     metrics: &Metrics,
+    concurrency: usize,
     current: impl Fn(&str) -> Option<&'m EntrySpec>,
 ) -> WriteReport {
+    let concurrency = concurrency.max(1);
     let mut report = WriteReport::default();
     let key_of = |id: &str| current(id).map(|spec| spec.key.clone());
 
@@ -91,7 +95,7 @@ pub async fn execute<'m>(
             metrics.observe_rpc("entry.v1.Entry/BatchDeleteEntry", started.elapsed());
             (ids, result)
         })
-        .buffer_unordered(CONCURRENCY);
+        .buffer_unordered(concurrency);
     while let Some((ids, result)) = results.next().await {
         match result {
             Ok(results) => {
@@ -163,7 +167,7 @@ pub async fn execute<'m>(
             };
             (op, mask.spiffe_id, batch, result)
         })
-        .buffer_unordered(CONCURRENCY);
+        .buffer_unordered(concurrency);
     while let Some((op, renaming, batch, result)) = results.next().await {
         let verb = if op == Operation::Create {
             "creating"
@@ -388,6 +392,7 @@ mod tests {
             &ownership,
             &managed_fields(),
             &metrics,
+            usize::from(DEFAULT_CONCURRENCY),
             |_| None,
         )
         .await;
@@ -481,6 +486,7 @@ mod tests {
             &ownership,
             &managed_fields(),
             &Metrics::new(),
+            usize::from(DEFAULT_CONCURRENCY),
             current,
         )
         .await;
@@ -523,6 +529,7 @@ mod tests {
             &ownership,
             &managed_fields(),
             &Metrics::new(),
+            usize::from(DEFAULT_CONCURRENCY),
             key_of,
         )
         .await;
