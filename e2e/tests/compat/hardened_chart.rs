@@ -193,7 +193,14 @@ async fn the_charts_default_config_and_args_start_it_unchanged() -> anyhow::Resu
         "default.yaml",
         "controller-manager-config.yaml",
         &["--config=controller-manager-config.yaml"],
-        &[("ENABLE_WEBHOOKS", "true"), ("KUBECONFIG", &kubeconfig)],
+        // The chart's environment, plus the Go tool's listing cadence (a full listing
+        // every gcInterval instead of every 5 minutes), so that a resync happens within
+        // the check below.
+        &[
+            ("ENABLE_WEBHOOKS", "true"),
+            ("KUBECONFIG", &kubeconfig),
+            ("SPIRE_OPERATOR_ENTRY_RESYNC_INTERVAL", "0s"),
+        ],
     )
     .await?;
 
