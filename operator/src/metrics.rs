@@ -78,6 +78,8 @@ pub struct Metrics {
     pub entry_lists: Counter,
     /// Reconcile passes completed.
     pub passes: Counter,
+    /// Pods whose entries were rendered (each rendering of one pod counts once).
+    pub pod_renders: Counter,
     /// Duration of reconcile passes.
     pub pass_duration: Histogram,
     /// Distinct entries the cluster declares.
@@ -179,6 +181,11 @@ impl Metrics {
         );
         let entry_lists = counter(&mut registry, "entry_lists", "Full ListEntries runs");
         let passes = counter(&mut registry, "passes", "Reconcile passes completed");
+        let pod_renders = counter(
+            &mut registry,
+            "pod_renders",
+            "Pods whose entries were rendered from their templates",
+        );
         let pass_duration = Histogram::new(exponential_buckets(0.001, 2.0, 17));
         registry.register(
             "pass_duration_seconds",
@@ -334,6 +341,7 @@ impl Metrics {
             entry_conflicts,
             entry_lists,
             passes,
+            pod_renders,
             pass_duration,
         }
     }

@@ -73,6 +73,11 @@ impl CachedPod {
     pub fn pod(&self) -> Result<Pod, serde_json::Error> {
         serde_json::from_slice(&self.json)
     }
+
+    /// The pod as JSON (cheaper than [`Self::pod`] when only templates read it).
+    pub fn json(&self) -> Result<serde_json::Value, serde_json::Error> {
+        serde_json::from_slice(&self.json)
+    }
 }
 
 /// All cached pods, shared between the watch (writer) and the reconciler (reader).

@@ -1,9 +1,11 @@
 //! Pod entries: which ClusterSPIFFEIDs are in scope, and the entries one pod gets from
 //! them with the objects it depends on (its Node, Namespace, ServiceAccount, Services).
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
+use k8s_openapi::api::core::v1::Node;
 use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
 
@@ -13,7 +15,7 @@ use super::state::KeyId;
 use super::watch::Stores;
 use crate::config::Config;
 use crate::render::{Age, ParentTemplate, PodIdentity, PodInput, SpecError, service_dns_names};
-use crate::spire::EntrySpec;
+use crate::spire::{EntrySpec, SpiffeId};
 use crate::template::TemplateData;
 
 /// The ClusterSPIFFEIDs as last loaded from the store, sorted by what the reconciler
@@ -63,6 +65,27 @@ pub struct PodRecord {
     pub unscheduled: bool,
 }
 
+/// Per node: its template data and the parent ID rendered from it, shared by the
+/// node's pods (rendering both per pod was a third of a cold start's CPU). An entry
+/// holds while the store holds the same object.
+#[derive(Default)]
+pub struct NodeDataCache {
+    nodes: HashMap<String, NodeData>,
+}
+
+struct NodeData {
+    node: Arc<Node>,
+    data: TemplateData,
+    parent: Result<SpiffeId, SpecError>,
+}
+
+impl NodeDataCache {
+    /// Forgets every node (the cache lives for one pass).
+    pub fn clear(&mut self) {
+        self.nodes.clear();
+    }
+}
+
 /// Everything rendering a pod reads besides the pod.
 pub struct PodRenderer<'a> {
     /// The configuration.
@@ -75,12 +98,14 @@ pub struct PodRenderer<'a> {
     pub parent: &'a ParentTemplate,
     /// The ClusterSPIFFEIDs in scope.
     pub cluster_spiffe_ids: &'a ClusterSpiffeIds,
+    /// Node data already built in this pass.
+    pub node_data: &'a mut NodeDataCache,
 }
 
 impl PodRenderer<'_> {
     /// The entries of one pod with the age of the ClusterSPIFFEID that declares each,
     /// and the pod's record (`None` when nothing selects the pod).
-    pub fn render(&self, cached: &CachedPod) -> (Vec<(Age, EntrySpec)>, Option<PodRecord>) {
+    pub fn render(&mut self, cached: &CachedPod) -> (Vec<(Age, EntrySpec)>, Option<PodRecord>) {
         let config = self.config;
         let stores = self.stores;
         let namespace_name = cached.namespace.clone();
@@ -130,32 +155,34 @@ impl PodRenderer<'_> {
             };
             return (Vec::new(), Some(record));
         };
-        let pod = match cached.pod() {
-            Ok(pod) => pod,
-            Err(e) => {
+        let (metadata, spec) = match cached.json() {
+            Ok(serde_json::Value::Object(mut pod)) => (
+                pod.remove("metadata").unwrap_or_default(),
+                pod.remove("spec").unwrap_or_default(),
+            ),
+            other => {
                 // The JSON was produced by us from a decoded pod; failing here is a bug.
-                tracing::error!(pod = %format!("{}/{}", cached.namespace, cached.name), error = %e, "decoding a cached pod");
+                let error = other.map(|_| "not an object".to_owned());
+                tracing::error!(pod = %format!("{}/{}", cached.namespace, cached.name), error = ?error, "decoding a cached pod");
                 return (Vec::new(), None);
             }
         };
-        let pod = &pod;
+        let uid = metadata
+            .get("uid")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
 
         let trust_domain = &config.trust_domain;
-        let node_data = TemplateData::new(trust_domain, &config.cluster_name, self.cluster_domain)
-            .with_node(&node);
-        let parent = self.parent.render(&node_data, trust_domain);
-        let mut data = node_data.with_pod(pod);
+        let node = self.node_data(node, trust_domain);
+        let parent = node.parent.clone();
+        let mut data = node.data.clone().with_pod_json(metadata, spec);
         if let Some(namespace) = &namespace {
             data = data.with_namespace(namespace);
         }
-        let service_account = pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.service_account_name.as_deref())
-            .unwrap_or("default");
         if let Some(sa) = stores
             .service_accounts
-            .get(&ObjectRef::new(service_account).within(&namespace_name))
+            .get(&ObjectRef::new(&cached.service_account).within(&namespace_name))
         {
             data = data.with_service_account(&sa);
         }
@@ -164,11 +191,7 @@ impl PodRenderer<'_> {
                 .services
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .services_of(
-                    &namespace_name,
-                    &pod.name_any(),
-                    &pod.uid().unwrap_or_default(),
-                );
+                .services_of(&namespace_name, &cached.name, &uid);
             let mut names: Vec<String> = services
                 .iter()
                 .flat_map(|s| service_dns_names(s, &namespace_name, self.cluster_domain))
@@ -178,7 +201,6 @@ impl PodRenderer<'_> {
         } else {
             Vec::new()
         };
-        let uid = pod.uid().unwrap_or_default();
         let selected_names: HashSet<&str> = selected.iter().map(|i| i.name.as_str()).collect();
         let result = pod_entries(
             &self.cluster_spiffe_ids.valid,
@@ -204,6 +226,29 @@ impl PodRenderer<'_> {
         };
         let entries = result.owner_ages.into_iter().zip(result.entries).collect();
         (entries, Some(record))
+    }
+}
+
+impl PodRenderer<'_> {
+    /// The node's template data and parent ID, built once per node and pass.
+    fn node_data(&mut self, node: Arc<Node>, trust_domain: &str) -> &NodeData {
+        let name = node.name_any();
+        let fresh = |node: Arc<Node>| {
+            let data =
+                TemplateData::new(trust_domain, &self.config.cluster_name, self.cluster_domain)
+                    .with_node(&node);
+            let parent = self.parent.render(&data, trust_domain);
+            NodeData { node, data, parent }
+        };
+        match self.node_data.nodes.entry(name) {
+            Entry::Occupied(mut held) => {
+                if !Arc::ptr_eq(&held.get().node, &node) {
+                    held.insert(fresh(node));
+                }
+                held.into_mut()
+            }
+            Entry::Vacant(slot) => slot.insert(fresh(node)),
+        }
     }
 }
 

@@ -22,7 +22,7 @@ use super::diff::Plan;
 use super::dirty::DirtySet;
 use super::ownership::Ownership;
 use super::pod_cache::{CachedPod, PodKey};
-use super::pods::{ClusterSpiffeIds, PodRecord, PodRenderer};
+use super::pods::{ClusterSpiffeIds, NodeDataCache, PodRecord, PodRenderer};
 use super::state::{Desired, KeyId, Mirror, Source, plan_all, plan_keys};
 use super::statics::{self, StaticRecord};
 use super::watch::{Dirty, Stores};
@@ -92,6 +92,8 @@ pub enum RunError {
 pub struct Reconciler {
     pub(super) ctx: Context,
     parent: ParentTemplate,
+    /// Node template data, built once per node in a pass.
+    node_data: NodeDataCache,
     /// The ClusterSPIFFEIDs as last loaded (on [`Dirty::ClusterSpiffeIds`]).
     pub(super) cluster_spiffe_ids: ClusterSpiffeIds,
     /// Desired entries, by key and by declaring object.
@@ -145,6 +147,12 @@ pub fn resync_period(gc_interval: Duration, entry_resync_interval: Duration) -> 
 /// upgraded (spire-controller-manager re-checks every 10 minutes too).
 const MASK_RECHECK: Duration = Duration::from_secs(600);
 
+/// What one pass has already recomputed from the caches.
+struct Recomputed<'a> {
+    pods: &'a HashSet<PodKey>,
+    statics: bool,
+}
+
 impl Reconciler {
     /// Prepares the loop; reads the adopted entry IDs.
     pub async fn new(ctx: Context) -> Result<Self, RunError> {
@@ -190,6 +198,7 @@ impl Reconciler {
             mask_checked: Instant::now(),
             ctx,
             parent,
+            node_data: NodeDataCache::default(),
             cluster_spiffe_ids: ClusterSpiffeIds::default(),
             desired: Desired::default(),
             mirror: Mirror::default(),
@@ -237,6 +246,7 @@ impl Reconciler {
     /// One pass over everything marked in `batch`.
     pub(super) async fn pass(&mut self, mut batch: Vec<Dirty>) {
         batch.append(&mut self.deferred);
+        self.node_data.clear();
         // A failed listing schedules its own retry; meanwhile the pass is incremental.
         let resync = batch.contains(&Dirty::Resync) && self.list_entries().await;
         if !self.listed_once {
@@ -283,14 +293,20 @@ impl Reconciler {
         }
 
         let mut touched = HashSet::new();
-        for key in pod_keys {
-            self.recompute_pod(key, &mut touched, &mut affected);
+        for key in &pod_keys {
+            self.recompute_pod(key.clone(), &mut touched, &mut affected);
         }
         if statics {
             self.recompute_statics(&mut touched);
         }
         if resync {
-            self.check_drift(&mut touched, &mut affected);
+            // What this pass just recomputed from the caches cannot have drifted: the
+            // first pass (every pod marked) renders each pod once, not twice.
+            let recomputed = Recomputed {
+                pods: &pod_keys,
+                statics,
+            };
+            self.check_drift(&recomputed, &mut touched, &mut affected);
             if self.mask_checked.elapsed() >= MASK_RECHECK {
                 self.mask_checked = Instant::now();
                 self.mask = managed_fields();
@@ -432,14 +448,24 @@ impl Reconciler {
     /// The safety net behind the watches: recomputes every pod and static entry from
     /// the caches and counts the declaring objects whose entries the incremental state
     /// had wrong (a change the watches did not deliver). Should find nothing.
-    fn check_drift(&mut self, touched: &mut HashSet<KeyId>, affected: &mut BTreeSet<String>) {
+    /// `recomputed` names what this pass already recomputed from the caches.
+    fn check_drift(
+        &mut self,
+        recomputed: &Recomputed,
+        touched: &mut HashSet<KeyId>,
+        affected: &mut BTreeSet<String>,
+    ) {
         let mut pod_keys = HashSet::new();
         self.reload_cluster_spiffe_ids(&mut pod_keys, &mut BTreeSet::new());
         let mut drift = 0;
         for key in pod_keys {
-            drift += usize::from(self.recompute_pod(key, touched, affected));
+            if !recomputed.pods.contains(&key) {
+                drift += usize::from(self.recompute_pod(key, touched, affected));
+            }
         }
-        drift += self.recompute_statics(touched);
+        if !recomputed.statics {
+            drift += self.recompute_statics(touched);
+        }
         if drift > 0 {
             tracing::warn!(
                 objects = drift,
@@ -456,15 +482,17 @@ impl Reconciler {
         touched: &mut HashSet<KeyId>,
         affected: &mut BTreeSet<String>,
     ) -> bool {
-        let renderer = PodRenderer {
+        let mut renderer = PodRenderer {
             config: &self.ctx.config,
             cluster_domain: &self.ctx.cluster_domain,
             stores: &self.ctx.stores,
             parent: &self.parent,
             cluster_spiffe_ids: &self.cluster_spiffe_ids,
+            node_data: &mut self.node_data,
         };
         let (entries, record, annotation) = match self.ctx.stores.pods.get(&key.0, &key.1) {
             Some(pod) => {
+                self.ctx.metrics.pod_renders.inc();
                 let (entries, record) = renderer.render(&pod);
                 (entries, record, renderer.annotation(&pod))
             }

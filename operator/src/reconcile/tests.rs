@@ -447,6 +447,26 @@ async fn a_resync_repairs_and_counts_drift_instead_of_deleting() {
     );
 }
 
+#[tokio::test]
+async fn a_full_pass_renders_each_pod_once() {
+    let mut h = Harness::new("renders", FakeState::default()).await;
+    h.add_workload();
+    // The first pass: the listing, the ClusterSPIFFEIDs and the pod all marked.
+    let pod = Dirty::Pod("shop".into(), "web-0".into());
+    h.pass(&[Dirty::Resync, Dirty::ClusterSpiffeIds, pod.clone()])
+        .await;
+    assert_eq!(h.entries().len(), 1);
+    assert_eq!(
+        h.metrics.pod_renders.get(),
+        1,
+        "the drift check skips what the pass just rendered"
+    );
+    // A timed resync alone: the drift check renders every pod.
+    h.pass(&[Dirty::Resync]).await;
+    assert_eq!(h.metrics.pod_renders.get(), 2);
+    assert_eq!(h.metrics.desired_drift.get(), 0);
+}
+
 /// The pod entry the workload's ClusterSPIFFEID (created 2026-01-01) renders, as a
 /// ClusterStaticEntry spec.
 fn same_key_as_the_pod_entry() -> Value {

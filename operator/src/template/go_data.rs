@@ -18,6 +18,8 @@ use gotmpl::Value;
 use serde::Deserialize;
 use serde_json::Value as Json;
 
+use super::needs::Need;
+
 /// The root Go types of the template data, by template field name.
 #[derive(Debug, Clone, Copy)]
 pub enum Root {
@@ -105,6 +107,50 @@ fn go_struct(type_name: &str, json: &Json) -> Value {
             out.entry(Arc::from(exported(name).as_str()))
                 .or_insert_with(|| plain(value));
         }
+    }
+    Value::Map(Arc::new(out))
+}
+
+/// Converts a JSON object of the given root type into its Go template form, keeping
+/// only the fields `fields` names (what templates read, see [`super::needs`]); each
+/// field holds what [`to_go_value`] gives it.
+pub fn to_go_value_pruned(root: Root, json: &Json, fields: &BTreeMap<String, Need>) -> Value {
+    go_struct_pruned(root_type(root), json, fields)
+}
+
+fn go_struct_pruned(type_name: &str, json: &Json, needed: &BTreeMap<String, Need>) -> Value {
+    let empty = serde_json::Map::new();
+    let object = json.as_object().unwrap_or(&empty);
+    let fields = TABLE
+        .types
+        .get(type_name)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let mut out = BTreeMap::new();
+    for (go_name, need) in needed {
+        let value = if let Some(field) = fields.iter().find(|f| &f.go == go_name) {
+            let json = object.get(&field.json).filter(|v| !v.is_null());
+            match (need, field.kind, field.struct_type.as_deref(), json) {
+                (Need::Fields(sub), Kind::Struct, Some(t), json) => {
+                    go_struct_pruned(t, json.unwrap_or(&Json::Null), sub)
+                }
+                (Need::Fields(sub), Kind::Nil, Some(t), Some(json)) => {
+                    go_struct_pruned(t, json, sub)
+                }
+                (_, _, _, Some(json)) => go_field(field, json),
+                (_, _, _, None) => zero(field),
+            }
+        } else {
+            // As in go_struct: a field newer than the table, under its exported name.
+            let newer = object.iter().find(|(name, _)| {
+                !fields.iter().any(|f| &f.json == *name) && exported(name) == *go_name
+            });
+            match newer {
+                Some((_, value)) => plain(value),
+                None => continue,
+            }
+        };
+        out.insert(Arc::from(go_name.as_str()), value);
     }
     Value::Map(Arc::new(out))
 }

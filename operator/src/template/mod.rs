@@ -11,15 +11,17 @@
 //! are maps here, so a misspelled field inside a guard is not caught, where Go fails.
 
 mod go_data;
+mod needs;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use gotmpl::{MissingKey, Value};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
+use go_data::to_go_value_pruned;
 pub use go_data::{Root, to_go_value};
+use needs::{Need, Needs};
 
 /// A template failed to parse or to render.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +49,8 @@ const NO_VALUE: &str = "<no value>";
 pub struct Template {
     name: String,
     inner: gotmpl::Template,
+    /// What it reads of its data: only that is built for each rendering.
+    needs: Arc<Needs>,
 }
 
 impl std::fmt::Debug for Template {
@@ -63,15 +67,21 @@ impl Template {
             .missing_key(MissingKey::Invalid)
             .func("index", go_index)
             .parse(source)?;
+        let needs = Arc::new(Needs::of(&inner));
         Ok(Self {
             name: name.to_owned(),
             inner,
+            needs,
         })
     }
 
     /// Renders with `data`.
     pub fn render(&self, data: &TemplateData) -> Result<String, TemplateError> {
-        let rendered = self.inner.execute_to_string(&data.value())?;
+        self.render_value(&data.value(&self.needs))
+    }
+
+    fn render_value(&self, data: &Value) -> Result<String, TemplateError> {
+        let rendered = self.inner.execute_to_string(data)?;
         if rendered.contains(NO_VALUE) {
             return Err(TemplateError::MissingValue {
                 name: self.name.clone(),
@@ -82,10 +92,39 @@ impl Template {
     }
 }
 
+/// One value of the template data.
+#[derive(Clone, Debug)]
+enum Slot {
+    /// Ready as it is (the strings).
+    Ready(Value),
+    /// A Kubernetes struct, converted to its Go form as far as a template reads it.
+    Go(Arc<GoStruct>),
+}
+
+#[derive(Debug)]
+struct GoStruct {
+    root: Root,
+    json: serde_json::Value,
+    /// The whole conversion, made once for templates that read all of it.
+    whole: OnceLock<Value>,
+}
+
+impl GoStruct {
+    fn value(&self, need: &Need) -> Value {
+        match need {
+            Need::Whole => self
+                .whole
+                .get_or_init(|| to_go_value(self.root, &self.json))
+                .clone(),
+            Need::Fields(fields) => to_go_value_pruned(self.root, &self.json, fields),
+        }
+    }
+}
+
 /// The values templates see. Build it once per node and per pod; cloning is cheap.
 #[derive(Clone, Debug)]
 pub struct TemplateData {
-    fields: BTreeMap<Arc<str>, Value>,
+    fields: BTreeMap<Arc<str>, Slot>,
 }
 
 impl TemplateData {
@@ -98,43 +137,76 @@ impl TemplateData {
             ("ClusterName", cluster_name),
             ("ClusterDomain", cluster_domain),
         ] {
-            fields.insert(Arc::from(key), Value::String(Arc::from(value)));
+            fields.insert(Arc::from(key), Slot::Ready(Value::String(Arc::from(value))));
         }
         Self { fields }
     }
 
-    fn set(mut self, key: &str, value: Value) -> Self {
-        self.fields.insert(Arc::from(key), value);
+    fn set(mut self, key: &str, root: Root, json: serde_json::Value) -> Self {
+        let go = GoStruct {
+            root,
+            json,
+            whole: OnceLock::new(),
+        };
+        self.fields.insert(Arc::from(key), Slot::Go(Arc::new(go)));
         self
     }
 
     /// Adds `.NodeMeta` and `.NodeSpec`.
     pub fn with_node(self, node: &Node) -> Self {
-        let spec = serde_json::to_value(&node.spec).unwrap_or_default();
-        self.set("NodeMeta", meta(&node.metadata))
-            .set("NodeSpec", to_go_value(Root::NodeSpec, &spec))
+        self.set("NodeMeta", Root::ObjectMeta, to_json(&node.metadata))
+            .set("NodeSpec", Root::NodeSpec, to_json(&node.spec))
     }
 
     /// Adds `.PodMeta` and `.PodSpec`.
     pub fn with_pod(self, pod: &Pod) -> Self {
-        let spec = serde_json::to_value(&pod.spec).unwrap_or_default();
-        self.set("PodMeta", meta(&pod.metadata))
-            .set("PodSpec", to_go_value(Root::PodSpec, &spec))
+        self.with_pod_json(to_json(&pod.metadata), to_json(&pod.spec))
+    }
+
+    /// Adds `.PodMeta` and `.PodSpec` from the pod's JSON `metadata` and `spec`.
+    pub fn with_pod_json(self, metadata: serde_json::Value, spec: serde_json::Value) -> Self {
+        self.set("PodMeta", Root::ObjectMeta, metadata)
+            .set("PodSpec", Root::PodSpec, spec)
     }
 
     /// Adds `.NamespaceMeta` (an addition to spire-controller-manager's data).
     pub fn with_namespace(self, namespace: &Namespace) -> Self {
-        self.set("NamespaceMeta", meta(&namespace.metadata))
+        self.set(
+            "NamespaceMeta",
+            Root::ObjectMeta,
+            to_json(&namespace.metadata),
+        )
     }
 
     /// Adds `.ServiceAccountMeta` (an addition to spire-controller-manager's data).
     pub fn with_service_account(self, service_account: &ServiceAccount) -> Self {
-        self.set("ServiceAccountMeta", meta(&service_account.metadata))
+        self.set(
+            "ServiceAccountMeta",
+            Root::ObjectMeta,
+            to_json(&service_account.metadata),
+        )
     }
 
-    fn value(&self) -> Value {
-        Value::Map(Arc::new(self.fields.clone()))
+    /// The data as a template that reads `needs` sees it.
+    fn value(&self, needs: &Needs) -> Value {
+        let mut map = BTreeMap::new();
+        for (key, slot) in &self.fields {
+            let value = match slot {
+                Slot::Ready(value) => value.clone(),
+                Slot::Go(go) => match needs.key(key) {
+                    Some(need) => go.value(need),
+                    None => continue,
+                },
+            };
+            map.insert(key.clone(), value);
+        }
+        Value::Map(Arc::new(map))
     }
+}
+
+/// Kubernetes API types serialize infallibly (strings, numbers, maps and lists).
+fn to_json(value: &impl serde::Serialize) -> serde_json::Value {
+    serde_json::to_value(value).unwrap_or_default()
 }
 
 /// Go's `index` on a typed map yields the element's zero value for a missing key; the
@@ -159,17 +231,10 @@ fn go_index(args: &[Value]) -> gotmpl::Result<Value> {
     Ok(value)
 }
 
-fn meta(metadata: &ObjectMeta) -> Value {
-    // ObjectMeta serializes infallibly: strings, maps and lists of them.
-    to_go_value(
-        Root::ObjectMeta,
-        &serde_json::to_value(metadata).unwrap_or_default(),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use k8s_openapi::api::core::v1::PodSpec;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     use super::*;
 
@@ -284,5 +349,76 @@ mod tests {
         let data = TemplateData::new("example.org", "prod", "cluster.local");
         let template = Template::parse("parentIDTemplate", "{{ .NodeMeta.UID }}").unwrap();
         assert!(template.render(&data).is_err());
+    }
+
+    /// Rendering with only what a template reads gives what rendering with all the
+    /// data gives: the same text, or an error in both.
+    #[test]
+    fn pruned_data_renders_as_the_whole_data() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web-0", "namespace": "shop", "uid": "u-1",
+                         "labels": {"app": "web", "tier": "front"},
+                         "annotations": {"note": "x"},
+                         "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                                              "name": "web", "uid": "rs-1"}]},
+            "spec": {"serviceAccountName": "frontend", "nodeName": "n1",
+                     "hostNetwork": true,
+                     "nodeSelector": {"disk": "ssd"},
+                     "securityContext": {"runAsUser": 1000},
+                     "containers": [{"name": "app", "image": "img:1",
+                                     "ports": [{"containerPort": 8080}]},
+                                    {"name": "side", "image": "img:2"}]}
+        }))
+        .unwrap();
+        let mut node = node();
+        node.spec =
+            Some(serde_json::from_value(serde_json::json!({"podCIDR": "10.0.0.0/24"})).unwrap());
+        let data = TemplateData::new("example.org", "prod", "cluster.local")
+            .with_node(&node)
+            .with_pod(&pod);
+        let sources = [
+            "spiffe://{{ .TrustDomain }}/ns/{{ .PodMeta.Namespace }}/sa/{{ .PodSpec.ServiceAccountName }}",
+            "{{ .NodeMeta.UID }}/{{ .NodeSpec.PodCIDR }}/{{ .NodeSpec.Unschedulable }}",
+            "{{ .PodMeta.Labels.app }}-{{ index .PodMeta.Labels \"tier\" }}",
+            "{{ .PodSpec.SecurityContext.RunAsUser }}",
+            "{{ .PodSpec.SecurityContext.RunAsGroup }}",
+            "{{ .PodSpec.DNSConfig }}",
+            "{{ .PodSpec.DNSConfig.Nameservers }}",
+            "{{ .PodSpec.HostNetwork }}{{ .PodSpec.HostPID }}",
+            "{{ .PodSpec }}",
+            "{{ len .PodSpec.Containers }}",
+            "{{ range .PodSpec.Containers }}{{ .Name }}={{ .Image }};{{ end }}",
+            "{{ range $i, $c := .PodSpec.Containers }}{{ $i }}{{ $c.Name }}{{ $.PodMeta.Name }}{{ end }}",
+            "{{ with .PodSpec.Containers }}{{ (index . 0).Name }}{{ end }}",
+            "{{ (index .PodSpec.Containers 0).Ports }}",
+            "{{ with .PodMeta }}{{ .Name }}.{{ $.PodSpec.NodeName }}{{ end }}",
+            "{{ with .PodMeta.Labels.missing }}{{ . }}{{ else }}{{ .PodMeta.UID }}{{ end }}",
+            "{{ $m := .PodMeta }}{{ $m.OwnerReferences }}",
+            "{{ $s := .PodSpec }}{{ $s.NodeSelector.disk }}",
+            "{{ define \"n\" }}{{ .Name }}{{ end }}{{ template \"n\" .PodMeta }}",
+            "{{ define \"n\" }}{{ .PodMeta.Name }}{{ end }}{{ template \"n\" . }}",
+            "{{ if .PodSpec.HostNetwork }}host{{ else }}{{ .PodSpec.NodeName }}{{ end }}",
+            "{{ printf \"%s/%s\" .PodMeta.Namespace .PodMeta.Name }}",
+            "{{ eq .PodSpec.ServiceAccountName \"frontend\" }}",
+            "{{ (.PodMeta).Name }}",
+            "{{ .PodMeta.Nmae }}",
+            "{{ .PodSpec.Containers.Name }}",
+            "{{ .NoSuchRoot.Field }}",
+            "{{ .NamespaceMeta.Name }}",
+            "{{ . }}",
+            "{{ $ }}",
+        ];
+        for source in sources {
+            let template = Template::parse("t", source).unwrap();
+            let whole = template
+                .render_value(&data.value(&Needs::everything()))
+                .map_err(|e| e.to_string());
+            let pruned = template.render(&data).map_err(|e| e.to_string());
+            match (&whole, &pruned) {
+                (Ok(a), Ok(b)) => assert_eq!(a, b, "{source}"),
+                (Err(_), Err(_)) => {}
+                _ => panic!("{source}: whole data {whole:?}, pruned {pruned:?}"),
+            }
+        }
     }
 }
