@@ -3,6 +3,7 @@
 #[cfg(test)]
 use std::collections::HashMap;
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 
 use super::ownership::Class;
 use crate::spire::api::types::EntryMask;
@@ -13,8 +14,8 @@ use crate::spire::{EntryKey, EntrySpec, Selectors, SpiffeId};
 pub struct ActualEntry {
     /// The server's entry ID.
     pub id: String,
-    /// Its fields.
-    pub spec: EntrySpec,
+    /// Its fields (shared with the desired state when they are equal).
+    pub spec: Arc<EntrySpec>,
     /// Whose it is. Only owned entries are ever updated or deleted, adoptable ones after
     /// being adopted by matching a desired entry's key.
     pub class: Class,
@@ -24,13 +25,13 @@ pub struct ActualEntry {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Plan {
     /// Entries to create.
-    pub create: Vec<EntrySpec>,
+    pub create: Vec<Arc<EntrySpec>>,
     /// Existing entries (by ID) whose non-key fields change in place.
-    pub update: Vec<(String, EntrySpec)>,
+    pub update: Vec<(String, Arc<EntrySpec>)>,
     /// Owned entries whose SPIFFE ID alone changes (same parent ID and selectors: a
     /// template edit), updated in place instead of a delete and a create: one write
     /// instead of two, no moment without an entry, and the entry keeps its ID.
-    pub rename: Vec<(String, EntrySpec)>,
+    pub rename: Vec<(String, Arc<EntrySpec>)>,
     /// Owned entries no longer desired.
     pub delete: Vec<String>,
     /// Entries the operator did not own that match a desired key: taken over in place,
@@ -57,7 +58,7 @@ impl Plan {
 /// Compares `desired` with `actual`. `mask` selects the non-key fields compared (see
 /// [`crate::spire::managed_fields`]). Output lists are sorted, so plans are stable.
 pub fn plan<'a>(
-    desired: impl IntoIterator<Item = (&'a EntryKey, &'a EntrySpec)>,
+    desired: impl IntoIterator<Item = (&'a EntryKey, &'a Arc<EntrySpec>)>,
     actual: impl IntoIterator<Item = &'a ActualEntry>,
     mask: &EntryMask,
 ) -> Plan {
@@ -205,13 +206,16 @@ mod tests {
     fn actual(id: &str, spec: EntrySpec, class: Class) -> ActualEntry {
         ActualEntry {
             id: id.into(),
-            spec,
+            spec: Arc::new(spec),
             class,
         }
     }
 
-    fn desired(specs: &[EntrySpec]) -> HashMap<EntryKey, EntrySpec> {
-        specs.iter().map(|s| (s.key.clone(), s.clone())).collect()
+    fn desired(specs: &[EntrySpec]) -> HashMap<EntryKey, Arc<EntrySpec>> {
+        specs
+            .iter()
+            .map(|s| (s.key.clone(), Arc::new(s.clone())))
+            .collect()
     }
 
     #[test]
@@ -236,7 +240,7 @@ mod tests {
                 desired: vec![web.clone()],
                 actual: vec![],
                 want: Plan {
-                    create: vec![web.clone()],
+                    create: vec![Arc::new(web.clone())],
                     ..Default::default()
                 },
             },
@@ -251,7 +255,7 @@ mod tests {
                 desired: vec![web_hinted.clone()],
                 actual: vec![actual("e1", web.clone(), Owned)],
                 want: Plan {
-                    update: vec![("e1".into(), web_hinted.clone())],
+                    update: vec![("e1".into(), Arc::new(web_hinted.clone()))],
                     ..Default::default()
                 },
             },
@@ -260,7 +264,7 @@ mod tests {
                 desired: vec![web_moved.clone()],
                 actual: vec![actual("e1", web.clone(), Owned)],
                 want: Plan {
-                    rename: vec![("e1".into(), web_moved.clone())],
+                    rename: vec![("e1".into(), Arc::new(web_moved.clone()))],
                     ..Default::default()
                 },
             },
@@ -269,7 +273,7 @@ mod tests {
                 desired: vec![web_elsewhere.clone()],
                 actual: vec![actual("e1", web.clone(), Owned)],
                 want: Plan {
-                    create: vec![web_elsewhere.clone()],
+                    create: vec![Arc::new(web_elsewhere.clone())],
                     delete: vec!["e1".into()],
                     ..Default::default()
                 },
@@ -279,7 +283,7 @@ mod tests {
                 desired: vec![web_moved.clone()],
                 actual: vec![actual("scm-1", web.clone(), Adoptable)],
                 want: Plan {
-                    create: vec![web_moved.clone()],
+                    create: vec![Arc::new(web_moved.clone())],
                     foreign: 1,
                     ..Default::default()
                 },
@@ -305,7 +309,7 @@ mod tests {
                     actual("scm-2", db.clone(), Adoptable),
                 ],
                 want: Plan {
-                    update: vec![("scm-1".into(), web_hinted.clone())],
+                    update: vec![("scm-1".into(), Arc::new(web_hinted.clone()))],
                     adopt: vec!["scm-1".into(), "scm-2".into()],
                     ..Default::default()
                 },

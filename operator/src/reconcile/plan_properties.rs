@@ -5,6 +5,7 @@
 //! (duplicates, adoptable and foreign entries holding desired keys) are frequent.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use proptest::prelude::*;
 
@@ -103,7 +104,11 @@ fn apply(server: &mut BTreeMap<String, ActualEntry>, plan: &Plan) {
     }
 }
 
-fn check_plan(desired: &HashMap<EntryKey, EntrySpec>, actual: &[ActualEntry], mask: &EntryMask) {
+fn check_plan(
+    desired: &HashMap<EntryKey, Arc<EntrySpec>>,
+    actual: &[ActualEntry],
+    mask: &EntryMask,
+) {
     let before: BTreeMap<String, ActualEntry> =
         actual.iter().map(|e| (e.id.clone(), e.clone())).collect();
     let got = plan(desired, actual, mask);
@@ -176,12 +181,12 @@ proptest! {
         actual in prop::collection::vec((spec_strategy(), class_strategy()), 0..10),
         mask in mask_strategy(),
     ) {
-        let desired: HashMap<EntryKey, EntrySpec> =
-            desired.into_iter().map(|s| (s.key.clone(), s)).collect();
+        let desired: HashMap<EntryKey, Arc<EntrySpec>> =
+            desired.into_iter().map(|s| (s.key.clone(), Arc::new(s))).collect();
         let actual: Vec<ActualEntry> = actual
             .into_iter()
             .enumerate()
-            .map(|(i, (spec, class))| ActualEntry { id: format!("e{i}"), spec, class })
+            .map(|(i, (spec, class))| ActualEntry { id: format!("e{i}"), spec: Arc::new(spec), class })
             .collect();
         check_plan(&desired, &actual, &mask);
     }
@@ -216,9 +221,10 @@ proptest! {
             .enumerate()
             .map(|(i, s)| (format!("cli.{i}"), s))
             .collect();
-        let initial = plan_all(&desired, &Mirror::from_listing(listing.clone(), &ownership), &mask);
-        listing.extend(initial.create.iter().map(|s| (ownership.new_id(), s.clone())));
-        let mirror = Mirror::from_listing(listing, &ownership);
+        let nothing = Desired::default();
+        let initial = plan_all(&desired, &Mirror::from_listing(listing.clone(), &ownership, &nothing), &mask);
+        listing.extend(initial.create.iter().map(|s| (ownership.new_id(), EntrySpec::clone(s))));
+        let mirror = Mirror::from_listing(listing, &ownership, &desired);
 
         let mut touched = std::collections::HashSet::<KeyId>::new();
         declare(&mut desired, &after, &mut touched);

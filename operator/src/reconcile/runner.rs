@@ -387,7 +387,7 @@ impl Reconciler {
                         }
                     })
                     .collect();
-                self.mirror = Mirror::from_listing(parsed, &self.ownership);
+                self.mirror = Mirror::from_listing(parsed, &self.ownership, &self.desired);
                 self.listed_once = true;
                 true
             }
@@ -550,7 +550,7 @@ impl Reconciler {
             &self.mask,
             &self.ctx.metrics,
             self.ctx.write_concurrency,
-            |id| mirror.get(id).map(|e| &e.spec),
+            |id| mirror.get(id).map(|e| e.spec.as_ref()),
         )
         .await;
         let recovered = Books {

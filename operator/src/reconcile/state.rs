@@ -3,6 +3,7 @@
 //! changed since the last one.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use super::diff::{ActualEntry, Plan, plan};
 use super::ownership::{Class, Ownership};
@@ -63,7 +64,7 @@ pub enum Source {
 /// One declaration of an entry: the age of the resource that owns it (the
 /// ClusterStaticEntry, or the ClusterSPIFFEID that rendered a pod's entry), the
 /// declaring object, and the entry.
-type Claim = (Age, Source, EntrySpec);
+type Claim = (Age, Source, Arc<EntrySpec>);
 
 /// Desired entries by key and by declaring object.
 ///
@@ -109,7 +110,7 @@ impl Desired {
                 .entry(*id)
                 .or_insert_with(|| Vec::with_capacity(1));
             let at = claims.partition_point(|(a, s, _)| (a, s) < (&age, &source));
-            claims.insert(at, (age, source.clone(), entry));
+            claims.insert(at, (age, source.clone(), Arc::new(entry)));
         }
         if !new_keys.is_empty() {
             self.by_source.insert(source, new_keys);
@@ -129,12 +130,17 @@ impl Desired {
                 self.by_key
                     .get(key)
                     .and_then(|claims| claims.iter().find(|(_, s, _)| s == source))
-                    .is_some_and(|(a, _, declared)| a == age && declared == entry)
+                    .is_some_and(|(a, _, declared)| a == age && **declared == *entry)
             })
     }
 
     /// The winning declaration of `key`.
     pub fn get(&self, key: &KeyId) -> Option<&EntrySpec> {
+        self.shared(key).map(Arc::as_ref)
+    }
+
+    /// The winning declaration of `key`, to share.
+    fn shared(&self, key: &KeyId) -> Option<&Arc<EntrySpec>> {
         self.by_key
             .get(key)
             .and_then(|c| c.first())
@@ -183,11 +189,11 @@ impl Desired {
     fn subset<'a>(
         &'a self,
         keys: &'a HashSet<KeyId>,
-    ) -> impl Iterator<Item = (&'a KeyId, &'a EntrySpec)> {
-        keys.iter().filter_map(|k| self.get(k).map(|e| (k, e)))
+    ) -> impl Iterator<Item = (&'a KeyId, &'a Arc<EntrySpec>)> {
+        keys.iter().filter_map(|k| self.shared(k).map(|e| (k, e)))
     }
 
-    fn all(&self) -> impl Iterator<Item = (&KeyId, &EntrySpec)> {
+    fn all(&self) -> impl Iterator<Item = (&KeyId, &Arc<EntrySpec>)> {
         self.by_key
             .iter()
             .filter_map(|(k, c)| c.first().map(|(_, _, e)| (k, e)))
@@ -205,20 +211,33 @@ pub struct Mirror {
 }
 
 impl Mirror {
-    /// Builds the mirror from a full listing.
-    pub fn from_listing(entries: Vec<(String, EntrySpec)>, ownership: &Ownership) -> Self {
+    /// Builds the mirror from a full listing. An entry equal to its desired declaration
+    /// shares that declaration's memory.
+    pub fn from_listing(
+        entries: Vec<(String, EntrySpec)>,
+        ownership: &Ownership,
+        desired: &Desired,
+    ) -> Self {
         let mut mirror = Self::default();
         for (id, spec) in entries {
             let class = ownership.classify(&id, &spec);
-            mirror.insert(ActualEntry { id, spec, class });
+            let key = KeyId::of(&spec.key);
+            let spec = match desired.shared(&key) {
+                Some(declared) if **declared == spec => declared.clone(),
+                _ => Arc::new(spec),
+            };
+            mirror.insert_keyed(key, ActualEntry { id, spec, class });
         }
         mirror
     }
 
     /// Adds or replaces an entry (by ID).
     pub fn insert(&mut self, entry: ActualEntry) {
+        self.insert_keyed(KeyId::of(&entry.spec.key), entry);
+    }
+
+    fn insert_keyed(&mut self, key: KeyId, entry: ActualEntry) {
         self.remove(&entry.id);
-        let key = KeyId::of(&entry.spec.key);
         self.by_id.insert(entry.id.clone(), key);
         self.by_key
             .entry(key)
@@ -251,7 +270,7 @@ impl Mirror {
     }
 
     /// Replaces the fields of an entry after an update.
-    pub fn update(&mut self, id: &str, spec: EntrySpec) {
+    pub fn update(&mut self, id: &str, spec: Arc<EntrySpec>) {
         if let Some(mut entry) = self.remove(id) {
             entry.spec = spec;
             self.insert(entry);
@@ -445,6 +464,7 @@ mod tests {
                 ("foreign".into(), spec("/cli", "9")),
             ],
             &ownership,
+            &Desired::default(),
         );
         let mut desired = Desired::default();
         let mut touched = HashSet::new();
@@ -463,5 +483,50 @@ mod tests {
         assert_eq!(full.delete, vec![own_id]);
         assert_eq!(full.foreign, 1);
         assert_eq!(mirror.counts(), (1, 1));
+    }
+
+    /// The mirror holds an entry that equals its declaration once, not twice: the plan,
+    /// the write and a later listing share the declaration's memory.
+    #[test]
+    fn entries_as_declared_share_the_declaration() {
+        let ownership = Ownership::new(None, "c", None);
+        let mut desired = Desired::default();
+        let mut touched = HashSet::new();
+        desired.set(
+            pod("a"),
+            vec![
+                (Age::default(), spec("/a", "1")),
+                (Age::default(), spec("/a2", "1")),
+            ],
+            &mut touched,
+        );
+        let plan = plan_all(&desired, &Mirror::default(), &managed_fields());
+        let declared = |path: &str, uid: &str| {
+            desired
+                .shared(&KeyId::of(&spec(path, uid).key))
+                .unwrap()
+                .clone()
+        };
+        assert!(Arc::ptr_eq(&plan.create[0], &declared("/a", "1")));
+
+        let mut changed = spec("/a2", "1");
+        changed.hint = "edited on the server".into();
+        let listing = vec![
+            (ownership.new_id(), spec("/a", "1")),
+            (ownership.new_id(), changed),
+        ];
+        let mirror = Mirror::from_listing(listing, &ownership, &desired);
+        let held = |path: &str| {
+            let key = KeyId::of(&spec(path, "1").key);
+            mirror
+                .subset(&HashSet::from([key]))
+                .next()
+                .unwrap()
+                .spec
+                .clone()
+        };
+        assert!(Arc::ptr_eq(&held("/a"), &declared("/a", "1")));
+        assert!(!Arc::ptr_eq(&held("/a2"), &declared("/a2", "1")));
+        assert_eq!(held("/a2").hint, "edited on the server");
     }
 }

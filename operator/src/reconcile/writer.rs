@@ -2,6 +2,7 @@
 //! call with a timeout sized to its batch. Reports per-entry outcomes; retrying is the
 //! caller's business (failed keys stay dirty).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::stream::{self, StreamExt};
@@ -25,6 +26,9 @@ const DELETE_BATCH: usize = 500;
 /// four in flight, ours 35.9 s with one): hence the flag.
 pub const DEFAULT_CONCURRENCY: u16 = 1;
 
+/// One create or update: the entry's ID and its fields.
+type Write = (String, Arc<EntrySpec>);
+
 /// gRPC code SPIRE answers for an entry whose key already exists.
 const ALREADY_EXISTS: i32 = 6;
 /// gRPC code for an ID that is not there (a delete that already happened).
@@ -34,9 +38,9 @@ const NOT_FOUND: i32 = 5;
 #[derive(Debug, Default)]
 pub struct WriteReport {
     /// Entries created, with their new IDs.
-    pub created: Vec<(String, EntrySpec)>,
+    pub created: Vec<Write>,
     /// Entries updated in place.
-    pub updated: Vec<(String, EntrySpec)>,
+    pub updated: Vec<Write>,
     /// IDs deleted (or already gone).
     pub deleted: Vec<String>,
     /// Keys whose write failed; they are retried.
@@ -213,7 +217,7 @@ pub async fn execute<'m>(
                                 &spec.key.spiffe_id.to_string(),
                                 r.status.as_ref(),
                             ),
-                            key: Some(spec.key),
+                            key: Some(spec.key.clone()),
                         });
                     }
                 }
@@ -234,7 +238,7 @@ pub async fn execute<'m>(
                         });
                     }
                     report.failed.push(Failure {
-                        key: Some(spec.key),
+                        key: Some(spec.key.clone()),
                         message: crate::spire::error_chain(&e),
                     });
                 }
@@ -248,12 +252,12 @@ pub async fn execute<'m>(
 /// known (all of `mask` when it is unknown), plus the SPIFFE ID for renames (parent ID
 /// and selectors never change in an update).
 fn by_fields<'m>(
-    updates: Vec<(String, EntrySpec)>,
-    renames: Vec<(String, EntrySpec)>,
+    updates: Vec<Write>,
+    renames: Vec<Write>,
     mask: &EntryMask,
     current: &impl Fn(&str) -> Option<&'m EntrySpec>,
-) -> Vec<(EntryMask, Vec<(String, EntrySpec)>)> {
-    let mut groups: Vec<(EntryMask, Vec<(String, EntrySpec)>)> = Vec::new();
+) -> Vec<(EntryMask, Vec<Write>)> {
+    let mut groups: Vec<(EntryMask, Vec<Write>)> = Vec::new();
     let flagged = updates
         .into_iter()
         .map(|u| (u, false))
@@ -277,7 +281,7 @@ fn by_fields<'m>(
 }
 
 /// Splits writes into batches without copying them.
-fn batches(items: impl IntoIterator<Item = (String, EntrySpec)>) -> Vec<Vec<(String, EntrySpec)>> {
+fn batches(items: impl IntoIterator<Item = Write>) -> Vec<Vec<Write>> {
     let mut items = items.into_iter().peekable();
     let mut batches = Vec::new();
     while items.peek().is_some() {
@@ -381,8 +385,12 @@ mod tests {
         let metrics = Metrics::new();
         let ownership = Ownership::new(None, "c", None);
         let plan = Plan {
-            create: vec![spec("/new"), spec("/broken"), spec("/taken")],
-            update: vec![("gone-id".into(), spec("/gone"))],
+            create: vec![
+                spec("/new").into(),
+                spec("/broken").into(),
+                spec("/taken").into(),
+            ],
+            update: vec![("gone-id".into(), spec("/gone").into())],
             delete: vec!["old-id".into(), "never-there".into()],
             ..Default::default()
         };
@@ -470,11 +478,11 @@ mod tests {
         cache_more.dns_names = vec!["cache.svc".into()];
         let plan = Plan {
             update: vec![
-                ("web-id".into(), hinted),
-                ("cache-id".into(), cache_more.clone()),
-                ("unknown-id".into(), cache_more),
+                ("web-id".into(), hinted.into()),
+                ("cache-id".into(), cache_more.clone().into()),
+                ("unknown-id".into(), cache_more.into()),
             ],
-            rename: vec![("db-id".into(), renamed)],
+            rename: vec![("db-id".into(), renamed.into())],
             ..Default::default()
         };
         let known = [("web-id", &web), ("db-id", &db), ("cache-id", &cache)];
@@ -516,7 +524,7 @@ mod tests {
         let (fake, client, dir) = server("unreachable", FakeState::default()).await;
         fake.stop().await;
         let plan = Plan {
-            create: vec![spec("/a"), spec("/b")],
+            create: vec![spec("/a").into(), spec("/b").into()],
             delete: vec!["x".into()],
             ..Default::default()
         };

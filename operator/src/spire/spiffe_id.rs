@@ -2,14 +2,20 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use super::api::types;
 
 /// A parsed SPIFFE ID: `spiffe://<trust domain><path>`.
+///
+/// One shared string: cloning is a reference count, so the parent ID every entry of a
+/// node carries is held once (the operator holds tens of thousands of IDs).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SpiffeId {
-    trust_domain: String,
-    path: String,
+    /// The whole ID, `spiffe://` included.
+    id: Arc<str>,
+    /// Where the path starts in `id` (its length when the path is empty).
+    path_at: usize,
 }
 
 /// Why a string is not a SPIFFE ID.
@@ -30,22 +36,29 @@ pub enum SpiffeIdError {
     Path(String),
 }
 
+const SCHEME: &str = "spiffe://";
+
 impl SpiffeId {
     /// The trust domain name, e.g. `example.org`.
     pub fn trust_domain(&self) -> &str {
-        &self.trust_domain
+        &self.id[SCHEME.len()..self.path_at]
     }
 
     /// The path, empty or starting with `/`.
     pub fn path(&self) -> &str {
-        &self.path
+        &self.id[self.path_at..]
+    }
+
+    /// The whole ID, `spiffe://...`.
+    pub fn as_str(&self) -> &str {
+        &self.id
     }
 
     /// The form the SPIRE API carries.
     pub fn to_api(&self) -> types::Spiffeid {
         types::Spiffeid {
-            trust_domain: self.trust_domain.clone(),
-            path: self.path.clone(),
+            trust_domain: self.trust_domain().to_owned(),
+            path: self.path().to_owned(),
         }
     }
 
@@ -60,7 +73,7 @@ impl FromStr for SpiffeId {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let rest = s
-            .strip_prefix("spiffe://")
+            .strip_prefix(SCHEME)
             .ok_or_else(|| SpiffeIdError::Scheme(s.into()))?;
         let (trust_domain, path) = rest.find('/').map_or((rest, ""), |i| rest.split_at(i));
         let td_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c);
@@ -77,15 +90,15 @@ impl FromStr for SpiffeId {
             }
         }
         Ok(Self {
-            trust_domain: trust_domain.into(),
-            path: path.into(),
+            id: Arc::from(s),
+            path_at: SCHEME.len() + trust_domain.len(),
         })
     }
 }
 
 impl fmt::Display for SpiffeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "spiffe://{}{}", self.trust_domain, self.path)
+        f.write_str(&self.id)
     }
 }
 
@@ -102,6 +115,7 @@ mod tests {
         ] {
             let id: SpiffeId = s.parse().unwrap();
             assert_eq!(id.to_string(), s);
+            assert_eq!(format!("spiffe://{}{}", id.trust_domain(), id.path()), s);
             assert_eq!(SpiffeId::from_api(&id.to_api()).unwrap(), id);
         }
     }
