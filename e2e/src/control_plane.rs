@@ -274,6 +274,21 @@ impl ControlPlane {
         wait_ready(&mut self.etcd, &mut self.apiserver, &self.client).await
     }
 
+    /// The kube-apiserver process ID.
+    pub fn apiserver_pid(&self) -> u32 {
+        self.apiserver.id()
+    }
+
+    /// The etcd process ID.
+    pub fn etcd_pid(&self) -> u32 {
+        self.etcd.id()
+    }
+
+    /// etcd's data directory (`member/snap/db` is its database).
+    pub fn etcd_data_dir(&self) -> PathBuf {
+        self.dir.join("etcd")
+    }
+
     /// A client authenticated as a cluster admin (`system:masters`).
     pub fn client(&self) -> kube::Client {
         self.client.clone()

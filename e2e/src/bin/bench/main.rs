@@ -13,6 +13,7 @@
 mod csi;
 mod probe;
 mod report;
+mod scale;
 mod scenarios;
 
 use std::path::PathBuf;
@@ -90,6 +91,9 @@ pub struct Args {
     /// Volumes each CSI driver publishes, republishes and unpublishes per run.
     #[arg(long, default_value_t = 200)]
     csi_volumes: usize,
+    /// Pod counts the scale check (`--suites scale`) grows the cluster to, in order.
+    #[arg(long, value_delimiter = ',', default_value = "10000,25000,50000,100000")]
+    scale_steps: Vec<usize>,
     /// Directory for the JSON result.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
@@ -107,6 +111,9 @@ pub enum Suite {
     Operator,
     /// spiffe-csi-driver: ours vs the Go driver.
     Csi,
+    /// The scale check: pods in steps up to `--scale-steps`, where the API server (and
+    /// not the operator) becomes the limit. Not in the default run.
+    Scale,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -230,7 +237,22 @@ async fn main() -> anyhow::Result<()> {
         e2e::csi::our_driver()?;
         report.csi = csi::compare(&args.csi_drivers, args.runs, args.csi_volumes).await?;
     }
-    report.finish(&args)
+    if args.suites.iter().any(|s| *s != Suite::Scale) {
+        report.finish(&args)?;
+    }
+    if args.suites.contains(&Suite::Scale) {
+        let scale = scale::run(&args).await?;
+        std::fs::create_dir_all(&args.out)
+            .with_context(|| format!("creating {}", args.out.display()))?;
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let file = args.out.join(format!("scale-{stamp}.json"));
+        std::fs::write(&file, serde_json::to_string_pretty(&scale)?)
+            .with_context(|| format!("writing {}", file.display()))?;
+        println!("JSON: {}", file.display());
+    }
+    Ok(())
 }
 
 /// The operator suite: every run of every tool on one populated control plane.
