@@ -75,10 +75,15 @@ pub struct RunArgs {
     #[arg(long, env = "SPIRE_OPERATOR_ENTRY_RESYNC_INTERVAL", default_value = "5m", value_parser = crate::parse_duration)]
     pub entry_resync_interval: Duration,
     /// Entry write batches (BatchCreateEntry, BatchUpdateEntry, BatchDeleteEntry) in
-    /// flight at once. One suits SPIRE's default sqlite datastore, whose transactions
-    /// wait on one lock; a server on PostgreSQL or MySQL writes faster with 4.
-    #[arg(long, env = "SPIRE_OPERATOR_SPIRE_WRITE_CONCURRENCY", default_value_t = spire_operator::reconcile::writer::DEFAULT_CONCURRENCY, value_parser = clap::value_parser!(u16).range(1..=64))]
-    pub spire_write_concurrency: u16,
+    /// flight at once: `auto` (measure: one at a time, then 2, 4 and 8 while each step
+    /// writes a quarter faster or more; sqlite stays at one, PostgreSQL reaches four) or
+    /// a fixed number from 1 to 64.
+    #[arg(
+        long,
+        env = "SPIRE_OPERATOR_SPIRE_WRITE_CONCURRENCY",
+        default_value = "auto"
+    )]
+    pub spire_write_concurrency: spire_operator::reconcile::concurrency::WriteConcurrency,
 }
 
 /// Where a pod's service account token mount says which namespace the pod runs in.
@@ -292,7 +297,7 @@ pub async fn run(mut args: RunArgs, config: Config) -> anyhow::Result<()> {
         recorder: Some(recorder),
         state_dir: None,
         entry_resync_interval: args.entry_resync_interval,
-        write_concurrency: usize::from(args.spire_write_concurrency),
+        write_concurrency: args.spire_write_concurrency,
     })
     .await?;
     let federation = async move {

@@ -80,7 +80,7 @@ pub async fn run(args: RunArgs, config: Config, mode: StaticMode) -> anyhow::Res
         recorder: None,
         state_dir: args.state_dir.clone(),
         entry_resync_interval: args.entry_resync_interval,
-        write_concurrency: usize::from(args.spire_write_concurrency),
+        write_concurrency: args.spire_write_concurrency,
     })
     .await
     .context("starting the entry reconciler")?;

@@ -18,6 +18,7 @@ use super::adopted::{self, ADOPTED_CONFIG_MAP};
 use super::annotations::AnnotationOutcome;
 use super::backoff::Retrier;
 use super::bookkeeping::Books;
+use super::concurrency::WriteConcurrency;
 use super::diff::Plan;
 use super::dirty::DirtySet;
 use super::ownership::Ownership;
@@ -59,7 +60,7 @@ pub struct Context {
     /// `--entry-resync-interval`: the shortest time between two timed full listings.
     pub entry_resync_interval: Duration,
     /// `--spire-write-concurrency`: entry write batches in flight at once.
-    pub write_concurrency: usize,
+    pub write_concurrency: WriteConcurrency,
 }
 
 /// Why the loop cannot start.

@@ -160,7 +160,7 @@ impl Harness {
             )),
             state_dir: None,
             entry_resync_interval: Duration::ZERO,
-            write_concurrency: usize::from(super::writer::DEFAULT_CONCURRENCY),
+            write_concurrency: super::concurrency::WriteConcurrency::Auto,
         })
         .await
         .unwrap();

@@ -5,8 +5,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::stream::{self, StreamExt};
+use futures::stream::{self, FuturesUnordered, Stream, StreamExt};
 
+use super::concurrency::Limiter;
+pub use super::concurrency::WriteConcurrency;
 use super::diff::Plan;
 use super::ownership::Ownership;
 use crate::metrics::{Metrics, Operation};
@@ -17,14 +19,6 @@ use crate::spire::{EntryKey, EntrySpec, SpireClient, SpireError};
 const WRITE_BATCH: usize = 100;
 /// IDs per BatchDeleteEntry call.
 const DELETE_BATCH: usize = 500;
-/// Batches in flight at once by default (`--spire-write-concurrency`). SPIRE writes each
-/// entry in its own transaction. With sqlite, concurrent transactions wait on its lock,
-/// so batches in parallel do not make the server faster: creating 15000 entries (5000
-/// pods, sqlite on tmpfs, `make bench`, docs/benchmarks.md) took 10.8 and 13.0 s one
-/// batch at a time and 14.1 and 13.7 s with two in flight, and the benchmark's floor
-/// client needs 49.5 s with four. PostgreSQL is the other way round (floor 16.2 s with
-/// four in flight, ours 35.9 s with one): hence the flag.
-pub const DEFAULT_CONCURRENCY: u16 = 1;
 
 /// One create or update: the entry's ID and its fields.
 type Write = (String, Arc<EntrySpec>);
@@ -79,10 +73,9 @@ pub async fn execute<'m>(
     ownership: &Ownership,
     mask: &EntryMask,
     metrics: &Metrics,
-    concurrency: usize,
+    concurrency: WriteConcurrency,
     current: impl Fn(&str) -> Option<&'m EntrySpec>,
 ) -> WriteReport {
-    let concurrency = concurrency.max(1);
     let mut report = WriteReport::default();
     let key_of = |id: &str| current(id).map(|spec| spec.key.clone());
 
@@ -91,15 +84,13 @@ pub async fn execute<'m>(
         .chunks(DELETE_BATCH)
         .map(<[_]>::to_vec)
         .collect();
-    let mut results = stream::iter(deletes)
-        .map(|ids| async move {
-            let timeout = batch_timeout(ids.len());
-            let started = Instant::now();
-            let result = timed(timeout, client.batch_delete_entries(ids.clone())).await;
-            metrics.observe_rpc("entry.v1.Entry/BatchDeleteEntry", started.elapsed());
-            (ids, result)
-        })
-        .buffer_unordered(concurrency);
+    let mut results = std::pin::pin!(in_flight(deletes, concurrency, |ids| async move {
+        let timeout = batch_timeout(ids.len());
+        let started = Instant::now();
+        let result = timed(timeout, client.batch_delete_entries(ids.clone())).await;
+        metrics.observe_rpc("entry.v1.Entry/BatchDeleteEntry", started.elapsed());
+        (ids.len(), (ids, result))
+    }));
     while let Some((ids, result)) = results.next().await {
         match result {
             Ok(results) => {
@@ -133,7 +124,6 @@ pub async fn execute<'m>(
             }
         }
     }
-    drop(results);
 
     let creates = batches(
         plan.create
@@ -149,8 +139,10 @@ pub async fn execute<'m>(
                 .into_iter()
                 .map(move |b| (Operation::Update, fields, b))
         }));
-    let mut results = stream::iter(calls)
-        .map(|(op, mask, batch)| async move {
+    let mut results = std::pin::pin!(in_flight(
+        calls,
+        concurrency,
+        |(op, mask, batch)| async move {
             let entries: Vec<types::Entry> = batch
                 .iter()
                 .map(|(id, spec)| spec.to_api(id.clone()))
@@ -169,9 +161,9 @@ pub async fn execute<'m>(
                     r
                 }
             };
-            (op, mask.spiffe_id, batch, result)
-        })
-        .buffer_unordered(concurrency);
+            (batch.len(), (op, mask.spiffe_id, batch, result))
+        }
+    ));
     while let Some((op, renaming, batch, result)) = results.next().await {
         let verb = if op == Operation::Create {
             "creating"
@@ -278,6 +270,35 @@ fn by_fields<'m>(
         }
     }
     groups
+}
+
+/// Starts `start` for each of `calls`, with as many in flight as a [`Limiter`] for
+/// `concurrency` allows, and yields the outputs as they finish. Each call's future
+/// yields the number of entries it wrote with its output.
+fn in_flight<C, Fut, T>(
+    calls: impl IntoIterator<Item = C>,
+    concurrency: WriteConcurrency,
+    mut start: impl FnMut(C) -> Fut,
+) -> impl Stream<Item = T>
+where
+    Fut: Future<Output = (usize, T)>,
+{
+    let state = (
+        calls.into_iter(),
+        FuturesUnordered::new(),
+        Limiter::new(concurrency),
+    );
+    stream::unfold(state, move |(mut calls, mut running, mut limiter)| {
+        while running.len() < limiter.current() {
+            let Some(call) = calls.next() else { break };
+            running.push(start(call));
+        }
+        async move {
+            let (entries, output) = running.next().await?;
+            limiter.completed(entries);
+            Some((output, (calls, running, limiter)))
+        }
+    })
 }
 
 /// Splits writes into batches without copying them.
@@ -400,7 +421,7 @@ mod tests {
             &ownership,
             &managed_fields(),
             &metrics,
-            usize::from(DEFAULT_CONCURRENCY),
+            WriteConcurrency::Auto,
             |_| None,
         )
         .await;
@@ -494,7 +515,7 @@ mod tests {
             &ownership,
             &managed_fields(),
             &Metrics::new(),
-            usize::from(DEFAULT_CONCURRENCY),
+            WriteConcurrency::Auto,
             current,
         )
         .await;
@@ -537,7 +558,7 @@ mod tests {
             &ownership,
             &managed_fields(),
             &Metrics::new(),
-            usize::from(DEFAULT_CONCURRENCY),
+            WriteConcurrency::Auto,
             key_of,
         )
         .await;

@@ -92,7 +92,11 @@ pub struct Args {
     #[arg(long, default_value_t = 200)]
     csi_volumes: usize,
     /// Pod counts the scale check (`--suites scale`) grows the cluster to, in order.
-    #[arg(long, value_delimiter = ',', default_value = "10000,25000,50000,100000")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "10000,25000,50000,100000"
+    )]
     scale_steps: Vec<usize>,
     /// Directory for the JSON result.
     #[arg(long, default_value = "target/bench")]
