@@ -52,4 +52,5 @@ pub mod statics;
 #[cfg(test)]
 mod tests;
 pub mod watch;
+pub mod watched_pod;
 pub mod writer;

@@ -11,6 +11,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
 use k8s_openapi::api::core::v1::Pod;
+use serde_json::value::RawValue;
+
+use super::watched_pod::WatchedPod;
 
 /// (namespace, name).
 pub type PodKey = (String, String);
@@ -35,24 +38,33 @@ pub struct CachedPod {
 }
 
 impl CachedPod {
-    /// Compacts a (trimmed) pod.
-    pub fn new(pod: &Pod) -> Result<Self, serde_json::Error> {
-        let spec = pod.spec.as_ref();
+    /// Compacts a watched pod.
+    pub fn new(pod: &WatchedPod) -> Result<Self, serde_json::Error> {
+        let metadata = serde_json::to_string(&pod.metadata)?;
+        let spec = pod.spec.as_deref().map_or("null", RawValue::get);
+        let json =
+            format!(r#"{{"apiVersion":"v1","kind":"Pod","metadata":{metadata},"spec":{spec}}}"#);
         Ok(Self {
             namespace: pod.metadata.namespace.clone().unwrap_or_default(),
             name: pod.metadata.name.clone().unwrap_or_default(),
             labels: pod.metadata.labels.clone(),
-            node_name: spec.and_then(|s| s.node_name.clone()),
-            service_account: spec
-                .and_then(|s| s.service_account_name.clone())
+            node_name: pod.node_name.clone(),
+            service_account: pod
+                .service_account_name
+                .clone()
                 .unwrap_or_else(|| "default".into()),
             annotations: Box::default(),
-            json: serde_json::to_vec(pod)?.into_boxed_slice(),
+            json: json.into_bytes().into_boxed_slice(),
         })
     }
 
+    /// Compacts a decoded pod (as the watch would have decoded it).
+    pub fn from_pod(pod: &Pod) -> Result<Self, serde_json::Error> {
+        Self::new(&WatchedPod::from_pod(pod)?)
+    }
+
     /// Keeps the values of the annotations `names` that `pod` carries.
-    pub fn keep_annotations(mut self, pod: &Pod, names: &[&str]) -> Self {
+    pub fn keep_annotations(mut self, pod: &WatchedPod, names: &[&str]) -> Self {
         let annotations = pod.metadata.annotations.iter().flatten();
         self.annotations = annotations
             .filter(|(name, _)| names.contains(&name.as_str()))
@@ -175,7 +187,7 @@ mod tests {
             }),
             status: None,
         };
-        let cached = CachedPod::new(&pod).unwrap();
+        let cached = CachedPod::from_pod(&pod).unwrap();
         assert_eq!(cached.service_account, "default");
         assert_eq!(cached.node_name.as_deref(), Some("n1"));
         assert_eq!(cached.pod().unwrap(), pod);

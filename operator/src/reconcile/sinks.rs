@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
-use k8s_openapi::api::core::v1::{Endpoints, Pod};
+use k8s_openapi::api::core::v1::Endpoints;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Resource;
 use kube::runtime::reflector::store::Writer;
@@ -17,6 +17,7 @@ use super::access::slice_from_endpoints;
 use super::pod_cache::{CachedPod, PodCache, PodKey};
 use super::services::ServiceIndex;
 use super::watch::Dirty;
+use super::watched_pod::WatchedPod;
 use crate::config::Config;
 
 /// Where one kind's events go: `apply` updates the cache and adds what to mark.
@@ -33,7 +34,7 @@ pub(super) struct PodSink {
 }
 
 impl PodSink {
-    fn compact(&self, pod: &Pod) -> Option<CachedPod> {
+    fn compact(&self, pod: &WatchedPod) -> Option<CachedPod> {
         let ignored = pod
             .metadata
             .namespace
@@ -60,8 +61,8 @@ impl PodSink {
     }
 }
 
-impl Sink<Pod> for PodSink {
-    fn apply(&mut self, event: Event<Pod>, marks: &mut Vec<Dirty>) {
+impl Sink<WatchedPod> for PodSink {
+    fn apply(&mut self, event: Event<WatchedPod>, marks: &mut Vec<Dirty>) {
         match event {
             Event::Init => self.building = Some(HashMap::new()),
             Event::InitApply(pod) => {
@@ -183,14 +184,10 @@ impl Sink<Endpoints> for EndpointsSink {
     }
 }
 
-/// Drops what no template reads: status, managed fields and volumes (a k8s-openapi
-/// Volume holds every source type inline, 3 KB each even when empty).
-pub(super) fn trim_pod(pod: &mut Pod) {
-    pod.status = None;
+/// Drops what no template reads (status, managed fields and volumes are never decoded,
+/// see [`WatchedPod`]).
+pub(super) fn trim_pod(pod: &mut WatchedPod) {
     trim_meta(&mut pod.metadata);
-    if let Some(spec) = pod.spec.as_mut() {
-        spec.volumes = None;
-    }
 }
 
 /// Drops what no template reads and what bloats memory.
@@ -324,17 +321,12 @@ mod tests {
             config,
             building: None,
         };
-        let pod = |name: &str, node: &str| Pod {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                namespace: Some("shop".into()),
-                ..Default::default()
-            },
-            spec: Some(k8s_openapi::api::core::v1::PodSpec {
-                node_name: Some(node.into()),
-                ..Default::default()
-            }),
-            status: None,
+        let pod = |name: &str, node: &str| {
+            let json = serde_json::json!({
+                "metadata": {"name": name, "namespace": "shop"},
+                "spec": {"nodeName": node},
+            });
+            serde_json::from_str::<WatchedPod>(&json.to_string()).unwrap()
         };
         let mut marks = Vec::new();
         sink.apply(Event::Apply(pod("a", "n1")), &mut marks);

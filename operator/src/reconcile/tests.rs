@@ -198,7 +198,7 @@ impl Harness {
             "spec": {"nodeName": "n1", "containers": [{"name": "app"}]}
         }))
         .unwrap();
-        self.pods.insert(CachedPod::new(&pod).unwrap());
+        self.pods.insert(CachedPod::from_pod(&pod).unwrap());
     }
 
     fn add_static(&mut self, name: &str, spec: Value) {
@@ -550,7 +550,7 @@ async fn a_pod_on_an_unknown_node_is_a_render_failure() {
         "spec": {"nodeName": "ghost", "containers": [{"name": "app"}]}
     }))
     .unwrap();
-    h.pods.insert(CachedPod::new(&pod).unwrap());
+    h.pods.insert(CachedPod::from_pod(&pod).unwrap());
     h.pass(&[Dirty::Resync, Dirty::ClusterSpiffeIds]).await;
     assert_eq!(h.entries().len(), 1, "only the pod on a known node");
     assert_eq!(h.last_reason("web").as_deref(), Some("RenderFailed"));

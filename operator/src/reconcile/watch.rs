@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::{Endpoints, Namespace, Node, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{Endpoints, Namespace, Node, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, Store};
@@ -32,6 +32,7 @@ use super::dirty::DirtySet;
 use super::pod_cache::PodCache;
 use super::services::ServiceIndex;
 use super::sinks::{EndpointsSink, PodSink, Sink, SliceSink, StoreSink, trim_meta, trim_pod};
+use super::watched_pod::WatchedPod;
 use crate::config::Config;
 use crate::crd::{ClusterFederatedTrustDomain, ClusterSPIFFEID, ClusterStaticEntry};
 use crate::http::Health;
@@ -208,7 +209,7 @@ pub fn spawn(
             building: None,
         };
         watches.start(
-            Api::<Pod>::all(client.clone()),
+            Api::<WatchedPod>::all(client.clone()),
             watcher::Config::default(),
             trim_pod,
             pods,

@@ -11,12 +11,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node};
 use kube::runtime::watcher::Event;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
 use super::super::sinks::{PodSink, Sink, StoreSink};
+use super::super::watched_pod::WatchedPod;
 use super::*;
 
 /// One object of the small world the sequences play in.
@@ -278,7 +279,8 @@ impl Sinks {
     /// Feeds one event about objects of `kind` (`None` for Init / InitDone).
     fn feed(&mut self, kind: u8, event: Event<Object>, marks: &mut Vec<Dirty>) {
         fn decode<K: serde::de::DeserializeOwned>(event: Event<Object>) -> Event<K> {
-            let to = |o: Object| serde_json::from_value::<K>(o.json()).unwrap();
+            // Through text, as from the API server (a spec kept as raw JSON needs it).
+            let to = |o: Object| serde_json::from_str::<K>(&o.json().to_string()).unwrap();
             match event {
                 Event::Init => Event::Init,
                 Event::InitApply(o) => Event::InitApply(to(o)),
@@ -290,7 +292,7 @@ impl Sinks {
         match kind {
             0 => self.nodes.apply(decode(event), marks),
             1 => self.namespaces.apply(decode(event), marks),
-            2 => self.pods.apply(decode::<Pod>(event), marks),
+            2 => self.pods.apply(decode::<WatchedPod>(event), marks),
             3 => self.csids.apply(decode(event), marks),
             _ => self.statics.apply(decode(event), marks),
         }

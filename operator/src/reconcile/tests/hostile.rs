@@ -26,7 +26,7 @@ fn workload(h: &mut Harness, spec: Value, annotations: Value) {
         "spec": {"nodeName": "n1", "containers": [{"name": "app"}]}
     }))
     .unwrap();
-    h.pods.insert(CachedPod::new(&pod).unwrap());
+    h.pods.insert(CachedPod::from_pod(&pod).unwrap());
 }
 
 #[tokio::test]
