@@ -63,6 +63,11 @@ pub struct Args {
     /// Idle scenario length, seconds.
     #[arg(long, default_value_t = 300)]
     idle_secs: u64,
+    /// How long the idle scenario then watches the SPIRE server with the tool stopped
+    /// (at most the idle length; the figure is scaled to it). As long as the idle
+    /// length, the "caused" figure compares equal windows.
+    #[arg(long, default_value_t = 60)]
+    idle_baseline_secs: u64,
     /// Churn rates, pods created (and deleted) per second.
     #[arg(long, value_delimiter = ',', default_value = "10,50")]
     churn_rates: Vec<u32>,
@@ -246,15 +251,7 @@ async fn main() -> anyhow::Result<()> {
     }
     if args.suites.contains(&Suite::Scale) {
         let scale = scale::run(&args).await?;
-        std::fs::create_dir_all(&args.out)
-            .with_context(|| format!("creating {}", args.out.display()))?;
-        let stamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let file = args.out.join(format!("scale-{stamp}.json"));
-        std::fs::write(&file, serde_json::to_string_pretty(&scale)?)
-            .with_context(|| format!("writing {}", file.display()))?;
-        println!("JSON: {}", file.display());
+        println!("JSON: {}", write_json(&args, "scale", &scale)?.display());
     }
     Ok(())
 }
@@ -296,16 +293,7 @@ async fn populate(setup: &Setup) -> anyhow::Result<World> {
             .apply_csid(&Setup::csid_name(c), setup.csid_spec(c, ""))
             .await?;
     }
-    let world_ref = &world;
-    futures::stream::iter(0..setup.pods)
-        .map(|p| async move {
-            world_ref
-                .create_pod(setup.pod(&format!("ns-{}", p / 100), &format!("pod-{p}"), p))
-                .await
-        })
-        .buffer_unordered(16)
-        .try_for_each(|_| async { Ok(()) })
-        .await?;
+    create_pods(&world, setup, 0..setup.pods).await?;
     eprintln!(
         "[bench] {} pods, {} nodes, {} ClusterSPIFFEIDs ({} entries) set up in {:.1} s",
         setup.pods,
@@ -362,6 +350,66 @@ async fn fresh_spire(datastore: Datastore) -> anyhow::Result<(Spire, String, Dat
     Ok((spire, addr, guard))
 }
 
+/// The ControllerManagerConfig both tools get.
+fn tool_config(args: &Args) -> String {
+    format!(
+        "ignoreNamespaces: [kube-system]\ngcInterval: {}\n",
+        args.gc_interval_secs * 1_000_000_000
+    )
+}
+
+/// Starts ours with [`tool_config`] and `--entry-resync-interval` as asked.
+async fn start_ours(
+    args: &Args,
+    control_plane: &e2e::control_plane::ControlPlane,
+    spire: &Spire,
+) -> anyhow::Result<Operator> {
+    // Empty: unset, the operator's default (the harness would set 0s otherwise).
+    let resync = args.entry_resync_interval.as_deref().unwrap_or("");
+    Operator::start_with_env(
+        control_plane,
+        spire,
+        CLUSTER,
+        &tool_config(args),
+        &[(e2e::operator::ENTRY_RESYNC_INTERVAL, resync)],
+    )
+    .await
+}
+
+/// Creates pods `range` (16 creates in flight); how many per second the API server took.
+async fn create_pods(
+    world: &World,
+    setup: &Setup,
+    range: std::ops::Range<usize>,
+) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let count = range.len();
+    futures::stream::iter(range)
+        .map(|p| async move {
+            world
+                .create_pod(setup.pod(&format!("ns-{}", p / 100), &format!("pod-{p}"), p))
+                .await
+                .with_context(|| format!("creating pod {p}"))
+        })
+        .buffer_unordered(16)
+        .try_for_each(|_| async { Ok(()) })
+        .await?;
+    Ok(count as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Writes `value` to `<--out>/<prefix>-<unix time>.json`; returns the path.
+pub fn write_json(args: &Args, prefix: &str, value: &Value) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let file = args.out.join(format!("{prefix}-{stamp}.json"));
+    std::fs::write(&file, serde_json::to_string_pretty(value)?)
+        .with_context(|| format!("writing {}", file.display()))?;
+    Ok(file)
+}
+
 /// One tool's run on a fresh server: cold convergence, then the chosen scenarios.
 async fn one_run(
     args: &Args,
@@ -374,29 +422,17 @@ async fn one_run(
     let reader = Reader::new(spire.client());
     let rpcs_before = spire_rpcs(&prometheus).await?;
     let own_before = reader.own_calls();
-    let config = format!(
-        "ignoreNamespaces: [kube-system]\ngcInterval: {}\n",
-        args.gc_interval_secs * 1_000_000_000
-    );
     let started = Instant::now();
     let tool = match kind {
-        ToolKind::Ours => {
-            // Empty: unset, the operator's default (the harness would set 0s otherwise).
-            let resync = args.entry_resync_interval.as_deref().unwrap_or("");
-            Running::Ours(
-                Operator::start_with_env(
-                    &world.control_plane,
-                    &spire,
-                    CLUSTER,
-                    &config,
-                    &[(e2e::operator::ENTRY_RESYNC_INTERVAL, resync)],
-                )
-                .await?,
-            )
-        }
+        ToolKind::Ours => Running::Ours(start_ours(args, &world.control_plane, &spire).await?),
         ToolKind::Scm => Running::Scm(
-            ReferenceControllerManager::start(&world.control_plane, &spire, CLUSTER, &config)
-                .await?,
+            ReferenceControllerManager::start(
+                &world.control_plane,
+                &spire,
+                CLUSTER,
+                &tool_config(args),
+            )
+            .await?,
         ),
     };
     let mut out = std::collections::BTreeMap::new();
@@ -417,6 +453,7 @@ async fn one_run(
             spire.server_pid(),
             &prometheus,
             Duration::from_secs(args.idle_secs),
+            Duration::from_secs(args.idle_baseline_secs),
         )
         .await?;
         out.insert("idle".to_owned(), figures(idle));

@@ -4,7 +4,6 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
-use anyhow::Context;
 use serde_json::{Value, json};
 
 use crate::probe::median;
@@ -106,7 +105,8 @@ impl Report {
                 "pods": args.pods, "nodes": args.nodes, "csids": args.csids,
                 "entries": args.pods * args.csids, "runs": args.runs,
                 "datastore": format!("{:?}", args.datastore).to_lowercase(),
-                "idle_secs": args.idle_secs, "churn_rates": args.churn_rates,
+                "idle_secs": args.idle_secs, "idle_baseline_secs": args.idle_baseline_secs,
+                "churn_rates": args.churn_rates,
                 "churn_secs": args.churn_secs, "churn_lifetime_secs": args.churn_lifetime_secs,
                 "gc_interval_secs": args.gc_interval_secs,
                 "entry_resync_interval": args.entry_resync_interval.as_deref().unwrap_or("default"),
@@ -143,19 +143,12 @@ impl Report {
         } else {
             crate::csi::print_table(&self.csi, args.csi_volumes)
         };
-        std::fs::create_dir_all(&args.out)
-            .with_context(|| format!("creating {}", args.out.display()))?;
-        let stamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let file = args.out.join(format!("bench-{stamp}.json"));
         let mut all = self.header.clone();
         all["floor_seconds"] = json!(self.floor);
         all["runs"] = json!(self.runs);
         all["medians"] = Value::Object(medians);
         all["csi"] = json!({"volumes": args.csi_volumes, "runs": self.csi, "medians": csi_medians});
-        std::fs::write(&file, serde_json::to_string_pretty(&all)?)
-            .with_context(|| format!("writing {}", file.display()))?;
+        let file = crate::write_json(args, "bench", &all)?;
         println!("\nJSON: {}", file.display());
         Ok(())
     }

@@ -12,14 +12,12 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use e2e::operator::Operator;
 use e2e::world::World;
-use futures::{StreamExt, TryStreamExt};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::probe::{self, Reader, spire_rpcs};
-use crate::{Args, CLUSTER, Running, Setup, TRUST_DOMAIN};
+use crate::{Args, Running, Setup, TRUST_DOMAIN};
 
 /// The figures of one step.
 #[derive(Debug, Default, serde::Serialize)]
@@ -93,19 +91,7 @@ async fn step(args: &Args, world: &World, have: usize, pods: usize) -> anyhow::R
             .namespace(&format!("ns-{ns}"), &[("bench", "yes")])
             .await?;
     }
-    let started = Instant::now();
-    let setup_ref = &setup;
-    futures::stream::iter(have..pods)
-        .map(|p| async move {
-            world
-                .create_pod(setup_ref.pod(&format!("ns-{}", p / 100), &format!("pod-{p}"), p))
-                .await
-                .with_context(|| format!("creating pod {p}"))
-        })
-        .buffer_unordered(16)
-        .try_for_each(|_| async { Ok(()) })
-        .await?;
-    let creates_per_second = (pods - have) as f64 / started.elapsed().as_secs_f64();
+    let creates_per_second = crate::create_pods(world, &setup, have..pods).await?;
 
     let (list_seconds, list_bytes) = list_all_pods(&world.control_plane.client()).await?;
     let control_plane = &world.control_plane;
@@ -119,20 +105,8 @@ async fn step(args: &Args, world: &World, have: usize, pods: usize) -> anyhow::R
     let reader = Reader::new(spire.client());
     let rpcs_before = spire_rpcs(&prometheus).await?;
     let own_before = reader.own_calls();
-    let config = format!(
-        "ignoreNamespaces: [kube-system]\ngcInterval: {}\n",
-        args.gc_interval_secs * 1_000_000_000
-    );
-    let resync = args.entry_resync_interval.as_deref().unwrap_or("");
     let started = Instant::now();
-    let operator = Operator::start_with_env(
-        control_plane,
-        &spire,
-        CLUSTER,
-        &config,
-        &[(e2e::operator::ENTRY_RESYNC_INTERVAL, resync)],
-    )
-    .await?;
+    let operator = crate::start_ours(args, control_plane, &spire).await?;
     e2e::wait::until(
         "the operator's caches to sync",
         Duration::from_secs(600),

@@ -104,6 +104,7 @@ pub async fn idle(
     server_pid: u32,
     prometheus: &str,
     duration: Duration,
+    baseline_window: Duration,
 ) -> anyhow::Result<Figures> {
     let rpcs_before = spire_rpcs(prometheus).await?;
     let (tool_cpu, server_cpu) = (cpu_seconds(tool.pid()), cpu_seconds(server_pid));
@@ -113,7 +114,7 @@ pub async fn idle(
     let rpcs = rpc_delta(&rpcs_before, &spire_rpcs(prometheus).await?);
     // What the server spends on its own (its entry cache, its CA) with this many
     // entries: the same server with the tool stopped, scaled to `duration`.
-    let window = duration.min(BASELINE_WINDOW);
+    let window = duration.min(baseline_window).max(Duration::from_secs(1));
     let baseline = {
         let _stopped = Stopped::new(tool.pid())?;
         let before = cpu_seconds(server_pid);
@@ -138,9 +139,6 @@ pub async fn idle(
         ("rpcs".into(), json!(rpcs)),
     ]))
 }
-
-/// The longest the idle scenario watches the server with the tool stopped.
-const BASELINE_WINDOW: Duration = Duration::from_secs(60);
 
 /// A process stopped with SIGSTOP until this is dropped.
 struct Stopped(rustix::process::Pid);
