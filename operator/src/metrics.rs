@@ -443,6 +443,7 @@ mod tests {
             "spire_operator_entries_adopted_total",
             "spire_operator_entry_lists_total",
             "spire_operator_passes_total",
+            "spire_operator_pod_renders_total",
             "spire_operator_pass_duration_seconds_bucket",
             "spire_operator_spire_rpc_duration_seconds_bucket{",
             "spire_operator_entries_desired",
