@@ -22,7 +22,6 @@ use super::state::{KeyId, Source};
 use crate::render::Age;
 use crate::render::{AnnotatedBy, AnnotationInput, AnnotationRequest, Refusal, annotated_entry};
 use crate::spire::EntrySpec;
-use crate::template::TemplateData;
 
 /// What a pod's identity annotation amounts to.
 #[derive(Debug)]
@@ -42,7 +41,7 @@ pub fn annotation_subject(namespace: &str, pod: &str) -> String {
 
 impl PodRenderer<'_> {
     /// The entry the pod's or its ServiceAccount's annotation asks for.
-    pub fn annotation(&self, cached: &CachedPod) -> AnnotationOutcome {
+    pub fn annotation(&mut self, cached: &CachedPod) -> AnnotationOutcome {
         let settings = &self.config.annotation_identities;
         if !settings.enabled || self.config.is_namespace_ignored(&cached.namespace) {
             return AnnotationOutcome::Nothing;
@@ -88,18 +87,16 @@ impl PodRenderer<'_> {
                 return AnnotationOutcome::Nothing;
             }
         };
-        let config = self.config;
-        let trust_domain = &config.trust_domain;
-        let node_data = TemplateData::new(trust_domain, &config.cluster_name, self.cluster_domain)
-            .with_node(&node);
-        let parent = match self.parent.render(&node_data, trust_domain) {
-            Ok(parent) => parent,
+        let trust_domain = &self.config.trust_domain;
+        let node = self.node_data(node, trust_domain);
+        let parent = match &node.parent {
+            Ok(parent) => parent.clone(),
             Err(e) => {
                 tracing::debug!(pod = %format!("{}/{}", cached.namespace, cached.name), error = %e, "no parent ID for an annotated pod");
                 return AnnotationOutcome::Nothing;
             }
         };
-        let mut data = node_data.with_pod(&pod);
+        let mut data = node.data.clone().with_pod(&pod);
         let namespace = stores.namespaces.get(&ObjectRef::new(&cached.namespace));
         if let Some(namespace) = &namespace {
             data = data.with_namespace(namespace);

@@ -66,17 +66,19 @@ pub struct PodRecord {
 }
 
 /// Per node: its template data and the parent ID rendered from it, shared by the
-/// node's pods (rendering both per pod was a third of a cold start's CPU). An entry
-/// holds while the store holds the same object.
+/// node's pods (they were built again for every pod). An entry holds while the store
+/// holds the same object.
 #[derive(Default)]
 pub struct NodeDataCache {
     nodes: HashMap<String, NodeData>,
 }
 
-struct NodeData {
+pub(super) struct NodeData {
     node: Arc<Node>,
-    data: TemplateData,
-    parent: Result<SpiffeId, SpecError>,
+    /// Cluster and node data for templates.
+    pub(super) data: TemplateData,
+    /// `parentIDTemplate` rendered with it.
+    pub(super) parent: Result<SpiffeId, SpecError>,
 }
 
 impl NodeDataCache {
@@ -155,15 +157,18 @@ impl PodRenderer<'_> {
             };
             return (Vec::new(), Some(record));
         };
+        // The JSON was written by us (CachedPod::new): failing here is a bug.
         let (metadata, spec) = match cached.json() {
             Ok(serde_json::Value::Object(mut pod)) => (
                 pod.remove("metadata").unwrap_or_default(),
                 pod.remove("spec").unwrap_or_default(),
             ),
-            other => {
-                // The JSON was produced by us from a decoded pod; failing here is a bug.
-                let error = other.map(|_| "not an object".to_owned());
-                tracing::error!(pod = %format!("{}/{}", cached.namespace, cached.name), error = ?error, "decoding a cached pod");
+            Ok(_) => {
+                tracing::error!(pod = %format!("{}/{}", cached.namespace, cached.name), "a cached pod is not a JSON object");
+                return (Vec::new(), None);
+            }
+            Err(e) => {
+                tracing::error!(pod = %format!("{}/{}", cached.namespace, cached.name), error = %e, "decoding a cached pod");
                 return (Vec::new(), None);
             }
         };
@@ -231,7 +236,7 @@ impl PodRenderer<'_> {
 
 impl PodRenderer<'_> {
     /// The node's template data and parent ID, built once per node and pass.
-    fn node_data(&mut self, node: Arc<Node>, trust_domain: &str) -> &NodeData {
+    pub(super) fn node_data(&mut self, node: Arc<Node>, trust_domain: &str) -> &NodeData {
         let name = node.name_any();
         let fresh = |node: Arc<Node>| {
             let data =
