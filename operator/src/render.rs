@@ -155,6 +155,13 @@ impl PodIdentity {
         })
     }
 
+    /// Its templates (SPIFFE ID, selectors, DNS names).
+    pub fn templates(&self) -> impl Iterator<Item = &Template> {
+        std::iter::once(&self.spiffe_id)
+            .chain(&self.selectors)
+            .chain(&self.dns_names)
+    }
+
     /// Renders this identity's entry for one pod.
     pub fn render(&self, pod: &PodInput<'_>, trust_domain: &str) -> Result<EntrySpec, SpecError> {
         let render = |field: &str, template: &Template| {

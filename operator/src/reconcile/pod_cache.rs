@@ -86,9 +86,10 @@ impl CachedPod {
         serde_json::from_slice(&self.json)
     }
 
-    /// The pod as JSON (cheaper than [`Self::pod`] when only templates read it).
-    pub fn json(&self) -> Result<serde_json::Value, serde_json::Error> {
-        serde_json::from_slice(&self.json)
+    /// The pod as JSON text (`apiVersion`, `kind`, `metadata`, `spec`): templates decode
+    /// only what they read of it.
+    pub fn json_text(&self) -> &[u8] {
+        &self.json
     }
 }
 

@@ -16,7 +16,7 @@ use super::watch::Stores;
 use crate::config::Config;
 use crate::render::{Age, ParentTemplate, PodIdentity, PodInput, SpecError, service_dns_names};
 use crate::spire::{EntrySpec, SpiffeId};
-use crate::template::TemplateData;
+use crate::template::{PodFields, TemplateData};
 
 /// The ClusterSPIFFEIDs as last loaded from the store, sorted by what the reconciler
 /// does with them.
@@ -28,6 +28,8 @@ pub struct ClusterSpiffeIds {
     pub invalid: BTreeMap<String, SpecError>,
     /// Another operator's (className): no entries, no status.
     pub out_of_class: BTreeSet<String>,
+    /// What the valid ones' templates read of a pod: only that is decoded to render.
+    pub pod_fields: PodFields,
 }
 
 impl ClusterSpiffeIds {
@@ -50,6 +52,7 @@ impl ClusterSpiffeIds {
                 }
             }
         }
+        loaded.pod_fields = PodFields::of(loaded.valid.iter().flat_map(|i| i.templates()));
         loaded
     }
 }
@@ -158,15 +161,12 @@ impl PodRenderer<'_> {
             return (Vec::new(), Some(record));
         };
         // The JSON was written by us (CachedPod::new): failing here is a bug.
-        let (metadata, spec) = match cached.json() {
-            Ok(serde_json::Value::Object(mut pod)) => (
-                pod.remove("metadata").unwrap_or_default(),
-                pod.remove("spec").unwrap_or_default(),
-            ),
-            Ok(_) => {
-                tracing::error!(pod = %format!("{}/{}", cached.namespace, cached.name), "a cached pod is not a JSON object");
-                return (Vec::new(), None);
-            }
+        let decoded = self
+            .cluster_spiffe_ids
+            .pod_fields
+            .decode(cached.json_text());
+        let (metadata, spec) = match decoded {
+            Ok(decoded) => decoded,
             Err(e) => {
                 tracing::error!(pod = %format!("{}/{}", cached.namespace, cached.name), error = %e, "decoding a cached pod");
                 return (Vec::new(), None);

@@ -11,11 +11,14 @@
 //! cd e2e/tools/gofields && go run . > ../../../operator/src/template/go_fields.json
 //! ```
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
+use std::fmt;
 use std::sync::{Arc, LazyLock};
 
 use gotmpl::Value;
 use serde::Deserialize;
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::Value as Json;
 
 use super::needs::Need;
@@ -155,6 +158,164 @@ fn go_struct_pruned(type_name: &str, json: &Json, needed: &BTreeMap<String, Need
     Value::Map(Arc::new(out))
 }
 
+/// Decodes a pod's JSON (`{"metadata": ..., "spec": ...}`) into its metadata and spec,
+/// each holding only the fields `meta` and `spec` name (`None`: null), so that the rest
+/// of the pod is skipped, never built. A field [`to_go_value_pruned`] descends into
+/// (a struct, or a pointer to one) is pruned the same way; any other needed field is
+/// kept whole. Pruned data therefore converts to what the whole pod converts to.
+pub fn decode_pod(
+    json: &[u8],
+    meta: Option<&Need>,
+    spec: Option<&Need>,
+) -> Result<(Json, Json), serde_json::Error> {
+    let seed = PodSeed {
+        meta: meta.map(|need| Pruned {
+            type_name: root_type(Root::ObjectMeta),
+            need,
+        }),
+        spec: spec.map(|need| Pruned {
+            type_name: root_type(Root::PodSpec),
+            need,
+        }),
+    };
+    let mut deserializer = serde_json::Deserializer::from_slice(json);
+    let decoded = seed.deserialize(&mut deserializer)?;
+    deserializer.end()?;
+    Ok(decoded)
+}
+
+/// The top level of a pod: `metadata` and `spec`, as far as needed.
+struct PodSeed<'a> {
+    meta: Option<Pruned<'a>>,
+    spec: Option<Pruned<'a>>,
+}
+
+impl<'de> DeserializeSeed<'de> for PodSeed<'_> {
+    type Value = (Json, Json);
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for PodSeed<'_> {
+    type Value = (Json, Json);
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a pod as a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let (mut meta, mut spec) = (Json::Null, Json::Null);
+        while let Some(Key(key)) = map.next_key()? {
+            match (key.as_ref(), self.meta, self.spec) {
+                ("metadata", Some(seed), _) => meta = map.next_value_seed(seed)?,
+                ("spec", _, Some(seed)) => spec = map.next_value_seed(seed)?,
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok((meta, spec))
+    }
+}
+
+/// One value of Go type `type_name`, keeping what `need` names.
+#[derive(Clone, Copy)]
+struct Pruned<'a> {
+    type_name: &'a str,
+    need: &'a Need,
+}
+
+impl<'de> DeserializeSeed<'de> for Pruned<'_> {
+    type Value = Json;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Json, D::Error> {
+        match self.need {
+            Need::Whole => Json::deserialize(deserializer),
+            Need::Fields(_) => deserializer.deserialize_any(self),
+        }
+    }
+}
+
+impl<'de> Visitor<'de> for Pruned<'_> {
+    type Value = Json;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "a JSON object or null ({})", self.type_name)
+    }
+
+    fn visit_unit<E>(self) -> Result<Json, E> {
+        Ok(Json::Null)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Json, A::Error> {
+        let Need::Fields(needed) = self.need else {
+            unreachable!("a whole value is decoded as JSON, not visited")
+        };
+        let fields = TABLE
+            .types
+            .get(self.type_name)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let mut out = serde_json::Map::new();
+        while let Some(Key(key)) = map.next_key()? {
+            let (need, descend) = match fields.iter().find(|f| f.json == key) {
+                Some(field) => (needed.get(&field.go), descends(field)),
+                // A field newer than the table, under its exported name (as go_struct).
+                None => (needed.get(&exported(&key)), None),
+            };
+            match (need, descend) {
+                (Some(need), Some(type_name)) => {
+                    let value = map.next_value_seed(Pruned { type_name, need })?;
+                    out.insert(key.into_owned(), value);
+                }
+                (Some(_), None) => {
+                    let value = map.next_value::<Json>()?;
+                    out.insert(key.into_owned(), value);
+                }
+                (None, _) => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(Json::Object(out))
+    }
+}
+
+/// The struct type [`go_struct_pruned`] descends into for this field, if any.
+fn descends(field: &Field) -> Option<&str> {
+    match field.kind {
+        Kind::Struct | Kind::Nil => field.struct_type.as_deref(),
+        _ => None,
+    }
+}
+
+/// An object key, borrowed from the input when it has no escapes.
+struct Key<'de>(Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object key")
+            }
+
+            fn visit_borrowed_str<E>(self, key: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(key)))
+            }
+
+            fn visit_str<E>(self, key: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(key.to_owned())))
+            }
+        }
+        deserializer.deserialize_str(KeyVisitor)
+    }
+}
+
 fn go_field(field: &Field, json: &Json) -> Value {
     let Some(struct_type) = field.struct_type.as_deref() else {
         return plain(json);
@@ -232,6 +393,48 @@ mod tests {
         for root in [Root::ObjectMeta, Root::PodSpec, Root::NodeSpec] {
             assert!(TABLE.types.contains_key(root_type(root)), "{root:?}");
         }
+    }
+
+    #[test]
+    fn a_pod_decodes_to_the_needed_fields_only() {
+        let pod = br#"{"apiVersion":"v1","kind":"Pod",
+            "metadata":{"name":"web-0","uid":"u-1","labels":{"app":"web"},"newField":1,
+                        "managedFields":[{"manager":"kubectl"}]},
+            "spec":{"serviceAccountName":"sa","containers":[{"name":"app"}],
+                    "securityContext":{"runAsUser":1000,"runAsGroup":2000},
+                    "dnsConfig":null}}"#;
+        let need = |fields: &[(&str, Need)]| {
+            Need::Fields(
+                fields
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.clone()))
+                    .collect(),
+            )
+        };
+        let meta = need(&[
+            ("UID", Need::Whole),
+            ("Labels", need(&[("app", Need::Whole)])),
+            ("NewField", Need::Whole),
+        ]);
+        let spec = need(&[
+            ("SecurityContext", need(&[("RunAsUser", Need::Whole)])),
+            ("DNSConfig", need(&[("Nameservers", Need::Whole)])),
+        ]);
+        let (m, s) = decode_pod(pod, Some(&meta), Some(&spec)).unwrap();
+        assert_eq!(
+            m,
+            serde_json::json!({"uid": "u-1", "labels": {"app": "web"}, "newField": 1}),
+            "a map is kept whole; unread fields are skipped"
+        );
+        assert_eq!(
+            s,
+            serde_json::json!({"securityContext": {"runAsUser": 1000}, "dnsConfig": null}),
+            "a struct is pruned as deep as it is read"
+        );
+        let (m, s) = decode_pod(pod, None, Some(&Need::Whole)).unwrap();
+        assert_eq!(m, Json::Null);
+        assert_eq!(s["containers"][0]["name"], "app");
+        assert!(decode_pod(b"{\"spec\":{}} trailing", None, None).is_err());
     }
 
     #[test]

@@ -19,8 +19,8 @@ use std::sync::{Arc, OnceLock};
 use gotmpl::{MissingKey, Value};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
 
-use go_data::to_go_value_pruned;
 pub use go_data::{Root, to_go_value};
+use go_data::{decode_pod, to_go_value_pruned};
 use needs::{Need, Needs};
 
 /// A template failed to parse or to render.
@@ -89,6 +89,32 @@ impl Template {
             });
         }
         Ok(rendered)
+    }
+}
+
+/// What rendering a set of templates reads of a pod, so that only that is decoded from
+/// the pod's JSON (a pod is mostly containers, volumes and probes no template reads).
+#[derive(Debug, Clone, Default)]
+pub struct PodFields(Needs);
+
+impl PodFields {
+    /// The fields `templates` read, and the UID (the `k8s:pod-uid` selector).
+    pub fn of<'a>(templates: impl IntoIterator<Item = &'a Template>) -> Self {
+        let mut needs = Needs::default();
+        needs.add(&["PodMeta", "UID"]);
+        for template in templates {
+            needs.merge(&template.needs);
+        }
+        Self(needs)
+    }
+
+    /// Decodes a pod's JSON (an object with `metadata` and `spec`) into its metadata and
+    /// spec, as [`TemplateData::with_pod_json`] takes them, keeping what is read.
+    pub fn decode(
+        &self,
+        pod_json: &[u8],
+    ) -> Result<(serde_json::Value, serde_json::Value), serde_json::Error> {
+        decode_pod(pod_json, self.0.key("PodMeta"), self.0.key("PodSpec"))
     }
 }
 
@@ -351,8 +377,9 @@ mod tests {
         assert!(template.render(&data).is_err());
     }
 
-    /// Rendering with only what a template reads gives what rendering with all the
-    /// data gives: the same text, or an error in both.
+    /// Rendering with only what a template reads (built from the whole pod, or decoded
+    /// alone from its JSON) gives what rendering with all the data gives: the same
+    /// text, or an error in both.
     #[test]
     fn pruned_data_renders_as_the_whole_data() {
         let pod: Pod = serde_json::from_value(serde_json::json!({
@@ -408,16 +435,25 @@ mod tests {
             "{{ . }}",
             "{{ $ }}",
         ];
+        let pod_json = serde_json::to_vec(&pod).unwrap();
         for source in sources {
             let template = Template::parse("t", source).unwrap();
             let whole = template
                 .render_value(&data.value(&Needs::everything()))
                 .map_err(|e| e.to_string());
             let pruned = template.render(&data).map_err(|e| e.to_string());
-            match (&whole, &pruned) {
-                (Ok(a), Ok(b)) => assert_eq!(a, b, "{source}"),
-                (Err(_), Err(_)) => {}
-                _ => panic!("{source}: whole data {whole:?}, pruned {pruned:?}"),
+            // And with only the pod fields it reads decoded from the pod's JSON.
+            let (meta, spec) = PodFields::of([&template]).decode(&pod_json).unwrap();
+            let decoded = TemplateData::new("example.org", "prod", "cluster.local")
+                .with_node(&node)
+                .with_pod_json(meta, spec);
+            let decoded = template.render(&decoded).map_err(|e| e.to_string());
+            for other in [&pruned, &decoded] {
+                match (&whole, other) {
+                    (Ok(a), Ok(b)) => assert_eq!(a, b, "{source}"),
+                    (Err(_), Err(_)) => {}
+                    _ => panic!("{source}: whole data {whole:?}, pruned {other:?}"),
+                }
             }
         }
     }

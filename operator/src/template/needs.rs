@@ -32,6 +32,25 @@ pub enum Need {
     Fields(BTreeMap<String, Need>),
 }
 
+impl Need {
+    fn merge(&mut self, other: &Need) {
+        match (&mut *self, other) {
+            (Need::Whole, _) => {}
+            (_, Need::Whole) => *self = Need::Whole,
+            (Need::Fields(mine), Need::Fields(theirs)) => {
+                for (field, need) in theirs {
+                    match mine.get_mut(field) {
+                        Some(held) => held.merge(need),
+                        None => {
+                            mine.insert(field.clone(), need.clone());
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 impl Needs {
     /// What `template` (its main tree and its defined templates) reads.
     pub fn of(template: &gotmpl::Template) -> Self {
@@ -70,7 +89,21 @@ impl Needs {
         }
     }
 
-    fn add(&mut self, path: &[impl AsRef<str>]) {
+    /// Adds what `other` reads.
+    pub fn merge(&mut self, other: &Needs) {
+        self.all |= other.all;
+        for (key, need) in &other.keys {
+            match self.keys.get_mut(key) {
+                Some(mine) => mine.merge(need),
+                None => {
+                    self.keys.insert(key.clone(), need.clone());
+                }
+            }
+        }
+    }
+
+    /// Adds the value at `path` (empty: all the data), whole.
+    pub fn add(&mut self, path: &[impl AsRef<str>]) {
         let Some((key, rest)) = path.split_first() else {
             self.all = true;
             return;
@@ -193,6 +226,30 @@ mod tests {
         assert_eq!(n.key("PodMeta"), Some(&Need::Whole));
         let n = needs("{{ with .PodMeta }}{{ .Name }}{{ end }}{{ .PodMeta.Labels.app }}");
         assert_eq!(n.key("PodMeta"), Some(&Need::Whole));
+    }
+
+    #[test]
+    fn merged_needs_read_what_each_reads() {
+        let mut n = needs("{{ .PodMeta.Name }}{{ .PodSpec.SecurityContext.RunAsUser }}");
+        n.merge(&needs(
+            "{{ .PodMeta.Labels.app }}{{ .PodSpec.SecurityContext }}",
+        ));
+        n.merge(&needs("{{ .NodeMeta.Name }}"));
+        assert_eq!(
+            n.key("PodMeta"),
+            Some(&fields(&[
+                ("Labels", fields(&[("app", Need::Whole)])),
+                ("Name", Need::Whole)
+            ]))
+        );
+        assert_eq!(
+            n.key("PodSpec"),
+            Some(&fields(&[("SecurityContext", Need::Whole)])),
+            "a whole value absorbs a path under it"
+        );
+        assert_eq!(n.key("NodeMeta"), Some(&fields(&[("Name", Need::Whole)])));
+        n.merge(&needs("{{ . }}"));
+        assert_eq!(n.key("NodeSpec"), Some(&Need::Whole), "all of it");
     }
 
     #[test]
