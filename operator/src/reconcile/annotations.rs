@@ -10,15 +10,13 @@
 //! masked by theirs (see [`crate::render::Age::of_annotation`]); otherwise it is one
 //! more entry of the pod, owned and adopted like any other.
 
-use std::collections::HashSet;
-
 use kube::runtime::reflector::ObjectRef;
 
 use super::pod_cache::{CachedPod, PodKey};
 use super::pods::PodRenderer;
 use super::report::{Announced, EVENTS_PER_PASS, pod_reference};
 use super::runner::Reconciler;
-use super::state::{KeyId, Source};
+use super::state::{KeySet, Source};
 use crate::render::Age;
 use crate::render::{AnnotatedBy, AnnotationInput, AnnotationRequest, Refusal, annotated_entry};
 use crate::spire::EntrySpec;
@@ -131,7 +129,7 @@ impl Reconciler {
         &mut self,
         key: &PodKey,
         outcome: AnnotationOutcome,
-        touched: &mut HashSet<KeyId>,
+        touched: &mut KeySet,
     ) -> bool {
         let source = Source::Annotation {
             namespace: key.0.clone(),

@@ -2,11 +2,9 @@
 //! own writes (so the next pass need not re-list), failed keys are remembered for the
 //! retry and the statuses, and fields the server turned out not to keep leave the mask.
 
-use std::collections::HashMap;
-
 use super::diff::ActualEntry;
 use super::ownership::Ownership;
-use super::state::{KeyId, Mirror};
+use super::state::{KeyId, KeyMap, Mirror};
 use super::writer::WriteReport;
 use crate::spire::api::types::EntryMask;
 
@@ -17,7 +15,7 @@ pub struct Books<'a> {
     /// Owned and adopted IDs.
     pub ownership: &'a mut Ownership,
     /// Keys whose last write failed, with the server's message.
-    pub failed_writes: &'a mut HashMap<KeyId, String>,
+    pub failed_writes: &'a mut KeyMap<String>,
     /// The non-key fields compared and updated.
     pub mask: &'a mut EntryMask,
 }
@@ -27,7 +25,7 @@ impl Books<'_> {
     /// keys whose earlier failure is cleared by this success (their statuses change).
     pub fn record(&mut self, report: &mut WriteReport) -> Vec<KeyId> {
         let mut recovered = Vec::new();
-        let mut succeeded = |failed: &mut HashMap<KeyId, String>, key: KeyId| {
+        let mut succeeded = |failed: &mut KeyMap<String>, key: KeyId| {
             if failed.remove(&key).is_some() {
                 recovered.push(key);
             }

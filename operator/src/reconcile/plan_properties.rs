@@ -11,7 +11,7 @@ use proptest::prelude::*;
 
 use super::diff::{ActualEntry, Plan, plan};
 use super::ownership::Class;
-use super::state::{Desired, KeyId, Mirror, Source, plan_all, plan_keys};
+use super::state::{Desired, KeyId, KeySet, Mirror, Source, plan_all, plan_keys};
 use crate::render::Age;
 use crate::spire::api::types::EntryMask;
 use crate::spire::{EntryKey, EntrySpec, managed_fields};
@@ -209,7 +209,7 @@ proptest! {
             for (pod, entries) in by_pod {
                 let mut seen = std::collections::HashSet::new();
                 let entries = entries.into_iter().filter(|(_, e)| seen.insert(e.key.clone())).collect();
-                let source = Source::Pod { namespace: "ns".into(), name: format!("p{pod}") };
+                let source = Source::Pod(("ns".into(), format!("p{pod}")));
                 desired.set(source, entries, touched);
             }
         };
@@ -226,7 +226,7 @@ proptest! {
         listing.extend(initial.create.iter().map(|s| (ownership.new_id(), EntrySpec::clone(s))));
         let mirror = Mirror::from_listing(listing, &ownership, &desired);
 
-        let mut touched = std::collections::HashSet::<KeyId>::new();
+        let mut touched = KeySet::default();
         declare(&mut desired, &after, &mut touched);
         let incremental = plan_keys(&desired, &mirror, &touched, &mask);
         let full = plan_all(&desired, &mirror, &mask);

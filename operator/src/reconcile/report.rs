@@ -170,10 +170,7 @@ impl Reconciler {
                     }
                 }
             }
-            let source = Source::Pod {
-                namespace: pod.0.clone(),
-                name: pod.1.clone(),
-            };
+            let source = Source::Pod(pod.clone());
             for (owner, key) in &record.owners {
                 if *owner != name {
                     continue;
@@ -369,9 +366,8 @@ impl Reconciler {
             .desired
             .sources_of(&KeyId::of(key))
             .filter_map(|source| match source {
-                Source::Pod { namespace, name } | Source::Annotation { namespace, name } => {
-                    Some((namespace.clone(), name.clone()))
-                }
+                Source::Pod(pod) => Some(pod.clone()),
+                Source::Annotation { namespace, name } => Some((namespace.clone(), name.clone())),
                 Source::Static { .. } => None,
             })
             .collect();

@@ -24,7 +24,7 @@ use super::dirty::DirtySet;
 use super::ownership::Ownership;
 use super::pod_cache::{CachedPod, PodKey};
 use super::pods::{ClusterSpiffeIds, NodeDataCache, PodRecord, PodRenderer};
-use super::state::{Desired, KeyId, Mirror, Source, plan_all, plan_keys};
+use super::state::{Desired, KeyId, KeyMap, KeySet, Mirror, Source, plan_all, plan_keys};
 use super::statics::{self, StaticRecord};
 use super::watch::{Dirty, Stores};
 use super::writer::{self, WriteReport};
@@ -111,7 +111,7 @@ pub struct Reconciler {
     /// Per ClusterStaticEntry: its source and key, for statuses.
     pub(super) static_records: BTreeMap<String, StaticRecord>,
     /// Keys whose last write failed, with the message.
-    pub(super) failed_writes: HashMap<KeyId, String>,
+    pub(super) failed_writes: KeyMap<String>,
     /// The adopted IDs last saved to the ConfigMap.
     persisted_adopted: BTreeSet<String>,
     /// The last event message per subject, so an event is published once per change.
@@ -208,7 +208,7 @@ impl Reconciler {
             pod_records: HashMap::new(),
             annotation_refusals: HashMap::new(),
             static_records: BTreeMap::new(),
-            failed_writes: HashMap::new(),
+            failed_writes: KeyMap::default(),
             persisted_adopted: adopted,
             announced: HashMap::new(),
             entry_conflicts: BTreeMap::new(),
@@ -293,7 +293,7 @@ impl Reconciler {
             }
         }
 
-        let mut touched = HashSet::new();
+        let mut touched = KeySet::default();
         for key in &pod_keys {
             self.recompute_pod(key.clone(), &mut touched, &mut affected);
         }
@@ -316,7 +316,7 @@ impl Reconciler {
         // A declaration appearing or going may mask or unmask the entries other objects
         // declare with the same key: their owners' stats change too.
         for key in &touched {
-            affected.extend(self.owners_of(key));
+            self.add_owners_of(key, &mut affected);
         }
         if retry {
             touched.extend(self.failed_writes.keys().cloned());
@@ -338,7 +338,7 @@ impl Reconciler {
             .iter()
             .filter_map(|f| f.key.as_ref().map(KeyId::of));
         for key in failed_keys.chain(recovered) {
-            affected.extend(self.owners_of(&key));
+            self.add_owners_of(&key, &mut affected);
         }
         // Failures of keys nobody declares any more (and that are not on the server
         // waiting for a delete) are moot.
@@ -436,7 +436,7 @@ impl Reconciler {
     }
 
     /// Re-reads the ClusterStaticEntries; returns how many changed their entry.
-    fn recompute_statics(&mut self, touched: &mut HashSet<KeyId>) -> usize {
+    fn recompute_statics(&mut self, touched: &mut KeySet) -> usize {
         statics::recompute(
             &self.ctx.config,
             &self.ctx.stores.cluster_static_entries,
@@ -453,7 +453,7 @@ impl Reconciler {
     fn check_drift(
         &mut self,
         recomputed: &Recomputed,
-        touched: &mut HashSet<KeyId>,
+        touched: &mut KeySet,
         affected: &mut BTreeSet<String>,
     ) {
         let mut pod_keys = HashSet::new();
@@ -480,7 +480,7 @@ impl Reconciler {
     fn recompute_pod(
         &mut self,
         key: PodKey,
-        touched: &mut HashSet<KeyId>,
+        touched: &mut KeySet,
         affected: &mut BTreeSet<String>,
     ) -> bool {
         let mut renderer = PodRenderer {
@@ -500,10 +500,7 @@ impl Reconciler {
             None => (Vec::new(), None, AnnotationOutcome::Nothing),
         };
         let annotation_changed = self.set_annotation(&key, annotation, touched);
-        let source = Source::Pod {
-            namespace: key.0.clone(),
-            name: key.1.clone(),
-        };
+        let source = Source::Pod(key.clone());
         let old = self.pod_records.get(&key);
         if old != record.as_ref() {
             let outcomes = old.into_iter().chain(record.as_ref());
@@ -589,23 +586,21 @@ impl Reconciler {
         self.mask_checked -= ago;
     }
 
-    /// The ClusterSPIFFEIDs whose pods declare `key` as winners.
-    fn owners_of(&self, key: &KeyId) -> Vec<String> {
-        self.desired
+    /// Adds the ClusterSPIFFEIDs whose pods declare `key` as winners to `affected`.
+    fn add_owners_of(&self, key: &KeyId, affected: &mut BTreeSet<String>) {
+        let owners = self
+            .desired
             .sources_of(key)
             .filter_map(|s| match s {
-                Source::Pod { namespace, name } => {
-                    self.pod_records.get(&(namespace.clone(), name.clone()))
-                }
+                Source::Pod(pod) => self.pod_records.get(pod),
                 Source::Static { .. } | Source::Annotation { .. } => None,
             })
-            .flat_map(|r| {
-                r.owners
-                    .iter()
-                    .filter(|(_, k)| k == key)
-                    .map(|(o, _)| o.clone())
-            })
-            .collect()
+            .flat_map(|r| r.owners.iter().filter(|(_, k)| k == key));
+        for (owner, _) in owners {
+            if !affected.contains(owner) {
+                affected.insert(owner.clone());
+            }
+        }
     }
 
     /// Static mode: the state file, or memory only without `--state-dir`.

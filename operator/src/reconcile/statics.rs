@@ -1,12 +1,12 @@
 //! ClusterStaticEntries: one entry each, declared as written in the spec.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 
 use kube::ResourceExt;
 use kube::runtime::reflector::Store;
 
 use super::pods::in_class;
-use super::state::{Desired, KeyId, Source};
+use super::state::{Desired, KeyId, KeySet, Source};
 use crate::config::Config;
 use crate::crd::ClusterStaticEntry;
 use crate::render::{Age, SpecError, StaticEntry};
@@ -29,7 +29,7 @@ pub fn recompute(
     store: &Store<ClusterStaticEntry>,
     records: &mut BTreeMap<String, StaticRecord>,
     desired: &mut Desired,
-    touched: &mut HashSet<KeyId>,
+    touched: &mut KeySet,
 ) -> usize {
     let mut changed = 0;
     let mut seen = BTreeSet::new();

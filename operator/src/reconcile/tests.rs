@@ -429,10 +429,7 @@ async fn a_resync_repairs_and_counts_drift_instead_of_deleting() {
     h.pass(&[Dirty::Resync, Dirty::ClusterSpiffeIds]).await;
     assert_eq!(h.entries().len(), 1);
     // A change the watches lost: the incremental state forgets the pod's entry.
-    let source = Source::Pod {
-        namespace: "shop".into(),
-        name: "web-0".into(),
-    };
+    let source = Source::Pod(("shop".into(), "web-0".into()));
     h.reconciler
         .desired
         .set(source, Vec::new(), &mut Default::default());
