@@ -97,10 +97,10 @@ impl PodRenderer<'_> {
         let mut data = node.data.clone().with_pod(&pod);
         let namespace = stores.namespaces.get(&ObjectRef::new(&cached.namespace));
         if let Some(namespace) = &namespace {
-            data = data.with_namespace(namespace);
+            data = data.with_namespace_meta(self.node_data.namespace(namespace));
         }
         if let Some(sa) = &service_account {
-            data = data.with_service_account(sa);
+            data = data.with_service_account_meta(self.node_data.service_account(sa));
         }
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         let input = AnnotationInput {

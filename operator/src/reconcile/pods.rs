@@ -5,7 +5,7 @@ use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Namespace, Node, ServiceAccount};
 use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
 
@@ -16,7 +16,7 @@ use super::watch::Stores;
 use crate::config::Config;
 use crate::render::{Age, ParentTemplate, PodIdentity, PodInput, SpecError, service_dns_names};
 use crate::spire::{EntrySpec, SpiffeId};
-use crate::template::{PodFields, TemplateData};
+use crate::template::{ObjectData, PodFields, TemplateData};
 
 /// The ClusterSPIFFEIDs as last loaded from the store, sorted by what the reconciler
 /// does with them.
@@ -69,11 +69,14 @@ pub struct PodRecord {
 }
 
 /// Per node: its template data and the parent ID rendered from it, shared by the
-/// node's pods (they were built again for every pod). An entry holds while the store
-/// holds the same object.
+/// node's pods (they were built again for every pod); per Namespace and
+/// ServiceAccount: their template data. An entry holds while the store holds the same
+/// object.
 #[derive(Default)]
 pub struct NodeDataCache {
     nodes: HashMap<String, NodeData>,
+    namespaces: HashMap<String, (Arc<Namespace>, ObjectData)>,
+    service_accounts: HashMap<(String, String), (Arc<ServiceAccount>, ObjectData)>,
 }
 
 pub(super) struct NodeData {
@@ -85,9 +88,50 @@ pub(super) struct NodeData {
 }
 
 impl NodeDataCache {
-    /// Forgets every node (the cache lives for one pass).
+    /// Forgets every object (the cache lives for one pass).
     pub fn clear(&mut self) {
         self.nodes.clear();
+        self.namespaces.clear();
+        self.service_accounts.clear();
+    }
+
+    /// The template data of `namespace`.
+    pub(super) fn namespace(&mut self, namespace: &Arc<Namespace>) -> ObjectData {
+        shared_meta(&mut self.namespaces, namespace.name_any(), namespace)
+    }
+
+    /// The template data of `service_account`.
+    pub(super) fn service_account(&mut self, service_account: &Arc<ServiceAccount>) -> ObjectData {
+        let key = (
+            service_account.namespace().unwrap_or_default(),
+            service_account.name_any(),
+        );
+        shared_meta(&mut self.service_accounts, key, service_account)
+    }
+}
+
+/// The template data of `object`, built once while the store holds the same object.
+fn shared_meta<K, T>(
+    held: &mut HashMap<K, (Arc<T>, ObjectData)>,
+    key: K,
+    object: &Arc<T>,
+) -> ObjectData
+where
+    K: std::hash::Hash + Eq,
+    T: kube::Resource,
+{
+    match held.entry(key) {
+        Entry::Occupied(mut slot) => {
+            if !Arc::ptr_eq(&slot.get().0, object) {
+                slot.insert((object.clone(), ObjectData::of(object.meta())));
+            }
+            slot.get().1.clone()
+        }
+        Entry::Vacant(slot) => {
+            let data = ObjectData::of(object.meta());
+            slot.insert((object.clone(), data.clone()));
+            data
+        }
     }
 }
 
@@ -183,13 +227,13 @@ impl PodRenderer<'_> {
         let parent = node.parent.clone();
         let mut data = node.data.clone().with_pod_json(metadata, spec);
         if let Some(namespace) = &namespace {
-            data = data.with_namespace(namespace);
+            data = data.with_namespace_meta(self.node_data.namespace(namespace));
         }
         if let Some(sa) = stores
             .service_accounts
             .get(&ObjectRef::new(&cached.service_account).within(&namespace_name))
         {
-            data = data.with_service_account(&sa);
+            data = data.with_service_account_meta(self.node_data.service_account(&sa));
         }
         let dns_names: Vec<String> = if selected.iter().any(|i| i.auto_populate_dns_names) {
             let services = stores

@@ -18,6 +18,7 @@ use std::sync::{Arc, OnceLock};
 
 use gotmpl::{MissingKey, Value};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 pub use go_data::{Root, to_go_value};
 use go_data::{decode_pod, to_go_value_pruned};
@@ -147,6 +148,22 @@ impl GoStruct {
     }
 }
 
+/// An object's metadata as templates see it, built once for the many pods that share
+/// the object (their Namespace or ServiceAccount); cloning is cheap.
+#[derive(Clone, Debug)]
+pub struct ObjectData(Slot);
+
+impl ObjectData {
+    /// The template form of `meta`.
+    pub fn of(meta: &ObjectMeta) -> Self {
+        Self(Slot::Go(Arc::new(GoStruct {
+            root: Root::ObjectMeta,
+            json: to_json(meta),
+            whole: OnceLock::new(),
+        })))
+    }
+}
+
 /// The values templates see. Build it once per node and per pod; cloning is cheap.
 #[derive(Clone, Debug)]
 pub struct TemplateData {
@@ -197,20 +214,24 @@ impl TemplateData {
 
     /// Adds `.NamespaceMeta` (an addition to spire-controller-manager's data).
     pub fn with_namespace(self, namespace: &Namespace) -> Self {
-        self.set(
-            "NamespaceMeta",
-            Root::ObjectMeta,
-            to_json(&namespace.metadata),
-        )
+        self.with_namespace_meta(ObjectData::of(&namespace.metadata))
+    }
+
+    /// Adds `.NamespaceMeta` built earlier.
+    pub fn with_namespace_meta(mut self, meta: ObjectData) -> Self {
+        self.fields.insert(Arc::from("NamespaceMeta"), meta.0);
+        self
     }
 
     /// Adds `.ServiceAccountMeta` (an addition to spire-controller-manager's data).
     pub fn with_service_account(self, service_account: &ServiceAccount) -> Self {
-        self.set(
-            "ServiceAccountMeta",
-            Root::ObjectMeta,
-            to_json(&service_account.metadata),
-        )
+        self.with_service_account_meta(ObjectData::of(&service_account.metadata))
+    }
+
+    /// Adds `.ServiceAccountMeta` built earlier.
+    pub fn with_service_account_meta(mut self, meta: ObjectData) -> Self {
+        self.fields.insert(Arc::from("ServiceAccountMeta"), meta.0);
+        self
     }
 
     /// The data as a template that reads `needs` sees it.
