@@ -2,7 +2,7 @@
 //! rendering the entries they declare. Pure: values in, values out.
 
 use std::collections::BTreeSet;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use regex::Regex;
 
@@ -57,7 +57,8 @@ pub struct Age {
     annotation: bool,
     created: Option<k8s_openapi::jiff::Timestamp>,
     deleting: bool,
-    uid: String,
+    /// Shared: every entry an object declares holds its age.
+    uid: Arc<str>,
 }
 
 impl Age {
@@ -67,7 +68,7 @@ impl Age {
             annotation: false,
             created: meta.creation_timestamp.as_ref().map(|t| t.0),
             deleting: meta.deletion_timestamp.is_some(),
-            uid: meta.uid.clone().unwrap_or_default(),
+            uid: meta.uid.as_deref().unwrap_or_default().into(),
         }
     }
 

@@ -13,6 +13,7 @@ mod identities;
 mod large_entries;
 mod leader_election;
 mod pod_entries;
+mod pod_fields;
 mod reconcile_switches;
 mod renames_and_resync;
 mod static_mode;

@@ -3,20 +3,29 @@
 //! A decoded `k8s_openapi` Pod takes 10-50 KB of memory (every optional field of every
 //! container and volume is allocated inline), and the operator needs one per pod in the
 //! cluster. Templates read a pod only when its entries are rendered, which happens when
-//! it or something it depends on changes; between those times its trimmed JSON (a few
-//! KB) is enough. Selection needs only namespace, labels, node and service account,
-//! which are kept decoded.
+//! it or something it depends on changes; between those times the JSON of the fields
+//! they read (a few hundred bytes; [`PodFields`]) is enough. Selection needs only
+//! namespace, labels, node and service account, which are kept decoded.
+//!
+//! When the ClusterSPIFFEIDs come to read a field the cached pods do not hold, the
+//! reconciler asks for it ([`PodCache::want`]); the pod watch then lists every pod again,
+//! and the listing, pruned to the wider fields, replaces the cache at once.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::value::RawValue;
+use tokio::sync::watch;
 
 use super::watched_pod::WatchedPod;
+use crate::template::PodFields;
 
 /// (namespace, name).
 pub type PodKey = (String, String);
+
+/// Cached pods by key.
+pub type Pods = HashMap<PodKey, Arc<CachedPod>>;
 
 /// One pod: what selection needs, decoded; the rest as JSON.
 #[derive(Debug, PartialEq, Eq)]
@@ -38,12 +47,17 @@ pub struct CachedPod {
 }
 
 impl CachedPod {
-    /// Compacts a watched pod.
-    pub fn new(pod: &WatchedPod) -> Result<Self, serde_json::Error> {
+    /// Compacts a watched pod, keeping `fields` of it for templates.
+    pub fn new(pod: &WatchedPod, fields: &PodFields) -> Result<Self, serde_json::Error> {
         let metadata = serde_json::to_string(&pod.metadata)?;
         let spec = pod.spec.as_deref().map_or("null", RawValue::get);
         let json =
             format!(r#"{{"apiVersion":"v1","kind":"Pod","metadata":{metadata},"spec":{spec}}}"#);
+        let json = if fields.is_everything() {
+            json.into_bytes()
+        } else {
+            fields.prune(json.as_bytes())?
+        };
         Ok(Self {
             namespace: pod.metadata.namespace.clone().unwrap_or_default(),
             name: pod.metadata.name.clone().unwrap_or_default(),
@@ -54,13 +68,13 @@ impl CachedPod {
                 .clone()
                 .unwrap_or_else(|| "default".into()),
             annotations: Box::default(),
-            json: json.into_bytes().into_boxed_slice(),
+            json: json.into_boxed_slice(),
         })
     }
 
-    /// Compacts a decoded pod (as the watch would have decoded it).
+    /// Compacts a decoded pod (as the watch would have decoded it), whole.
     pub fn from_pod(pod: &Pod) -> Result<Self, serde_json::Error> {
-        Self::new(&WatchedPod::from_pod(pod)?)
+        Self::new(&WatchedPod::from_pod(pod)?, &PodFields::everything())
     }
 
     /// Keeps the values of the annotations `names` that `pod` carries.
@@ -81,28 +95,76 @@ impl CachedPod {
             .map(|(_, v)| v.as_str())
     }
 
-    /// The pod, decoded again.
+    /// The pod, decoded again (whole only when cached with every field).
     pub fn pod(&self) -> Result<Pod, serde_json::Error> {
         serde_json::from_slice(&self.json)
     }
 
-    /// The pod as JSON text (`apiVersion`, `kind`, `metadata`, `spec`): templates decode
-    /// only what they read of it.
+    /// The pod as JSON text (an object with `metadata` and `spec`, holding the fields it
+    /// was cached with): templates decode only what they read of it.
     pub fn json_text(&self) -> &[u8] {
         &self.json
     }
 }
 
 /// All cached pods, shared between the watch (writer) and the reconciler (reader).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PodCache {
-    pods: RwLock<HashMap<PodKey, Arc<CachedPod>>>,
+    /// The pods, and the fields every one of them holds.
+    pods: RwLock<(Pods, Arc<PodFields>)>,
+    /// The fields the reconciler wants held; the pod watch lists again on a change.
+    wanted: watch::Sender<Arc<PodFields>>,
+}
+
+impl Default for PodCache {
+    /// Empty, holding (and wanting) whole pods.
+    fn default() -> Self {
+        let everything = Arc::new(PodFields::everything());
+        Self {
+            pods: RwLock::new((HashMap::new(), everything.clone())),
+            wanted: watch::Sender::new(everything),
+        }
+    }
 }
 
 impl PodCache {
+    /// The fields every cached pod holds.
+    pub fn fields(&self) -> Arc<PodFields> {
+        self.read().1.clone()
+    }
+
+    /// The fields to cache pods with from now on.
+    pub fn wanted(&self) -> Arc<PodFields> {
+        self.wanted.borrow().clone()
+    }
+
+    /// Asks for pods holding `fields` too; true when that is new (the pod watch then
+    /// lists every pod again, see [`Self::replace`]).
+    pub fn want(&self, fields: &PodFields) -> bool {
+        self.wanted.send_if_modified(|wanted| {
+            if wanted.covers(fields) {
+                return false;
+            }
+            *wanted = Arc::new(wanted.union(fields));
+            true
+        })
+    }
+
+    /// Sets the fields to cache pods with, narrower ones included: before the first
+    /// listing, when nothing is cached yet.
+    pub fn want_exactly(&self, fields: PodFields) {
+        self.wanted.send_replace(Arc::new(fields));
+    }
+
+    /// Notified when the wanted fields change.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<PodFields>> {
+        self.wanted.subscribe()
+    }
+
     /// The pod `namespace/name`.
     pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<CachedPod>> {
         self.read()
+            .0
             .get(&(namespace.to_owned(), name.to_owned()))
             .cloned()
     }
@@ -110,32 +172,36 @@ impl PodCache {
     /// Keys of the pods matching `predicate`.
     pub fn keys_where(&self, predicate: impl Fn(&CachedPod) -> bool) -> Vec<PodKey> {
         self.read()
+            .0
             .iter()
             .filter(|(_, p)| predicate(p))
             .map(|(k, _)| k.clone())
             .collect()
     }
 
-    /// Stores or replaces a pod.
+    /// Stores or replaces a pod (cached with [`Self::fields`]).
     pub fn insert(&self, pod: CachedPod) {
         let key = (pod.namespace.clone(), pod.name.clone());
-        self.write().insert(key, Arc::new(pod));
+        self.write().0.insert(key, Arc::new(pod));
     }
 
     /// Forgets a pod.
     pub fn remove(&self, namespace: &str, name: &str) {
         self.write()
+            .0
             .remove(&(namespace.to_owned(), name.to_owned()));
     }
 
-    /// Replaces everything (after a re-list); returns the pods that changed, appeared
-    /// or vanished.
-    pub fn replace(&self, pods: HashMap<PodKey, Arc<CachedPod>>) -> Vec<PodKey> {
-        let old = std::mem::replace(&mut *self.write(), pods);
-        let new = self.read();
+    /// Replaces everything (after a re-list) with `pods`, cached with `fields`; returns
+    /// the pods that changed, appeared or vanished: all of them when the fields changed.
+    pub fn replace(&self, pods: Pods, fields: Arc<PodFields>) -> Vec<PodKey> {
+        let (old, old_fields) = std::mem::replace(&mut *self.write(), (pods, fields));
+        let guard = self.read();
+        let (new, fields) = &*guard;
+        let all = old_fields != *fields;
         let mut changed: Vec<PodKey> = old
             .iter()
-            .filter(|(key, pod)| new.get(*key) != Some(*pod))
+            .filter(|(key, pod)| all || new.get(*key) != Some(*pod))
             .map(|(key, _)| key.clone())
             .collect();
         changed.extend(new.keys().filter(|key| !old.contains_key(*key)).cloned());
@@ -144,7 +210,7 @@ impl PodCache {
 
     /// How many pods are cached.
     pub fn len(&self) -> usize {
-        self.read().len()
+        self.read().0.len()
     }
 
     /// Whether no pod is cached.
@@ -152,12 +218,12 @@ impl PodCache {
         self.len() == 0
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<PodKey, Arc<CachedPod>>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, (Pods, Arc<PodFields>)> {
         // Writers replace whole values; a panic mid-write cannot leave a torn map.
         self.pods.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<PodKey, Arc<CachedPod>>> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, (Pods, Arc<PodFields>)> {
         self.pods.write().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -204,5 +270,60 @@ mod tests {
         );
         cache.remove("shop", "web-0");
         assert!(cache.is_empty());
+    }
+
+    fn fields(source: &str) -> PodFields {
+        PodFields::of([&crate::template::Template::parse("t", source).unwrap()])
+    }
+
+    #[test]
+    fn pods_are_cached_with_the_fields_templates_read() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web-0", "namespace": "shop", "uid": "u-1",
+                         "labels": {"app": "web"}, "annotations": {"note": "x"}},
+            "spec": {"nodeName": "n1", "serviceAccountName": "sa",
+                     "containers": [{"name": "app", "image": "img:1"}]}
+        }))
+        .unwrap();
+        let watched = WatchedPod::from_pod(&pod).unwrap();
+        let name_only = fields("{{ .PodMeta.Name }}");
+        let cached = CachedPod::new(&watched, &name_only).unwrap();
+        let json: serde_json::Value = serde_json::from_slice(cached.json_text()).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"metadata": {"name": "web-0", "uid": "u-1"}, "spec": null}),
+            "only what templates read, and the UID"
+        );
+        assert_eq!(
+            cached.labels, pod.metadata.labels,
+            "selection keeps its fields"
+        );
+        assert_eq!(cached.node_name.as_deref(), Some("n1"));
+
+        // A template reading more is not covered: the cache wants the union, once.
+        let cache = PodCache::default();
+        cache.want_exactly(name_only.clone());
+        let changed = cache.replace(
+            HashMap::from([(("shop".into(), "web-0".into()), Arc::new(cached))]),
+            Arc::new(name_only.clone()),
+        );
+        assert_eq!(changed.len(), 1);
+        let labels = fields("{{ .PodMeta.Labels.app }}");
+        assert!(!cache.fields().covers(&labels));
+        assert!(cache.want(&labels), "new: the watch lists again");
+        assert!(!cache.want(&labels), "asked already");
+        assert!(cache.wanted().covers(&labels) && cache.wanted().covers(&name_only));
+
+        // The listing with the wider fields marks every pod, changed or not.
+        let wider = cache.wanted();
+        let recached = CachedPod::new(&watched, &wider).unwrap();
+        let pods = HashMap::from([(("shop".into(), "web-0".into()), Arc::new(recached))]);
+        assert_eq!(cache.replace(pods.clone(), wider.clone()).len(), 1);
+        assert!(cache.fields().covers(&labels));
+        assert_eq!(
+            cache.replace(pods, wider).len(),
+            0,
+            "the same listing with the same fields changes nothing"
+        );
     }
 }

@@ -7,13 +7,14 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Namespace, Node, ServiceAccount};
 use kube::ResourceExt;
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 
 use super::desired::{Outcome, pod_entries};
 use super::pod_cache::CachedPod;
 use super::state::KeyId;
 use super::watch::Stores;
 use crate::config::Config;
+use crate::crd::ClusterSPIFFEID;
 use crate::render::{Age, ParentTemplate, PodIdentity, PodInput, SpecError, service_dns_names};
 use crate::spire::{EntrySpec, SpiffeId};
 use crate::template::{ObjectData, PodFields, TemplateData};
@@ -28,18 +29,36 @@ pub struct ClusterSpiffeIds {
     pub invalid: BTreeMap<String, SpecError>,
     /// Another operator's (className): no entries, no status.
     pub out_of_class: BTreeSet<String>,
-    /// What the valid ones' templates read of a pod: only that is decoded to render.
+    /// What the valid ones' templates read of a pod (the whole pod with annotation
+    /// identities): only that is cached and decoded to render.
     pub pod_fields: PodFields,
 }
 
 impl ClusterSpiffeIds {
     /// Loads them from the store; empty when `reconcile.clusterSPIFFEIDs` is off.
     pub fn load(config: &Config, stores: &Stores) -> Self {
+        Self::from_store(config, &stores.cluster_spiffe_ids)
+    }
+
+    /// Loads them from `store`; empty when `reconcile.clusterSPIFFEIDs` is off.
+    pub fn from_store(config: &Config, store: &Store<ClusterSPIFFEID>) -> Self {
         let mut loaded = Self::default();
-        if !config.reconcile.cluster_spiffe_ids {
-            return loaded;
+        if config.reconcile.cluster_spiffe_ids {
+            loaded.parse(config, store);
         }
-        for resource in stores.cluster_spiffe_ids.state() {
+        // Annotation identities render templates from annotations, unknown in advance,
+        // and read the whole pod.
+        loaded.pod_fields = if config.annotation_identities.enabled {
+            PodFields::everything()
+        } else {
+            PodFields::of(loaded.valid.iter().flat_map(|i| i.templates()))
+        };
+        loaded
+    }
+
+    fn parse(&mut self, config: &Config, store: &Store<ClusterSPIFFEID>) {
+        let loaded = self;
+        for resource in store.state() {
             let name = resource.name_any();
             if !in_class(config, resource.spec.class_name.as_deref()) {
                 loaded.out_of_class.insert(name);
@@ -52,8 +71,6 @@ impl ClusterSpiffeIds {
                 }
             }
         }
-        loaded.pod_fields = PodFields::of(loaded.valid.iter().flat_map(|i| i.templates()));
-        loaded
     }
 }
 

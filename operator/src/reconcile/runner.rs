@@ -483,6 +483,11 @@ impl Reconciler {
         touched: &mut KeySet,
         affected: &mut BTreeSet<String>,
     ) -> bool {
+        let cached = self.ctx.stores.pods.get(&key.0, &key.1);
+        if cached.is_some() && !self.pods_hold_what_templates_read() {
+            // Left as it is until the pods are listed again; the listing marks them all.
+            return false;
+        }
         let mut renderer = PodRenderer {
             config: &self.ctx.config,
             cluster_domain: &self.ctx.cluster_domain,
@@ -491,7 +496,7 @@ impl Reconciler {
             cluster_spiffe_ids: &self.cluster_spiffe_ids,
             node_data: &mut self.node_data,
         };
-        let (entries, record, annotation) = match self.ctx.stores.pods.get(&key.0, &key.1) {
+        let (entries, record, annotation) = match cached {
             Some(pod) => {
                 self.ctx.metrics.pod_renders.inc();
                 let (entries, record) = renderer.render(&pod);
@@ -515,6 +520,23 @@ impl Reconciler {
             }
         }
         self.desired.set(source, entries, touched) | annotation_changed
+    }
+
+    /// Whether the cached pods hold every field the ClusterSPIFFEIDs' templates read.
+    /// When they do not, the pod watch is asked to list every pod again with those
+    /// fields too.
+    fn pods_hold_what_templates_read(&self) -> bool {
+        let pods = &self.ctx.stores.pods;
+        let read = &self.cluster_spiffe_ids.pod_fields;
+        if pods.fields().covers(read) {
+            return true;
+        }
+        if pods.want(read) {
+            tracing::info!(
+                "ClusterSPIFFEID templates read pod fields the cached pods do not hold; listing every pod again"
+            );
+        }
+        false
     }
 
     /// Adopts what the plan takes over, writes the rest and records the outcome.

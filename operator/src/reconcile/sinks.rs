@@ -14,11 +14,12 @@ use kube::runtime::watcher::Event;
 use serde::Serialize;
 
 use super::access::slice_from_endpoints;
-use super::pod_cache::{CachedPod, PodCache, PodKey};
+use super::pod_cache::{CachedPod, PodCache, Pods};
 use super::services::ServiceIndex;
 use super::watch::Dirty;
 use super::watched_pod::WatchedPod;
 use crate::config::Config;
+use crate::template::PodFields;
 
 /// Where one kind's events go: `apply` updates the cache and adds what to mark.
 pub(super) trait Sink<K>: Send + 'static {
@@ -30,20 +31,21 @@ pub(super) trait Sink<K>: Send + 'static {
 pub(super) struct PodSink {
     pub(super) cache: Arc<PodCache>,
     pub(super) config: Arc<Config>,
-    pub(super) building: Option<HashMap<PodKey, Arc<CachedPod>>>,
+    /// A listing being received, and the fields its pods are cached with.
+    pub(super) building: Option<(Pods, Arc<PodFields>)>,
 }
 
 impl PodSink {
-    fn compact(&self, pod: &WatchedPod) -> Option<CachedPod> {
+    fn compact(config: &Config, pod: &WatchedPod, fields: &PodFields) -> Option<CachedPod> {
         let ignored = pod
             .metadata
             .namespace
             .as_deref()
-            .is_some_and(|ns| !self.config.watches_namespace(ns));
+            .is_some_and(|ns| !config.watches_namespace(ns));
         if ignored {
             return None;
         }
-        let settings = &self.config.annotation_identities;
+        let settings = &config.annotation_identities;
         let kept: &[&str] = if settings.enabled {
             &[
                 &settings.spiffe_id_annotation,
@@ -52,7 +54,7 @@ impl PodSink {
         } else {
             &[]
         };
-        CachedPod::new(pod)
+        CachedPod::new(pod, fields)
             .map(|cached| cached.keep_annotations(pod, kept))
             .inspect_err(|e| {
                 tracing::warn!(pod = ?pod.metadata.name, namespace = ?pod.metadata.namespace, error = %e, "cannot cache pod")
@@ -64,21 +66,28 @@ impl PodSink {
 impl Sink<WatchedPod> for PodSink {
     fn apply(&mut self, event: Event<WatchedPod>, marks: &mut Vec<Dirty>) {
         match event {
-            Event::Init => self.building = Some(HashMap::new()),
+            Event::Init => self.building = Some((HashMap::new(), self.cache.wanted())),
             Event::InitApply(pod) => {
-                if let Some(cached) = self.compact(&pod) {
-                    self.building.get_or_insert_default().insert(
+                let (pods, fields) = self
+                    .building
+                    .get_or_insert_with(|| (HashMap::new(), self.cache.wanted()));
+                if let Some(cached) = Self::compact(&self.config, &pod, fields) {
+                    pods.insert(
                         (cached.namespace.clone(), cached.name.clone()),
                         Arc::new(cached),
                     );
                 }
             }
             Event::InitDone => {
-                let changed = self.cache.replace(self.building.take().unwrap_or_default());
+                let (pods, fields) = self
+                    .building
+                    .take()
+                    .unwrap_or_else(|| (HashMap::new(), self.cache.wanted()));
+                let changed = self.cache.replace(pods, fields);
                 marks.extend(changed.into_iter().map(|(ns, name)| Dirty::Pod(ns, name)));
             }
             Event::Apply(pod) => {
-                if let Some(cached) = self.compact(&pod) {
+                if let Some(cached) = Self::compact(&self.config, &pod, &self.cache.fields()) {
                     marks.push(Dirty::Pod(cached.namespace.clone(), cached.name.clone()));
                     self.cache.insert(cached);
                 }

@@ -102,7 +102,7 @@ pub enum Source {
 /// One declaration of an entry: the age of the resource that owns it (the
 /// ClusterStaticEntry, or the ClusterSPIFFEID that rendered a pod's entry), the
 /// declaring object, and the entry.
-type Claim = (Age, Source, Arc<EntrySpec>);
+type Claim = (Age, Arc<Source>, Arc<EntrySpec>);
 
 /// Desired entries by key and by declaring object.
 ///
@@ -113,7 +113,8 @@ type Claim = (Age, Source, Arc<EntrySpec>);
 pub struct Desired {
     /// Declarers of each key, oldest owner first; almost always exactly one.
     by_key: KeyMap<Vec<Claim>>,
-    by_source: HashMap<Source, Vec<KeyId>>,
+    /// Keyed by the source its claims share.
+    by_source: HashMap<Arc<Source>, Vec<KeyId>>,
 }
 
 impl Desired {
@@ -133,7 +134,7 @@ impl Desired {
         if let Some(old_keys) = self.by_source.remove(&source) {
             for key in old_keys {
                 if let Some(claims) = self.by_key.get_mut(&key) {
-                    claims.retain(|(_, s, _)| *s != source);
+                    claims.retain(|(_, s, _)| **s != source);
                     if claims.is_empty() {
                         self.by_key.remove(&key);
                     }
@@ -141,13 +142,14 @@ impl Desired {
                 touched.insert(key);
             }
         }
+        let source = Arc::new(source);
         for ((age, entry), id) in entries.into_iter().zip(&new_keys) {
             touched.insert(*id);
             let claims = self
                 .by_key
                 .entry(*id)
                 .or_insert_with(|| Vec::with_capacity(1));
-            let at = claims.partition_point(|(a, s, _)| (a, s) < (&age, &source));
+            let at = claims.partition_point(|(a, s, _)| (a, &**s) < (&age, &*source));
             claims.insert(at, (age, source.clone(), Arc::new(entry)));
         }
         if !new_keys.is_empty() {
@@ -167,7 +169,7 @@ impl Desired {
             && keys.iter().zip(entries).all(|(key, (age, entry))| {
                 self.by_key
                     .get(key)
-                    .and_then(|claims| claims.iter().find(|(_, s, _)| s == source))
+                    .and_then(|claims| claims.iter().find(|(_, s, _)| **s == *source))
                     .is_some_and(|(a, _, declared)| a == age && **declared == *entry)
             })
     }
@@ -190,12 +192,12 @@ impl Desired {
         self.by_key
             .get(key)
             .and_then(|c| c.first())
-            .is_some_and(|(_, s, _)| s == source)
+            .is_some_and(|(_, s, _)| **s == *source)
     }
 
     /// Every declaring object.
     pub fn sources(&self) -> impl Iterator<Item = &Source> {
-        self.by_source.keys()
+        self.by_source.keys().map(Arc::as_ref)
     }
 
     /// The keys `source` declares.
@@ -211,7 +213,7 @@ impl Desired {
         self.by_key
             .get(key)
             .into_iter()
-            .flat_map(|c| c.iter().map(|(_, s, _)| s))
+            .flat_map(|c| c.iter().map(|(_, s, _)| s.as_ref()))
     }
 
     /// How many distinct entries are desired.

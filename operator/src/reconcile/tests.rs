@@ -4,6 +4,7 @@
 //! join-token entry holding a desired key, fields an older server drops, and drift
 //! between the incremental state and the caches.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -22,12 +23,14 @@ use super::pod_cache::{CachedPod, PodCache};
 use super::runner::{Context, Reconciler};
 use super::state::Source;
 use super::watch::{Dirty, Stores};
+use super::watched_pod::WatchedPod;
 use crate::config::Config;
 use crate::crd::{ClusterSPIFFEID, ClusterStaticEntry};
 use crate::metrics::Metrics;
 use crate::spire::api::types;
 use crate::spire::fake::{FakeSpire, FakeState};
 use crate::spire::{ClientOptions, SpireAddress, SpireClient};
+use crate::template::{PodFields, Template};
 
 mod event_sequences;
 mod hostile;
@@ -462,6 +465,65 @@ async fn a_full_pass_renders_each_pod_once() {
     h.pass(&[Dirty::Resync]).await;
     assert_eq!(h.metrics.pod_renders.get(), 2);
     assert_eq!(h.metrics.desired_drift.get(), 0);
+}
+
+#[tokio::test]
+async fn pods_lacking_a_field_a_template_reads_wait_for_a_listing_with_it() {
+    let mut h = Harness::new("fields", FakeState::default()).await;
+    h.add_workload();
+    // Cached as the watch caches it: with the fields the workload's template reads.
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "web-0", "namespace": "shop", "uid": "pod-uid",
+                     "labels": {"team": "blue"}},
+        "spec": {"nodeName": "n1", "containers": [{"name": "app"}]}
+    }))
+    .unwrap();
+    let watched = WatchedPod::from_pod(&pod).unwrap();
+    let read = |source: &str| PodFields::of([&Template::parse("t", source).unwrap()]);
+    let narrow = read("{{ .PodMeta.Namespace }}{{ .PodMeta.Name }}");
+    let cache = h.pods.clone();
+    let cache_with = |fields: Arc<PodFields>| {
+        let cached = CachedPod::new(&watched, &fields).unwrap();
+        let pods = HashMap::from([(("shop".into(), "web-0".into()), Arc::new(cached))]);
+        cache.replace(pods, fields)
+    };
+    cache_with(Arc::new(narrow));
+    let pod_mark = Dirty::Pod("shop".into(), "web-0".into());
+    h.pass(&[Dirty::Resync, Dirty::ClusterSpiffeIds, pod_mark.clone()])
+        .await;
+    let paths = |h: &Harness| -> Vec<String> {
+        h.entries()
+            .iter()
+            .filter_map(|e| e.spiffe_id.as_ref().map(|id| id.path.clone()))
+            .collect()
+    };
+    assert_eq!(paths(&h), ["/ns/shop/web-0"]);
+
+    // The template now reads a label: the cached pod does not hold labels.
+    let team = "spiffe://{{ .TrustDomain }}/team/{{ .PodMeta.Labels.team }}/{{ .PodMeta.Name }}";
+    let csid: ClusterSPIFFEID = serde_json::from_value(json!({
+        "apiVersion": "spire.spiffe.io/v1alpha1", "kind": "ClusterSPIFFEID",
+        "metadata": {"name": "web", "uid": "csid-uid", "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "spec": {"spiffeIDTemplate": team}
+    }))
+    .unwrap();
+    h.csids.apply_watcher_event(&Event::Apply(csid));
+    h.pass(&[Dirty::ClusterSpiffeIds]).await;
+    assert_eq!(
+        paths(&h),
+        ["/ns/shop/web-0"],
+        "left as it was, not rendered without the label (a render failure withdraws it)"
+    );
+    assert!(
+        h.pods.wanted().covers(&read(team)),
+        "the pods are wanted with it"
+    );
+
+    // The watch's listing with the wider fields marks the pod; it renders with them.
+    let changed = cache_with(h.pods.wanted());
+    assert_eq!(changed, [("shop".to_string(), "web-0".to_string())]);
+    h.pass(&[pod_mark]).await;
+    assert_eq!(paths(&h), ["/team/blue/web-0"]);
 }
 
 /// The pod entry the workload's ClusterSPIFFEID (created 2026-01-01) renders, as a

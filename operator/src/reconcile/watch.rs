@@ -16,7 +16,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::{Stream, StreamExt};
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use futures::{FutureExt, Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Endpoints, Namespace, Node, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::WatchStreamExt;
@@ -30,12 +32,14 @@ use super::access::Access;
 use super::backoff::LogLimiter;
 use super::dirty::DirtySet;
 use super::pod_cache::PodCache;
+use super::pods::ClusterSpiffeIds;
 use super::services::ServiceIndex;
 use super::sinks::{EndpointsSink, PodSink, Sink, SliceSink, StoreSink, trim_meta, trim_pod};
 use super::watched_pod::WatchedPod;
 use crate::config::Config;
 use crate::crd::{ClusterFederatedTrustDomain, ClusterSPIFFEID, ClusterStaticEntry};
 use crate::http::Health;
+use crate::template::PodFields;
 
 /// What needs recomputing.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -203,19 +207,6 @@ pub fn spawn(
         kinds: Vec::new(),
     };
     if options.watches_pods() {
-        let pods = PodSink {
-            cache: watches.stores.pods.clone(),
-            config,
-            building: None,
-        };
-        watches.start(
-            Api::<WatchedPod>::all(client.clone()),
-            watcher::Config::default(),
-            trim_pod,
-            pods,
-            "pods",
-            &shared,
-        );
         watches.stores.nodes = watches.start_store(
             Api::all(client.clone()),
             watcher::Config::default(),
@@ -302,6 +293,31 @@ pub fn spawn(
             &federation,
         );
     }
+    if options.watches_pods() {
+        // Pods are cached with the fields the ClusterSPIFFEIDs' templates read: known
+        // once the ClusterSPIFFEIDs are.
+        let csids = watches.stores.cluster_spiffe_ids.clone();
+        let cache = watches.stores.pods.clone();
+        let watched = options.cluster_spiffe_ids;
+        let sink_config = config.clone();
+        let ready = async move {
+            if watched {
+                // Err: the ClusterSPIFFEID watch ended; its health check reports it.
+                let _ = csids.wait_until_ready().await;
+            }
+            cache.want_exactly(ClusterSpiffeIds::from_store(&config, &csids).pod_fields);
+        };
+        let sink = PodSink {
+            cache: watches.stores.pods.clone(),
+            config: sink_config,
+            building: None,
+        };
+        let events = pod_events(Api::all(client.clone()), watches.stores.pods.clone(), ready);
+        watches.kinds.push("pods");
+        watches
+            .tasks
+            .push(tokio::spawn(drive(events, sink, "pods", shared.clone())));
+    }
     if options.cluster_static_entries {
         watches.stores.cluster_static_entries = watches.start_store(
             Api::all(client),
@@ -363,6 +379,63 @@ impl Watches {
         self.start(api, config, trim, sink, kind, shared);
         store
     }
+}
+
+/// The pod watch. It starts once `ready` has set the fields to cache pods with, and lists
+/// every pod again (a new watch) whenever the reconciler wants fields the cached pods do
+/// not hold ([`PodCache::want`]).
+fn pod_events(
+    api: Api<WatchedPod>,
+    cache: Arc<PodCache>,
+    ready: impl Future<Output = ()> + Send + 'static,
+) -> impl Stream<Item = Result<Event<WatchedPod>, watcher::Error>> + Send {
+    type Events = BoxStream<'static, Result<Event<WatchedPod>, watcher::Error>>;
+    let start = move || -> Events {
+        watcher::watcher(api.clone(), watcher::Config::default())
+            .default_backoff()
+            .modify(trim_pod)
+            .boxed()
+    };
+    struct State<S> {
+        ready: Option<BoxFuture<'static, ()>>,
+        wanted: tokio::sync::watch::Receiver<Arc<PodFields>>,
+        /// False once the cache is gone (shutting down): the current watch is kept.
+        follows_wanted: bool,
+        events: Option<Events>,
+        start: S,
+    }
+    let state = State {
+        ready: Some(ready.boxed()),
+        wanted: cache.subscribe(),
+        follows_wanted: true,
+        events: None,
+        start,
+    };
+    futures::stream::unfold(state, |mut state| async move {
+        if let Some(ready) = state.ready.take() {
+            ready.await;
+        }
+        loop {
+            if state.events.is_none() {
+                state.wanted.borrow_and_update();
+                state.events = Some((state.start)());
+            }
+            let events = state.events.as_mut()?;
+            if !state.follows_wanted {
+                return events.next().await.map(|event| (event, state));
+            }
+            let restart = tokio::select! {
+                event = events.next() => return event.map(|event| (event, state)),
+                changed = state.wanted.changed() => changed.is_ok(),
+            };
+            if restart {
+                tracing::info!("listing every pod again, for pod fields the templates now read");
+                state.events = None;
+            } else {
+                state.follows_wanted = false;
+            }
+        }
+    })
 }
 
 /// The one watch loop: applies each event to the sink, then marks what it reported.

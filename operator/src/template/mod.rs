@@ -94,11 +94,44 @@ impl Template {
 }
 
 /// What rendering a set of templates reads of a pod, so that only that is decoded from
-/// the pod's JSON (a pod is mostly containers, volumes and probes no template reads).
-#[derive(Debug, Clone, Default)]
+/// the pod's JSON (a pod is mostly containers, volumes and probes no template reads),
+/// or kept of it at all.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PodFields(Needs);
 
 impl PodFields {
+    /// The whole pod.
+    pub fn everything() -> Self {
+        let mut needs = Needs::default();
+        needs.add(&[] as &[&str]);
+        Self(needs)
+    }
+
+    /// Whether this is the whole pod.
+    pub fn is_everything(&self) -> bool {
+        self.0.is_all()
+    }
+
+    /// Whether every field `other` names is named here too.
+    pub fn covers(&self, other: &PodFields) -> bool {
+        self.0.covers(&other.0)
+    }
+
+    /// The fields either names.
+    pub fn union(&self, other: &PodFields) -> Self {
+        let mut needs = self.0.clone();
+        needs.merge(&other.0);
+        Self(needs)
+    }
+
+    /// A pod's JSON (an object with `metadata` and `spec`) with only these fields, as
+    /// JSON again: [`Self::decode`] of it, with these fields or fewer, gives what it
+    /// gives of the whole pod.
+    pub fn prune(&self, pod_json: &[u8]) -> Result<Vec<u8>, serde_json::Error> {
+        let (metadata, spec) = self.decode(pod_json)?;
+        serde_json::to_vec(&serde_json::json!({"metadata": metadata, "spec": spec}))
+    }
+
     /// The fields `templates` read, and the UID (the `k8s:pod-uid` selector).
     pub fn of<'a>(templates: impl IntoIterator<Item = &'a Template>) -> Self {
         let mut needs = Needs::default();
@@ -106,6 +139,8 @@ impl PodFields {
         for template in templates {
             needs.merge(&template.needs);
         }
+        // What is read outside the pod is no field of it: compared with a cache's.
+        needs.retain_keys(&["PodMeta", "PodSpec"]);
         Self(needs)
     }
 
@@ -463,13 +498,19 @@ mod tests {
                 .render_value(&data.value(&Needs::everything()))
                 .map_err(|e| e.to_string());
             let pruned = template.render(&data).map_err(|e| e.to_string());
-            // And with only the pod fields it reads decoded from the pod's JSON.
-            let (meta, spec) = PodFields::of([&template]).decode(&pod_json).unwrap();
-            let decoded = TemplateData::new("example.org", "prod", "cluster.local")
-                .with_node(&node)
-                .with_pod_json(meta, spec);
-            let decoded = template.render(&decoded).map_err(|e| e.to_string());
-            for other in [&pruned, &decoded] {
+            // And with only the pod fields it reads decoded from the pod's JSON, whole
+            // or as the pod cache keeps it (pruned to the fields all templates read).
+            let fields = PodFields::of([&template]);
+            let render_from = |json: &[u8]| {
+                let (meta, spec) = fields.decode(json).unwrap();
+                let data = TemplateData::new("example.org", "prod", "cluster.local")
+                    .with_node(&node)
+                    .with_pod_json(meta, spec);
+                template.render(&data).map_err(|e| e.to_string())
+            };
+            let decoded = render_from(&pod_json);
+            let kept = render_from(&fields.prune(&pod_json).unwrap());
+            for other in [&pruned, &decoded, &kept] {
                 match (&whole, other) {
                     (Ok(a), Ok(b)) => assert_eq!(a, b, "{source}"),
                     (Err(_), Err(_)) => {}
@@ -477,5 +518,18 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn pod_fields_name_pod_fields_only() {
+        let fields = |source: &str| PodFields::of([&Template::parse("t", source).unwrap()]);
+        let with_node = fields("{{ .TrustDomain }}/{{ .NodeMeta.Name }}/{{ .PodMeta.Name }}");
+        let pod_only = fields("{{ .PodMeta.Name }}");
+        assert_eq!(
+            with_node, pod_only,
+            "cluster and node data are no pod field"
+        );
+        assert!(pod_only.covers(&with_node));
+        assert!(!pod_only.covers(&fields("{{ .PodSpec.NodeName }}")));
     }
 }

@@ -33,6 +33,16 @@ pub enum Need {
 }
 
 impl Need {
+    fn covers(&self, other: &Need) -> bool {
+        match (self, other) {
+            (Need::Whole, _) => true,
+            (Need::Fields(_), Need::Whole) => false,
+            (Need::Fields(mine), Need::Fields(theirs)) => theirs
+                .iter()
+                .all(|(field, need)| mine.get(field).is_some_and(|held| held.covers(need))),
+        }
+    }
+
     fn merge(&mut self, other: &Need) {
         match (&mut *self, other) {
             (Need::Whole, _) => {}
@@ -89,6 +99,21 @@ impl Needs {
         }
     }
 
+    /// Whether all of the data is read.
+    pub fn is_all(&self) -> bool {
+        self.all
+    }
+
+    /// Whether everything `other` reads is read here too.
+    pub fn covers(&self, other: &Needs) -> bool {
+        self.all
+            || (!other.all
+                && other
+                    .keys
+                    .iter()
+                    .all(|(key, need)| self.keys.get(key).is_some_and(|held| held.covers(need))))
+    }
+
     /// Adds what `other` reads.
     pub fn merge(&mut self, other: &Needs) {
         self.all |= other.all;
@@ -100,6 +125,11 @@ impl Needs {
                 }
             }
         }
+    }
+
+    /// Forgets what is read under top-level keys other than `keys`.
+    pub fn retain_keys(&mut self, keys: &[&str]) {
+        self.keys.retain(|key, _| keys.contains(&key.as_str()));
     }
 
     /// Adds the value at `path` (empty: all the data), whole.
@@ -250,6 +280,28 @@ mod tests {
         assert_eq!(n.key("NodeMeta"), Some(&fields(&[("Name", Need::Whole)])));
         n.merge(&needs("{{ . }}"));
         assert_eq!(n.key("NodeSpec"), Some(&Need::Whole), "all of it");
+    }
+
+    #[test]
+    fn covering_needs() {
+        let wide = needs("{{ .PodMeta.Labels }}{{ .PodSpec.SecurityContext.RunAsUser }}");
+        for narrower in [
+            "{{ .PodMeta.Labels.app }}",
+            "{{ .PodMeta.Labels }}{{ .PodSpec.SecurityContext.RunAsUser }}",
+            "text only",
+        ] {
+            assert!(wide.covers(&needs(narrower)), "{narrower}");
+        }
+        for wider in [
+            "{{ .PodMeta.Name }}",
+            "{{ .PodSpec.SecurityContext }}",
+            "{{ .PodSpec.SecurityContext.RunAsGroup }}",
+            "{{ .NodeMeta.Name }}",
+            "{{ . }}",
+        ] {
+            assert!(!wide.covers(&needs(wider)), "{wider}");
+        }
+        assert!(needs("{{ $ }}").covers(&needs("{{ . }}{{ .PodSpec }}")));
     }
 
     #[test]
