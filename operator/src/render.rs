@@ -173,7 +173,9 @@ impl PodIdentity {
         let rendered = render("spec.spiffeIDTemplate", &self.spiffe_id)?;
         let spiffe_id = in_trust_domain("spec.spiffeIDTemplate", &rendered, trust_domain)?;
 
-        let mut selectors = vec![format!("k8s:pod-uid:{}", pod.pod_uid)];
+        // Exactly as long as it will be: no reallocation.
+        let mut selectors = Vec::with_capacity(1 + self.selectors.len());
+        selectors.push(format!("k8s:pod-uid:{}", pod.pod_uid));
         for (i, template) in self.selectors.iter().enumerate() {
             let field = format!("spec.workloadSelectorTemplates[{i}]");
             let selector = render(&field, template)?;

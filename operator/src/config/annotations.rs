@@ -209,6 +209,8 @@ fn check_annotation_name(name: &str) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use crate::config::Config;
 
     fn load(block: &str) -> Result<Config, String> {
@@ -251,9 +253,13 @@ mod tests {
         assert_eq!(settings.spiffe_id_annotation, "example.com/id");
         assert_eq!(settings.dns_names_annotation, "example.com/dns");
         assert_eq!(settings.allowed.len(), 2);
-        let on = [("annotations".to_string(), "on".to_string())].into();
+        let on: BTreeMap<String, String> = [("annotations".to_string(), "on".to_string())].into();
         assert!(settings.namespaces.matches(Some(&on)));
-        assert!(!settings.namespaces.matches(None));
+        assert!(
+            !settings
+                .namespaces
+                .matches(None::<&BTreeMap<String, String>>)
+        );
         assert!(config.notes.is_empty(), "{:?}", config.notes);
     }
 

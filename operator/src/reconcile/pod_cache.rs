@@ -19,6 +19,7 @@ use serde_json::value::RawValue;
 use tokio::sync::watch;
 
 use super::watched_pod::WatchedPod;
+use crate::label_selector::Labels;
 use crate::template::PodFields;
 
 /// (namespace, name).
@@ -35,7 +36,7 @@ pub struct CachedPod {
     /// Name.
     pub name: String,
     /// Labels, for podSelector.
-    pub labels: Option<BTreeMap<String, String>>,
+    pub labels: PodLabels,
     /// `spec.nodeName`.
     pub node_name: Option<String>,
     /// `spec.serviceAccountName` (`default` when unset).
@@ -61,7 +62,7 @@ impl CachedPod {
         Ok(Self {
             namespace: pod.metadata.namespace.clone().unwrap_or_default(),
             name: pod.metadata.name.clone().unwrap_or_default(),
-            labels: pod.metadata.labels.clone(),
+            labels: PodLabels::new(pod.metadata.labels.as_ref()),
             node_name: pod.node_name.clone(),
             service_account: pod
                 .service_account_name
@@ -104,6 +105,34 @@ impl CachedPod {
     /// was cached with): templates decode only what they read of it.
     pub fn json_text(&self) -> &[u8] {
         &self.json
+    }
+}
+
+/// A pod's labels, sorted by key: a tenth of a `BTreeMap`'s memory for the few labels
+/// a pod has (its smallest node holds eleven).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct PodLabels(Box<[(Box<str>, Box<str>)]>);
+
+impl PodLabels {
+    /// The labels of a pod's metadata.
+    pub fn new(labels: Option<&BTreeMap<String, String>>) -> Self {
+        // A BTreeMap iterates in key order: the slice is sorted.
+        Self(
+            labels
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| (k.as_str().into(), v.as_str().into()))
+                .collect(),
+        )
+    }
+}
+
+impl Labels for PodLabels {
+    fn label(&self, key: &str) -> Option<&str> {
+        self.0
+            .binary_search_by(|(k, _)| (**k).cmp(key))
+            .ok()
+            .map(|i| &*self.0[i].1)
     }
 }
 
@@ -272,6 +301,20 @@ mod tests {
         assert!(cache.is_empty());
     }
 
+    #[test]
+    fn labels_are_looked_up_by_key() {
+        let map: BTreeMap<String, String> = [("tier", "db"), ("app", "web"), ("zone", "a")]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        let labels = PodLabels::new(Some(&map));
+        for (key, value) in &map {
+            assert_eq!(labels.label(key), Some(value.as_str()));
+        }
+        assert_eq!(labels.label("team"), None);
+        assert_eq!(PodLabels::new(None).label("app"), None);
+    }
+
     fn fields(source: &str) -> PodFields {
         PodFields::of([&crate::template::Template::parse("t", source).unwrap()])
     }
@@ -295,7 +338,8 @@ mod tests {
             "only what templates read, and the UID"
         );
         assert_eq!(
-            cached.labels, pod.metadata.labels,
+            cached.labels,
+            PodLabels::new(pod.metadata.labels.as_ref()),
             "selection keeps its fields"
         );
         assert_eq!(cached.node_name.as_deref(), Some("n1"));

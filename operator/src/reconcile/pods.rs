@@ -186,7 +186,7 @@ impl PodRenderer<'_> {
             .iter()
             .filter(|i| {
                 i.namespace_selector.matches(namespace_labels)
-                    && i.pod_selector.matches(cached.labels.as_ref())
+                    && i.pod_selector.matches(Some(&cached.labels))
             })
             .collect();
         if selected.is_empty() {
@@ -285,8 +285,11 @@ impl PodRenderer<'_> {
         let owners = (result.owners.iter().cloned())
             .zip(result.entries.iter().map(|e| KeyId::of(&e.key)))
             .collect();
+        // Kept until the pod next changes: no spare capacity.
+        let mut outcomes = result.outcomes;
+        outcomes.shrink_to_fit();
         let record = PodRecord {
-            outcomes: result.outcomes,
+            outcomes,
             owners,
             unscheduled: false,
         };
