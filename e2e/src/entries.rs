@@ -227,6 +227,15 @@ pub fn pod_entries_of(entries: &[EntryView]) -> Vec<EntryView> {
         .collect()
 }
 
+/// Entry ID by SPIFFE ID, for the pod entries of `entries`.
+pub fn pod_entry_ids(entries: &[EntryView]) -> std::collections::BTreeMap<String, String> {
+    entries
+        .iter()
+        .filter(|e| e.is_pod_entry())
+        .map(|e| (e.spiffe_id.clone(), e.id.clone()))
+        .collect()
+}
+
 /// The pod entries on the server, sorted.
 pub async fn pod_entries(spire: &Spire) -> anyhow::Result<Vec<EntryView>> {
     Ok(pod_entries_of(&list(spire).await?))

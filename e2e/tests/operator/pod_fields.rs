@@ -2,9 +2,7 @@
 //! template edited to read a field the cached pods do not hold has the operator list
 //! every pod again with it, and the entries then carry the field's values.
 
-use std::collections::BTreeMap;
-
-use e2e::entries::{self, EntryView};
+use e2e::entries;
 use e2e::operator::Operator;
 use e2e::world::World;
 use serde_json::{Value, json};
@@ -14,14 +12,6 @@ fn csid(template: &str) -> Value {
         "spiffeIDTemplate": template,
         "podSelector": { "matchLabels": { "app": "web" } },
     })
-}
-
-/// Entry ID by SPIFFE ID, for pod entries.
-fn ids(all: &[EntryView]) -> BTreeMap<String, String> {
-    entries::pod_entries_of(all)
-        .into_iter()
-        .map(|e| (e.spiffe_id, e.id))
-        .collect()
 }
 
 #[tokio::test]
@@ -49,14 +39,14 @@ async fn a_template_reading_a_new_pod_field_gets_it() -> anyhow::Result<()> {
         .await?;
     let operator = Operator::start(&world.control_plane, &world.spire, "fields", "").await?;
     let before = entries::wait_for(&world.spire, "two entries by name", |e| {
-        ids(e).into_keys().collect::<Vec<_>>()
+        entries::pod_entry_ids(e).into_keys().collect::<Vec<_>>()
             == [
                 "spiffe://fields.test/name/web-0",
                 "spiffe://fields.test/name/web-1",
             ]
     })
     .await?;
-    let before = ids(&before);
+    let before = entries::pod_entry_ids(&before);
 
     // Now the labels: not cached until the pods are listed again.
     world
@@ -66,14 +56,14 @@ async fn a_template_reading_a_new_pod_field_gets_it() -> anyhow::Result<()> {
         )
         .await?;
     let after = entries::wait_for(&world.spire, "the entries carry each pod's team", |e| {
-        ids(e).into_keys().collect::<Vec<_>>()
+        entries::pod_entry_ids(e).into_keys().collect::<Vec<_>>()
             == [
                 "spiffe://fields.test/team/blue/web-0",
                 "spiffe://fields.test/team/green/web-1",
             ]
     })
     .await?;
-    let after = ids(&after);
+    let after = entries::pod_entry_ids(&after);
     assert_eq!(
         after["spiffe://fields.test/team/blue/web-0"], before["spiffe://fields.test/name/web-0"],
         "renamed in place, not re-created"
@@ -90,7 +80,7 @@ async fn a_template_reading_a_new_pod_field_gets_it() -> anyhow::Result<()> {
         )
         .await?;
     entries::wait_for(&world.spire, "web-2's entry with its team", |e| {
-        ids(e).contains_key("spiffe://fields.test/team/red/web-2")
+        entries::pod_entry_ids(e).contains_key("spiffe://fields.test/team/red/web-2")
     })
     .await?;
 

@@ -4,10 +4,10 @@
 //! `--entry-resync-interval` a short `gcInterval` no longer re-lists the whole server
 //! while events keep the entries current.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
-use e2e::entries::{self, EntryView};
+use e2e::entries;
 use e2e::operator::{ENTRY_RESYNC_INTERVAL, Operator};
 use e2e::world::World;
 use serde_json::{Value, json};
@@ -18,14 +18,6 @@ fn csid(path: &str) -> Value {
         "podSelector": { "matchLabels": { "app": "web" } },
         "dnsNameTemplates": ["{{ .PodMeta.Name }}.app.svc"],
     })
-}
-
-/// Entry ID by SPIFFE ID, for pod entries.
-fn ids(all: &[EntryView]) -> BTreeMap<String, String> {
-    entries::pod_entries_of(all)
-        .into_iter()
-        .map(|e| (e.spiffe_id, e.id))
-        .collect()
 }
 
 #[tokio::test]
@@ -51,17 +43,17 @@ async fn a_template_edit_renames_the_entries_in_place() -> anyhow::Result<()> {
         entries::pod_entries_of(e).len() == 6
     })
     .await?;
-    let before = ids(&before);
+    let before = entries::pod_entry_ids(&before);
 
     world.apply_csid("a", csid("a-v2")).await?;
     let after = entries::wait_for(&world.spire, "a's entries carry the new path", |e| {
-        let paths: Vec<String> = ids(e).into_keys().collect();
+        let paths: Vec<String> = entries::pod_entry_ids(e).into_keys().collect();
         paths.len() == 6
             && paths.iter().filter(|p| p.contains("/a-v2/")).count() == 3
             && !paths.iter().any(|p| p.contains("/a/"))
     })
     .await?;
-    let after = ids(&after);
+    let after = entries::pod_entry_ids(&after);
 
     // Every entry kept its ID: a's three under their new SPIFFE IDs, b's untouched.
     for i in 0..3 {
@@ -121,7 +113,7 @@ async fn the_default_entry_resync_interval_lists_once_and_events_still_land() ->
         .await?;
     world.delete_pod("app", "web-0").await?;
     entries::wait_for(&world.spire, "web-1's entry only", |e| {
-        let paths: Vec<String> = ids(e).into_keys().collect();
+        let paths: Vec<String> = entries::pod_entry_ids(e).into_keys().collect();
         paths == ["spiffe://cadence.test/a/web-1"]
     })
     .await?;
