@@ -97,26 +97,18 @@ impl Selector {
     }
 
     /// Whether an object with `labels` is selected.
-    pub fn matches<L: Labels + ?Sized>(&self, labels: Option<&L>) -> bool {
-        let get = |key: &str| labels.and_then(|l| l.label(key));
+    pub fn matches(&self, labels: Option<&BTreeMap<String, String>>) -> bool {
+        self.matches_labels(|key| labels?.get(key).map(String::as_str))
+    }
+
+    /// Whether the labels `get` looks up (key to value) match.
+    pub fn matches_labels<'a>(&self, get: impl Fn(&str) -> Option<&'a str>) -> bool {
         self.requirements.iter().all(|r| match r {
             Requirement::In(key, values) => get(key).is_some_and(|v| values.contains(v)),
             Requirement::NotIn(key, values) => !get(key).is_some_and(|v| values.contains(v)),
             Requirement::Exists(key) => get(key).is_some(),
             Requirement::DoesNotExist(key) => get(key).is_none(),
         })
-    }
-}
-
-/// Labels a selector is matched against.
-pub trait Labels {
-    /// The value of label `key`.
-    fn label(&self, key: &str) -> Option<&str>;
-}
-
-impl Labels for BTreeMap<String, String> {
-    fn label(&self, key: &str) -> Option<&str> {
-        self.get(key).map(String::as_str)
     }
 }
 

@@ -209,8 +209,6 @@ fn check_annotation_name(name: &str) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use crate::config::Config;
 
     fn load(block: &str) -> Result<Config, String> {
@@ -253,13 +251,9 @@ mod tests {
         assert_eq!(settings.spiffe_id_annotation, "example.com/id");
         assert_eq!(settings.dns_names_annotation, "example.com/dns");
         assert_eq!(settings.allowed.len(), 2);
-        let on: BTreeMap<String, String> = [("annotations".to_string(), "on".to_string())].into();
+        let on = [("annotations".to_string(), "on".to_string())].into();
         assert!(settings.namespaces.matches(Some(&on)));
-        assert!(
-            !settings
-                .namespaces
-                .matches(None::<&BTreeMap<String, String>>)
-        );
+        assert!(!settings.namespaces.matches(None));
         assert!(config.notes.is_empty(), "{:?}", config.notes);
     }
 

@@ -19,7 +19,6 @@ use serde_json::value::RawValue;
 use tokio::sync::watch;
 
 use super::watched_pod::WatchedPod;
-use crate::label_selector::Labels;
 use crate::template::PodFields;
 
 /// (namespace, name).
@@ -127,8 +126,9 @@ impl PodLabels {
     }
 }
 
-impl Labels for PodLabels {
-    fn label(&self, key: &str) -> Option<&str> {
+impl PodLabels {
+    /// The value of label `key`.
+    pub fn get(&self, key: &str) -> Option<&str> {
         self.0
             .binary_search_by(|(k, _)| (**k).cmp(key))
             .ok()
@@ -309,10 +309,10 @@ mod tests {
             .collect();
         let labels = PodLabels::new(Some(&map));
         for (key, value) in &map {
-            assert_eq!(labels.label(key), Some(value.as_str()));
+            assert_eq!(labels.get(key), Some(value.as_str()));
         }
-        assert_eq!(labels.label("team"), None);
-        assert_eq!(PodLabels::new(None).label("app"), None);
+        assert_eq!(labels.get("team"), None);
+        assert_eq!(PodLabels::new(None).get("app"), None);
     }
 
     fn fields(source: &str) -> PodFields {

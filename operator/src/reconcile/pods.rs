@@ -186,7 +186,7 @@ impl PodRenderer<'_> {
             .iter()
             .filter(|i| {
                 i.namespace_selector.matches(namespace_labels)
-                    && i.pod_selector.matches(Some(&cached.labels))
+                    && i.pod_selector.matches_labels(|key| cached.labels.get(key))
             })
             .collect();
         if selected.is_empty() {
