@@ -32,11 +32,8 @@ impl Books<'_> {
         };
         for (id, spec) in std::mem::take(&mut report.created) {
             succeeded(self.failed_writes, KeyId::of(&spec.key));
-            self.mirror.insert(ActualEntry {
-                id,
-                spec,
-                class: super::ownership::Class::Owned,
-            });
+            self.mirror
+                .insert(ActualEntry::new(id, spec, super::ownership::Class::Owned));
         }
         for (id, spec) in std::mem::take(&mut report.updated) {
             succeeded(self.failed_writes, KeyId::of(&spec.key));

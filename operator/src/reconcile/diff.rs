@@ -19,6 +19,20 @@ pub struct ActualEntry {
     /// Whose it is. Only owned entries are ever updated or deleted, adoptable ones after
     /// being adopted by matching a desired entry's key.
     pub class: Class,
+    /// The mirror's full listing that last returned (or our write that last made) it.
+    pub(super) listing: u32,
+}
+
+impl ActualEntry {
+    /// An entry as a write or a listing returned it.
+    pub fn new(id: String, spec: Arc<EntrySpec>, class: Class) -> Self {
+        Self {
+            id,
+            spec,
+            class,
+            listing: 0,
+        }
+    }
 }
 
 /// What to write to bring the server to the desired state.
@@ -204,11 +218,7 @@ mod tests {
     }
 
     fn actual(id: &str, spec: EntrySpec, class: Class) -> ActualEntry {
-        ActualEntry {
-            id: id.into(),
-            spec: Arc::new(spec),
-            class,
-        }
+        ActualEntry::new(id.into(), Arc::new(spec), class)
     }
 
     fn desired(specs: &[EntrySpec]) -> HashMap<EntryKey, Arc<EntrySpec>> {
@@ -403,7 +413,7 @@ mod tests {
                 .iter()
                 .any(|s| s.r#type == "k8s" && s.value == "pod-uid:1")
         );
-        let (id, back) = EntrySpec::from_api(&entry).unwrap();
+        let (id, back) = EntrySpec::from_api(entry).unwrap();
         assert_eq!((id.as_str(), back), ("e1", web));
     }
 }

@@ -95,11 +95,7 @@ fn apply(server: &mut BTreeMap<String, ActualEntry>, plan: &Plan) {
     }
     for (n, spec) in plan.create.iter().enumerate() {
         let id = format!("new-{n}");
-        let entry = ActualEntry {
-            id: id.clone(),
-            spec: spec.clone(),
-            class: Class::Owned,
-        };
+        let entry = ActualEntry::new(id.clone(), spec.clone(), Class::Owned);
         server.insert(id, entry);
     }
 }
@@ -186,7 +182,7 @@ proptest! {
         let actual: Vec<ActualEntry> = actual
             .into_iter()
             .enumerate()
-            .map(|(i, (spec, class))| ActualEntry { id: format!("e{i}"), spec: Arc::new(spec), class })
+            .map(|(i, (spec, class))| ActualEntry::new(format!("e{i}"), Arc::new(spec), class))
             .collect();
         check_plan(&desired, &actual, &mask);
     }

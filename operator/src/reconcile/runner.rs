@@ -366,8 +366,22 @@ impl Reconciler {
     /// Re-lists the server into the mirror; false (and a retry scheduled) on failure.
     async fn list_entries(&mut self) -> bool {
         let started = Instant::now();
-        match self.ctx.spire.list_entries().await {
-            Ok(entries) => {
+        self.mirror.begin_listing();
+        let (mirror, ownership, desired) = (&mut self.mirror, &self.ownership, &self.desired);
+        let listing = self.ctx.spire.list_entries_by_page(|page| {
+            for entry in page {
+                match EntrySpec::from_api(entry) {
+                    Ok((id, spec)) => mirror.listed(id, spec, ownership, desired),
+                    // One odd entry must not stop the others from reconciling.
+                    Err((id, err)) => {
+                        tracing::warn!(entry = %id, error = %err, "skipping an entry with an unparsable SPIFFE ID");
+                    }
+                }
+            }
+        });
+        match listing.await {
+            Ok(()) => {
+                self.mirror.end_listing();
                 self.ctx
                     .metrics
                     .observe_rpc("entry.v1.Entry/ListEntries", started.elapsed());
@@ -377,18 +391,6 @@ impl Reconciler {
                 if failures > 0 {
                     tracing::info!(failures, "listing entries works again");
                 }
-                let parsed = entries
-                    .iter()
-                    .filter_map(|e| match EntrySpec::from_api(e) {
-                        Ok(parsed) => Some(parsed),
-                        Err(err) => {
-                            // One odd entry must not stop the others from reconciling.
-                            tracing::warn!(entry = %e.id, error = %err, "skipping an entry with an unparsable SPIFFE ID");
-                            None
-                        }
-                    })
-                    .collect();
-                self.mirror = Mirror::from_listing(parsed, &self.ownership, &self.desired);
                 self.listed_once = true;
                 true
             }

@@ -88,14 +88,22 @@ pub struct EntrySpec {
 }
 
 impl EntrySpec {
-    /// Reads an entry from the SPIRE API, returning its ID too.
-    pub fn from_api(entry: &types::Entry) -> Result<(String, Self), SpiffeIdError> {
-        let id_of =
-            |id: &Option<types::Spiffeid>| SpiffeId::from_api(&id.clone().unwrap_or_default());
+    /// Reads an entry from the SPIRE API, returning its ID too; on error, the ID of the
+    /// entry that could not be read.
+    pub fn from_api(entry: types::Entry) -> Result<(String, Self), (String, SpiffeIdError)> {
+        let id_of = |id: &Option<types::Spiffeid>| match id {
+            Some(id) => SpiffeId::from_api(id),
+            None => SpiffeId::from_api(&types::Spiffeid::default()),
+        };
+        let ids = id_of(&entry.spiffe_id).and_then(|s| Ok((s, id_of(&entry.parent_id)?)));
+        let (spiffe_id, parent_id) = match ids {
+            Ok(ids) => ids,
+            Err(e) => return Err((entry.id, e)),
+        };
         let spec = Self {
             key: EntryKey {
-                spiffe_id: id_of(&entry.spiffe_id)?,
-                parent_id: id_of(&entry.parent_id)?,
+                spiffe_id,
+                parent_id,
                 selectors: entry
                     .selectors
                     .iter()
@@ -104,14 +112,14 @@ impl EntrySpec {
             },
             x509_svid_ttl: entry.x509_svid_ttl,
             jwt_svid_ttl: entry.jwt_svid_ttl,
-            federates_with: entry.federates_with.iter().cloned().collect(),
+            federates_with: entry.federates_with.into_iter().collect(),
             admin: entry.admin,
             downstream: entry.downstream,
-            dns_names: entry.dns_names.clone(),
-            hint: entry.hint.clone(),
+            dns_names: entry.dns_names,
+            hint: entry.hint,
             store_svid: entry.store_svid,
         };
-        Ok((entry.id.clone(), spec))
+        Ok((entry.id, spec))
     }
 
     /// The SPIRE API form; `id` is empty for a create.
