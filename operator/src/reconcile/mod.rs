@@ -38,6 +38,7 @@ pub mod concurrency;
 pub mod desired;
 pub mod diff;
 pub mod dirty;
+pub mod mirror;
 pub mod ownership;
 #[cfg(test)]
 mod plan_properties;

@@ -1,0 +1,392 @@
+//! The mirror of the entries on the server.
+//!
+//! At 30000 entries the mirror is the operator's largest structure after the desired
+//! state, so it is laid out densely: the entries sit in one slab, and the two indexes
+//! (by key, by ID) hold 4-byte slot numbers. Each entry's ID is stored once, in its
+//! slot; the ID index hashes it from there.
+
+use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
+
+use hashbrown::HashTable;
+
+use super::diff::ActualEntry;
+use super::ownership::{Class, Ownership};
+use super::state::{Desired, KeyId, KeyMap, KeySet};
+use crate::spire::EntrySpec;
+
+/// No slot: the end of a key's chain.
+const NONE: u32 = u32::MAX;
+
+/// One entry and its place among the entries with the same key.
+#[derive(Debug)]
+struct Slot {
+    entry: ActualEntry,
+    key: KeyId,
+    /// The next slot holding an entry with this key, or [`NONE`]. SPIRE refuses two
+    /// entries with one key, so the chain is one long except for a moment (an entry
+    /// recreated before the listing saw the old one go) or on a server that lets
+    /// duplicates in.
+    next: u32,
+}
+
+/// The server's entries as last listed and then updated from our own writes. Entries of
+/// every class are kept, join-token ones included: they are never touched, but a
+/// desired entry with the same key must be seen as a conflict, neither created (SPIRE
+/// would answer AlreadyExists, forever) nor adopted.
+#[derive(Debug, Default)]
+pub struct Mirror {
+    /// The entries; a removed entry leaves its slot empty for the next insert.
+    slots: Vec<Option<Slot>>,
+    free: Vec<u32>,
+    /// The first slot with each key.
+    by_key: KeyMap<u32>,
+    /// Slots by the ID of their entry, hashed with `ids`.
+    by_id: HashTable<u32>,
+    ids: RandomState,
+    /// Counts full listings: entries a listing returns are marked with it, and those it
+    /// did not return are gone from the server when it completes.
+    listing: u32,
+}
+
+impl Mirror {
+    /// Builds the mirror from a full listing.
+    pub fn from_listing(
+        entries: Vec<(String, EntrySpec)>,
+        ownership: &Ownership,
+        desired: &Desired,
+    ) -> Self {
+        let mut mirror = Self::default();
+        mirror.begin_listing();
+        for (id, spec) in entries {
+            mirror.listed(id, spec, ownership, desired);
+        }
+        mirror.end_listing();
+        mirror
+    }
+
+    /// Starts a full listing, folded in place as its pages arrive: each entry returned
+    /// goes through [`Mirror::listed`], then [`Mirror::end_listing`] drops the entries it
+    /// did not return. The mirror is never held twice, nor the listing whole (at 30000
+    /// entries those cost about 9 MiB at the peak). A listing that fails half way leaves
+    /// the entries it returned refreshed and the others as they were.
+    pub fn begin_listing(&mut self) {
+        self.listing = self.listing.wrapping_add(1);
+    }
+
+    /// Folds in one entry of the current listing. An entry equal to its desired
+    /// declaration shares that declaration's memory.
+    pub fn listed(&mut self, id: String, spec: EntrySpec, ownership: &Ownership, desired: &Desired) {
+        let class = ownership.classify(&id, &spec);
+        let key = KeyId::of(&spec.key);
+        let declared = desired
+            .shared(&key)
+            .filter(|declared| ***declared == spec);
+        let listing = self.listing;
+        if let Some(slot) = self.slot_of(&id).and_then(|at| self.slots[at].as_mut())
+            && slot.key == key
+            && *slot.entry.spec == spec
+        {
+            slot.entry.class = class;
+            slot.entry.listing = listing;
+            if let Some(declared) = declared {
+                slot.entry.spec = declared.clone();
+            }
+            return;
+        }
+        let spec = declared.cloned().unwrap_or_else(|| Arc::new(spec));
+        let mut entry = ActualEntry::new(id, spec, class);
+        entry.listing = listing;
+        self.insert_keyed(key, entry);
+    }
+
+    /// Completes the current listing: entries it did not return are gone.
+    pub fn end_listing(&mut self) {
+        let unlisted: Vec<String> = self
+            .all()
+            .filter(|entry| entry.listing != self.listing)
+            .map(|entry| entry.id.clone())
+            .collect();
+        for id in unlisted {
+            self.remove(&id);
+        }
+    }
+
+    /// Adds or replaces an entry (by ID).
+    pub fn insert(&mut self, mut entry: ActualEntry) {
+        entry.listing = self.listing;
+        self.insert_keyed(KeyId::of(&entry.spec.key), entry);
+    }
+
+    fn insert_keyed(&mut self, key: KeyId, entry: ActualEntry) {
+        self.remove(&entry.id);
+        let hash = self.ids.hash_one(entry.id.as_str());
+        let slot = Some(Slot {
+            entry,
+            key,
+            next: NONE,
+        });
+        let at = match self.free.pop() {
+            Some(at) => {
+                self.slots[at as usize] = slot;
+                at
+            }
+            None => {
+                self.slots.push(slot);
+                u32::try_from(self.slots.len() - 1).expect("fewer than 2^32 entries")
+            }
+        };
+        // Appended to its key's chain: entries with one key keep the order they came in,
+        // whichever way they are walked.
+        match self.by_key.get(&key).copied() {
+            None => {
+                self.by_key.insert(key, at);
+            }
+            Some(head) => {
+                let mut last = head;
+                while let Some(slot) = self.slot_mut(last)
+                    && slot.next != NONE
+                {
+                    last = slot.next;
+                }
+                if let Some(slot) = self.slot_mut(last) {
+                    slot.next = at;
+                }
+            }
+        }
+        let (slots, ids) = (&self.slots, &self.ids);
+        self.by_id
+            .insert_unique(hash, at, |&at| ids.hash_one(id_in(slots, at)));
+    }
+
+    /// The slot holding the entry with `id`.
+    fn slot_of(&self, id: &str) -> Option<usize> {
+        let slots = &self.slots;
+        self.by_id
+            .find(self.ids.hash_one(id), |&at| id_in(slots, at) == id)
+            .map(|&at| at as usize)
+    }
+
+    /// Removes an entry by ID, returning it.
+    pub fn remove(&mut self, id: &str) -> Option<ActualEntry> {
+        let slots = &self.slots;
+        let at = self
+            .by_id
+            .find_entry(self.ids.hash_one(id), |&at| id_in(slots, at) == id)
+            .ok()?
+            .remove()
+            .0;
+        let Slot { entry, key, next } = self.slots[at as usize].take()?;
+        self.free.push(at);
+        // Unlink the slot from its key's chain.
+        let head = self.by_key.get(&key).copied().unwrap_or(NONE);
+        if head == at {
+            if next == NONE {
+                self.by_key.remove(&key);
+            } else {
+                self.by_key.insert(key, next);
+            }
+        } else {
+            let mut previous = head;
+            while let Some(slot) = self.slot_mut(previous) {
+                if slot.next == at {
+                    slot.next = next;
+                    break;
+                }
+                previous = slot.next;
+            }
+        }
+        Some(entry)
+    }
+
+    fn slot_mut(&mut self, at: u32) -> Option<&mut Slot> {
+        self.slots.get_mut(at as usize)?.as_mut()
+    }
+
+    /// Marks an entry owned (after adoption).
+    pub fn set_owned(&mut self, id: &str) {
+        if let Some(slot) = self.slot_of(id).and_then(|at| self.slots[at].as_mut()) {
+            slot.entry.class = Class::Owned;
+        }
+    }
+
+    /// Replaces the fields of an entry after an update.
+    pub fn update(&mut self, id: &str, spec: Arc<EntrySpec>) {
+        if let Some(mut entry) = self.remove(id) {
+            entry.spec = spec;
+            self.insert(entry);
+        }
+    }
+
+    /// The entry with `id`.
+    pub fn get(&self, id: &str) -> Option<&ActualEntry> {
+        let at = self.slot_of(id)?;
+        self.slots[at].as_ref().map(|slot| &slot.entry)
+    }
+
+    /// (owned, foreign) entry counts.
+    pub fn counts(&self) -> (usize, usize) {
+        let owned = self.all().filter(|e| e.class == Class::Owned).count();
+        (owned, self.by_id.len() - owned)
+    }
+
+    /// Whether the server holds an entry with `key` that serves it as desired.
+    pub fn has(&self, key: &KeyId) -> bool {
+        self.by_key.contains_key(key)
+    }
+
+    /// The entries with each of `keys`.
+    pub(super) fn subset<'a>(&'a self, keys: &'a KeySet) -> impl Iterator<Item = &'a ActualEntry> {
+        keys.iter().flat_map(|key| self.with_key(key))
+    }
+
+    fn with_key(&self, key: &KeyId) -> impl Iterator<Item = &ActualEntry> {
+        let mut at = self.by_key.get(key).copied().unwrap_or(NONE);
+        std::iter::from_fn(move || {
+            let slot = self.slots.get(at as usize)?.as_ref()?;
+            at = slot.next;
+            Some(&slot.entry)
+        })
+    }
+
+    /// Every entry, those sharing a key in the order [`Mirror::subset`] gives them.
+    pub(super) fn all(&self) -> impl Iterator<Item = &ActualEntry> {
+        self.by_key.keys().flat_map(|key| self.with_key(key))
+    }
+}
+
+/// The ID of the entry in slot `at` (empty for an empty slot, which no index points to).
+fn id_in(slots: &[Option<Slot>], at: u32) -> &str {
+    slots
+        .get(at as usize)
+        .and_then(Option::as_ref)
+        .map_or("", |slot| slot.entry.id.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spire::{EntryKey, EntrySpec};
+
+    fn spec(path: &str) -> EntrySpec {
+        EntrySpec {
+            key: EntryKey {
+                spiffe_id: format!("spiffe://td{path}").parse().unwrap(),
+                parent_id: "spiffe://td/spire/agent/k8s_psat/c/n".parse().unwrap(),
+                selectors: ["k8s:ns:a".to_string()].into(),
+            },
+            x509_svid_ttl: 0,
+            jwt_svid_ttl: 0,
+            federates_with: Default::default(),
+            admin: false,
+            downstream: false,
+            dns_names: vec![],
+            hint: String::new(),
+            store_svid: false,
+        }
+    }
+
+    fn ids_with(mirror: &Mirror, path: &str) -> Vec<String> {
+        let mut ids: Vec<String> = mirror
+            .with_key(&KeyId::of(&spec(path).key))
+            .map(|e| e.id.clone())
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// Several entries with one key (a server that let a duplicate in) are all found by
+    /// key and by ID, and removing any of them, first, middle or last in the chain,
+    /// leaves the others findable; freed slots are reused.
+    #[test]
+    fn entries_sharing_a_key_stay_findable_as_any_of_them_goes() {
+        let mut mirror = Mirror::default();
+        for id in ["a", "b", "c"] {
+            mirror.insert(ActualEntry::new(id.into(), Arc::new(spec("/x")), Class::Foreign));
+        }
+        mirror.insert(ActualEntry::new("d".into(), Arc::new(spec("/y")), Class::Owned));
+        assert_eq!(ids_with(&mirror, "/x"), ["a", "b", "c"]);
+        assert_eq!(mirror.counts(), (1, 3));
+
+        for (gone, left) in [("b", vec!["a", "c"]), ("c", vec!["a"]), ("a", vec![])] {
+            assert_eq!(mirror.remove(gone).unwrap().id, gone);
+            assert_eq!(ids_with(&mirror, "/x"), left);
+            assert!(mirror.get(gone).is_none());
+            for id in &left {
+                assert_eq!(mirror.get(id).unwrap().id, *id);
+            }
+        }
+        assert!(!mirror.has(&KeyId::of(&spec("/x").key)));
+        assert!(mirror.remove("a").is_none());
+        assert_eq!(ids_with(&mirror, "/y"), ["d"]);
+
+        // Re-keying an entry (an update changing its SPIFFE ID) moves it between chains.
+        mirror.update("d", Arc::new(spec("/x")));
+        assert_eq!(ids_with(&mirror, "/x"), ["d"]);
+        assert!(!mirror.has(&KeyId::of(&spec("/y").key)));
+        mirror.set_owned("d");
+        assert_eq!(mirror.get("d").unwrap().class, Class::Owned);
+        mirror.insert(ActualEntry::new("e".into(), Arc::new(spec("/z")), Class::Owned));
+        assert_eq!(mirror.slots.len(), 4, "freed slots are reused");
+        assert_eq!(mirror.all().count(), 2);
+    }
+
+    /// A listing folded into the existing mirror leaves exactly what it returned: entries
+    /// it did not return are gone, changed ones replaced, unchanged ones kept, classes
+    /// redone; a listing that fails half way drops nothing, and the next complete one
+    /// still drops what neither returned.
+    #[test]
+    fn a_listing_folded_in_place_leaves_exactly_what_it_returned() {
+        let ownership = Ownership::new(None, "c", None);
+        let desired = Desired::default();
+        let ours = |n: u32| format!("spire-operator.c.{n}");
+        let mut mirror = Mirror::from_listing(
+            vec![
+                (ours(1), spec("/a")),
+                (ours(2), spec("/b")),
+                ("scm-made".into(), spec("/c")),
+            ],
+            &ownership,
+            &desired,
+        );
+        // Our own write between listings.
+        mirror.insert(ActualEntry::new(
+            ours(4),
+            Arc::new(spec("/d")),
+            Class::Owned,
+        ));
+        let ids = |mirror: &Mirror| {
+            let mut ids: Vec<String> = mirror.all().map(|e| e.id.clone()).collect();
+            ids.sort();
+            ids
+        };
+        assert_eq!(ids(&mirror).len(), 4);
+
+        // Half a listing: entry 1 changed, then the call fails.
+        let mut changed = spec("/a");
+        changed.hint = "edited".into();
+        mirror.begin_listing();
+        mirror.listed(ours(1), changed, &ownership, &desired);
+        assert_eq!(ids(&mirror).len(), 4);
+        assert_eq!(mirror.get(&ours(1)).unwrap().spec.hint, "edited");
+
+        // A complete listing without entries 1 and 4; entry 2's key changed; a new
+        // foreign entry.
+        mirror.begin_listing();
+        for (id, spec) in [
+            (ours(2), spec("/b-renamed")),
+            ("scm-made".into(), spec("/c")),
+            ("other.x".into(), spec("/e")),
+        ] {
+            mirror.listed(id, spec, &ownership, &desired);
+        }
+        mirror.end_listing();
+        assert_eq!(ids(&mirror), ["other.x".into(), "scm-made".into(), ours(2)]);
+        assert_eq!(mirror.by_id.len(), 3);
+        assert!(!mirror.has(&KeyId::of(&spec("/b").key)));
+        assert!(mirror.has(&KeyId::of(&spec("/b-renamed").key)));
+        assert_eq!(mirror.get("other.x").unwrap().class, Class::Foreign);
+        assert_eq!(mirror.get("scm-made").unwrap().class, Class::Adoptable);
+        assert_eq!(mirror.counts(), (1, 2));
+    }
+}
