@@ -87,8 +87,8 @@ impl Age {
 /// A ClusterSPIFFEID whose spec parsed: templates compiled, selectors and durations checked.
 #[derive(Debug, Clone)]
 pub struct PodIdentity {
-    /// The resource name.
-    pub name: String,
+    /// The resource name (shared by the records of every pod it selects).
+    pub name: Arc<str>,
     /// Age, for masking.
     pub age: Age,
     /// `spec.fallback`.
@@ -132,7 +132,7 @@ impl PodIdentity {
             Template::parse(&field, source).map_err(|e| SpecError::new(field, e))
         };
         Ok(Self {
-            name: resource.metadata.name.clone().unwrap_or_default(),
+            name: resource.metadata.name.as_deref().unwrap_or_default().into(),
             age: Age::of(&resource.metadata),
             fallback: spec.fallback,
             auto_populate_dns_names: spec.auto_populate_dns_names,
@@ -194,6 +194,9 @@ impl PodIdentity {
             dns_names.extend(pod.service_dns_names.iter().cloned());
         }
         dedup_in_order(&mut dns_names);
+        // Held for as long as the entry is desired: no spare capacity (one name pushed
+        // would otherwise keep room for four).
+        dns_names.shrink_to_fit();
 
         Ok(EntrySpec {
             key: EntryKey {

@@ -76,12 +76,16 @@ impl Mirror {
 
     /// Folds in one entry of the current listing. An entry equal to its desired
     /// declaration shares that declaration's memory.
-    pub fn listed(&mut self, id: String, spec: EntrySpec, ownership: &Ownership, desired: &Desired) {
+    pub fn listed(
+        &mut self,
+        id: String,
+        spec: EntrySpec,
+        ownership: &Ownership,
+        desired: &Desired,
+    ) {
         let class = ownership.classify(&id, &spec);
         let key = KeyId::of(&spec.key);
-        let declared = desired
-            .shared(&key)
-            .filter(|declared| ***declared == spec);
+        let declared = desired.shared(&key).filter(|declared| ***declared == spec);
         let listing = self.listing;
         if let Some(slot) = self.slot_of(&id).and_then(|at| self.slots[at].as_mut())
             && slot.key == key
@@ -302,9 +306,17 @@ mod tests {
     fn entries_sharing_a_key_stay_findable_as_any_of_them_goes() {
         let mut mirror = Mirror::default();
         for id in ["a", "b", "c"] {
-            mirror.insert(ActualEntry::new(id.into(), Arc::new(spec("/x")), Class::Foreign));
+            mirror.insert(ActualEntry::new(
+                id.into(),
+                Arc::new(spec("/x")),
+                Class::Foreign,
+            ));
         }
-        mirror.insert(ActualEntry::new("d".into(), Arc::new(spec("/y")), Class::Owned));
+        mirror.insert(ActualEntry::new(
+            "d".into(),
+            Arc::new(spec("/y")),
+            Class::Owned,
+        ));
         assert_eq!(ids_with(&mirror, "/x"), ["a", "b", "c"]);
         assert_eq!(mirror.counts(), (1, 3));
 
@@ -326,7 +338,11 @@ mod tests {
         assert!(!mirror.has(&KeyId::of(&spec("/y").key)));
         mirror.set_owned("d");
         assert_eq!(mirror.get("d").unwrap().class, Class::Owned);
-        mirror.insert(ActualEntry::new("e".into(), Arc::new(spec("/z")), Class::Owned));
+        mirror.insert(ActualEntry::new(
+            "e".into(),
+            Arc::new(spec("/z")),
+            Class::Owned,
+        ));
         assert_eq!(mirror.slots.len(), 4, "freed slots are reused");
         assert_eq!(mirror.all().count(), 2);
     }

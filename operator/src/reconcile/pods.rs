@@ -78,9 +78,9 @@ impl ClusterSpiffeIds {
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct PodRecord {
     /// What each selecting ClusterSPIFFEID did for the pod.
-    pub outcomes: Vec<(String, Outcome)>,
+    pub outcomes: Vec<(Arc<str>, Outcome)>,
     /// (winning ClusterSPIFFEID, key) per entry of the pod.
-    pub owners: Vec<(String, KeyId)>,
+    pub owners: Vec<(Arc<str>, KeyId)>,
     /// No node yet (no `spec.nodeName`): no entry, no error.
     pub unscheduled: bool,
 }
@@ -204,14 +204,14 @@ impl PodRenderer<'_> {
         let Some(node) = stores.nodes.get(&ObjectRef::new(node_name)) else {
             // Scheduled to a node we do not know: the parent ID cannot be rendered, which
             // spire-controller-manager reports as a render failure.
-            let mut outcomes: Vec<(String, Outcome)> = selected
+            let mut outcomes: Vec<(Arc<str>, Outcome)> = selected
                 .iter()
                 .map(|i| {
                     let error = SpecError {
                         field: "spec.nodeName".into(),
                         message: format!("Node {node_name} not found"),
                     };
-                    (i.name.clone(), Outcome::RenderFailed(error))
+                    (i.name.clone(), Outcome::RenderFailed(Box::new(error)))
                 })
                 .collect();
             outcomes.sort_by(|a, b| a.0.cmp(&b.0));
@@ -267,10 +267,10 @@ impl PodRenderer<'_> {
         } else {
             Vec::new()
         };
-        let selected_names: HashSet<&str> = selected.iter().map(|i| i.name.as_str()).collect();
+        let selected_names: HashSet<&str> = selected.iter().map(|i| &*i.name).collect();
         let result = pod_entries(
             &self.cluster_spiffe_ids.valid,
-            |i| selected_names.contains(i.name.as_str()),
+            |i| selected_names.contains(&*i.name),
             |i| {
                 let parent = parent.as_ref().map_err(Clone::clone)?;
                 let input = PodInput {

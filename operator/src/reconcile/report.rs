@@ -135,7 +135,7 @@ impl Reconciler {
             .cluster_spiffe_ids
             .valid
             .iter()
-            .find(|i| i.name == name)
+            .find(|i| *i.name == *name)
         else {
             return (stats, Readiness::Reconciled, Vec::new());
         };
@@ -154,7 +154,7 @@ impl Reconciler {
         let mut write_failure = None;
         for (pod, record) in &self.pod_records {
             for (owner, outcome) in &record.outcomes {
-                if *owner != name {
+                if **owner != *name {
                     continue;
                 }
                 stats.pods_selected += 1;
@@ -172,7 +172,7 @@ impl Reconciler {
             }
             let source = Source::Pod(pod.clone());
             for (owner, key) in &record.owners {
-                if *owner != name {
+                if **owner != *name {
                     continue;
                 }
                 if self.desired.wins(&source, key) {
@@ -321,7 +321,7 @@ impl Reconciler {
                 }
             }
         }
-        let failing_csids: BTreeSet<&String> = self
+        let failing_csids: BTreeSet<&std::sync::Arc<str>> = self
             .pod_records
             .values()
             .flat_map(|r| r.owners.iter())
