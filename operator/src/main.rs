@@ -247,9 +247,19 @@ fn init_logging(format: LogFormat, filter: &str) -> anyhow::Result<()> {
     .map_err(|e| anyhow::anyhow!("installing the log subscriber: {e}"))
 }
 
+/// Runtime worker threads unless `TOKIO_WORKER_THREADS` says otherwise. The operator's
+/// work is one reconcile loop fed by watches; a second worker mostly hands tasks back and
+/// forth. Measured with `bench --pods 5000 --scenarios cold --tools ours --runs 2`: CPU
+/// 0.44 s with two workers (the default on 2 cores), 0.39 s with one, same convergence.
+const DEFAULT_WORKER_THREADS: usize = 1;
+
 fn main() -> anyhow::Result<()> {
     limit_malloc_arenas();
-    tokio::runtime::Builder::new_multi_thread()
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+        runtime.worker_threads(DEFAULT_WORKER_THREADS);
+    }
+    runtime
         .enable_all()
         .build()
         .context("starting the async runtime")?

@@ -30,6 +30,7 @@ impl Books<'_> {
                 recovered.push(key);
             }
         };
+        self.mirror.reserve(report.created.len());
         for (id, spec) in std::mem::take(&mut report.created) {
             succeeded(self.failed_writes, KeyId::of(&spec.key));
             self.mirror

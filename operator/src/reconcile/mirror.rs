@@ -116,6 +116,18 @@ impl Mirror {
         }
     }
 
+    /// Makes room for `additional` more entries at once (a cold start records tens of
+    /// thousands of creates in one go: growing step by step holds each index twice
+    /// while it is copied).
+    pub fn reserve(&mut self, additional: usize) {
+        let new = additional.saturating_sub(self.free.len());
+        self.slots.reserve(new);
+        self.by_key.reserve(new);
+        let (slots, ids) = (&self.slots, &self.ids);
+        self.by_id
+            .reserve(new, |&at| ids.hash_one(id_in(slots, at)));
+    }
+
     /// Adds or replaces an entry (by ID).
     pub fn insert(&mut self, mut entry: ActualEntry) {
         entry.listing = self.listing;
