@@ -2,8 +2,8 @@
 //!
 //! At 30000 entries the mirror is the operator's largest structure after the desired
 //! state, so it is laid out densely: the entries sit in one slab, and the two indexes
-//! (by key, by ID) hold 4-byte slot numbers. Each entry's ID is stored once, in its
-//! slot; the ID index hashes it from there.
+//! (by key, by ID) hold 4-byte slot numbers. Each entry's key digest and ID are stored
+//! once, in its slot; the indexes hash them from there.
 
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
@@ -12,7 +12,7 @@ use hashbrown::HashTable;
 
 use super::diff::ActualEntry;
 use super::ownership::{Class, Ownership};
-use super::state::{Desired, KeyId, KeyMap, KeySet};
+use super::state::{Desired, KeyId, KeyIdHashing, KeySet};
 use crate::spire::EntrySpec;
 
 /// No slot: the end of a key's chain.
@@ -39,8 +39,8 @@ pub struct Mirror {
     /// The entries; a removed entry leaves its slot empty for the next insert.
     slots: Vec<Option<Slot>>,
     free: Vec<u32>,
-    /// The first slot with each key.
-    by_key: KeyMap<u32>,
+    /// The first slot with each key, hashed by the slot's key.
+    by_key: HashTable<u32>,
     /// Slots by the ID of their entry, hashed with `ids`.
     by_id: HashTable<u32>,
     ids: RandomState,
@@ -122,8 +122,8 @@ impl Mirror {
     pub fn reserve(&mut self, additional: usize) {
         let new = additional.saturating_sub(self.free.len());
         self.slots.reserve(new);
-        self.by_key.reserve(new);
         let (slots, ids) = (&self.slots, &self.ids);
+        self.by_key.reserve(new, |&at| key_hash(key_in(slots, at)));
         self.by_id
             .reserve(new, |&at| ids.hash_one(id_in(slots, at)));
     }
@@ -154,9 +154,11 @@ impl Mirror {
         };
         // Appended to its key's chain: entries with one key keep the order they came in,
         // whichever way they are walked.
-        match self.by_key.get(&key).copied() {
+        match self.head(&key) {
             None => {
-                self.by_key.insert(key, at);
+                let slots = &self.slots;
+                self.by_key
+                    .insert_unique(key_hash(Some(&key)), at, |&at| key_hash(key_in(slots, at)));
             }
             Some(head) => {
                 let mut last = head;
@@ -192,15 +194,23 @@ impl Mirror {
             .ok()?
             .remove()
             .0;
-        let Slot { entry, key, next } = self.slots[at as usize].take()?;
-        self.free.push(at);
-        // Unlink the slot from its key's chain.
-        let head = self.by_key.get(&key).copied().unwrap_or(NONE);
+        let (key, next) = {
+            let slot = self.slots.get(at as usize)?.as_ref()?;
+            (slot.key, slot.next)
+        };
+        // Unlink the slot from its key's chain (while the slots still say whose it is).
+        let head = self.head(&key).unwrap_or(NONE);
         if head == at {
-            if next == NONE {
-                self.by_key.remove(&key);
-            } else {
-                self.by_key.insert(key, next);
+            let slots = &self.slots;
+            if let Ok(mut first) = self
+                .by_key
+                .find_entry(key_hash(Some(&key)), |&at| key_in(slots, at) == Some(&key))
+            {
+                if next == NONE {
+                    first.remove();
+                } else {
+                    *first.get_mut() = next;
+                }
             }
         } else {
             let mut previous = head;
@@ -212,7 +222,17 @@ impl Mirror {
                 previous = slot.next;
             }
         }
+        let Slot { entry, .. } = self.slots[at as usize].take()?;
+        self.free.push(at);
         Some(entry)
+    }
+
+    /// The first slot with `key`.
+    fn head(&self, key: &KeyId) -> Option<u32> {
+        let slots = &self.slots;
+        self.by_key
+            .find(key_hash(Some(key)), |&at| key_in(slots, at) == Some(key))
+            .copied()
     }
 
     fn slot_mut(&mut self, at: u32) -> Option<&mut Slot> {
@@ -248,7 +268,7 @@ impl Mirror {
 
     /// Whether the server holds an entry with `key` that serves it as desired.
     pub fn has(&self, key: &KeyId) -> bool {
-        self.by_key.contains_key(key)
+        self.head(key).is_some()
     }
 
     /// The entries with each of `keys`.
@@ -257,7 +277,11 @@ impl Mirror {
     }
 
     fn with_key(&self, key: &KeyId) -> impl Iterator<Item = &ActualEntry> {
-        let mut at = self.by_key.get(key).copied().unwrap_or(NONE);
+        self.chain(self.head(key).unwrap_or(NONE))
+    }
+
+    /// The entries from slot `at` to the end of its key's chain.
+    fn chain(&self, mut at: u32) -> impl Iterator<Item = &ActualEntry> {
         std::iter::from_fn(move || {
             let slot = self.slots.get(at as usize)?.as_ref()?;
             at = slot.next;
@@ -267,8 +291,22 @@ impl Mirror {
 
     /// Every entry, those sharing a key in the order [`Mirror::subset`] gives them.
     pub(super) fn all(&self) -> impl Iterator<Item = &ActualEntry> {
-        self.by_key.keys().flat_map(|key| self.with_key(key))
+        self.by_key.iter().flat_map(|&head| self.chain(head))
     }
+}
+
+/// The key of the entry in slot `at` (`None` for an empty slot, which no index points
+/// to).
+fn key_in(slots: &[Option<Slot>], at: u32) -> Option<&KeyId> {
+    slots
+        .get(at as usize)
+        .and_then(Option::as_ref)
+        .map(|slot| &slot.key)
+}
+
+/// The hash of a key digest, as [`KeyIdHashing`] makes it.
+fn key_hash(key: Option<&KeyId>) -> u64 {
+    key.map_or(0, |key| KeyIdHashing.hash_one(key))
 }
 
 /// The ID of the entry in slot `at` (empty for an empty slot, which no index points to).
@@ -316,28 +354,38 @@ mod tests {
     /// leaves the others findable; freed slots are reused.
     #[test]
     fn entries_sharing_a_key_stay_findable_as_any_of_them_goes() {
-        let mut mirror = Mirror::default();
-        for id in ["a", "b", "c"] {
+        let three = || {
+            let mut mirror = Mirror::default();
+            for id in ["a", "b", "c"] {
+                let entry = ActualEntry::new(id.into(), Arc::new(spec("/x")), Class::Foreign);
+                mirror.insert(entry);
+            }
             mirror.insert(ActualEntry::new(
-                id.into(),
-                Arc::new(spec("/x")),
-                Class::Foreign,
+                "d".into(),
+                Arc::new(spec("/y")),
+                Class::Owned,
             ));
-        }
-        mirror.insert(ActualEntry::new(
-            "d".into(),
-            Arc::new(spec("/y")),
-            Class::Owned,
-        ));
-        assert_eq!(ids_with(&mirror, "/x"), ["a", "b", "c"]);
-        assert_eq!(mirror.counts(), (1, 3));
-
-        for (gone, left) in [("b", vec!["a", "c"]), ("c", vec!["a"]), ("a", vec![])] {
-            assert_eq!(mirror.remove(gone).unwrap().id, gone);
-            assert_eq!(ids_with(&mirror, "/x"), left);
-            assert!(mirror.get(gone).is_none());
-            for id in &left {
-                assert_eq!(mirror.get(id).unwrap().id, *id);
+            assert_eq!(ids_with(&mirror, "/x"), ["a", "b", "c"]);
+            assert_eq!(mirror.counts(), (1, 3));
+            assert_eq!(mirror.all().count(), 4);
+            mirror
+        };
+        // The middle, the last and the first; then the first each time.
+        let orders = [
+            [("b", vec!["a", "c"]), ("c", vec!["a"]), ("a", vec![])],
+            [("a", vec!["b", "c"]), ("b", vec!["c"]), ("c", vec![])],
+        ];
+        let mut mirror = Mirror::default();
+        for order in orders {
+            mirror = three();
+            for (gone, left) in order {
+                assert_eq!(mirror.remove(gone).unwrap().id, gone);
+                assert_eq!(ids_with(&mirror, "/x"), left);
+                assert_eq!(mirror.all().count(), left.len() + 1);
+                assert!(mirror.get(gone).is_none());
+                for id in &left {
+                    assert_eq!(mirror.get(id).unwrap().id, *id);
+                }
             }
         }
         assert!(!mirror.has(&KeyId::of(&spec("/x").key)));
