@@ -82,7 +82,7 @@ fn check_entry(entry: &EntrySpec, what: &str) {
     assert!(clean(&id), "{what}: SPIFFE ID {id:?}");
     // The API form must round-trip: what we send is what we compare with next pass.
     let api = entry.to_api("id".into());
-    let (_, back) = EntrySpec::from_api(&api).expect("our own entry parses back");
+    let (_, back) = EntrySpec::from_api(api).expect("our own entry parses back");
     assert_eq!(&back, entry, "{what}: entry changed through the API form");
 }
 
