@@ -1,46 +1,33 @@
 //! The mirror of the entries on the server.
 //!
 //! At 30000 entries the mirror is the operator's largest structure after the desired
-//! state, so it is laid out densely: the entries sit in one slab, and the two indexes
-//! (by key, by ID) hold 4-byte slot numbers. Each entry's key digest and ID are stored
-//! once, in its slot; the indexes hash them from there.
+//! state, so it is laid out densely: the entries sit in one slab of [`Chains`] by key,
+//! and the index by ID holds 4-byte slot numbers, hashed from the ID each slot holds
+//! (each entry's ID is stored once).
 
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 
 use hashbrown::HashTable;
 
+use super::chains::Chains;
 use super::diff::ActualEntry;
 use super::ownership::{Class, Ownership};
-use super::state::{Desired, KeyId, KeyIdHashing, KeySet};
+use super::state::{Desired, KeyId, KeySet};
 use crate::spire::EntrySpec;
-
-/// No slot: the end of a key's chain.
-const NONE: u32 = u32::MAX;
-
-/// One entry and its place among the entries with the same key.
-#[derive(Debug)]
-struct Slot {
-    entry: ActualEntry,
-    key: KeyId,
-    /// The next slot holding an entry with this key, or [`NONE`]. SPIRE refuses two
-    /// entries with one key, so the chain is one long except for a moment (an entry
-    /// recreated before the listing saw the old one go) or on a server that lets
-    /// duplicates in.
-    next: u32,
-}
 
 /// The server's entries as last listed and then updated from our own writes. Entries of
 /// every class are kept, join-token ones included: they are never touched, but a
 /// desired entry with the same key must be seen as a conflict, neither created (SPIRE
 /// would answer AlreadyExists, forever) nor adopted.
+///
+/// SPIRE refuses two entries with one key, so a key has one entry except for a moment
+/// (an entry recreated before a listing saw the old one go) or on a server that lets
+/// duplicates in.
 #[derive(Debug, Default)]
 pub struct Mirror {
-    /// The entries; a removed entry leaves its slot empty for the next insert.
-    slots: Vec<Option<Slot>>,
-    free: Vec<u32>,
-    /// The first slot with each key, hashed by the slot's key.
-    by_key: HashTable<u32>,
+    /// The entries by key, in the order they came in.
+    entries: Chains<ActualEntry>,
     /// Slots by the ID of their entry, hashed with `ids`.
     by_id: HashTable<u32>,
     ids: RandomState,
@@ -87,14 +74,15 @@ impl Mirror {
         let key = KeyId::of(&spec.key);
         let declared = desired.shared(&key).filter(|declared| ***declared == spec);
         let listing = self.listing;
-        if let Some(slot) = self.slot_of(&id).and_then(|at| self.slots[at].as_mut())
-            && slot.key == key
-            && *slot.entry.spec == spec
+        if let Some(at) = self.slot_of(&id)
+            && self.entries.key(at) == Some(&key)
+            && let Some(entry) = self.entries.value_mut(at)
+            && *entry.spec == spec
         {
-            slot.entry.class = class;
-            slot.entry.listing = listing;
+            entry.class = class;
+            entry.listing = listing;
             if let Some(declared) = declared {
-                slot.entry.spec = declared.clone();
+                entry.spec = declared.clone();
             }
             return;
         }
@@ -120,12 +108,10 @@ impl Mirror {
     /// thousands of creates in one go: growing step by step holds each index twice
     /// while it is copied).
     pub fn reserve(&mut self, additional: usize) {
-        let new = additional.saturating_sub(self.free.len());
-        self.slots.reserve(new);
-        let (slots, ids) = (&self.slots, &self.ids);
-        self.by_key.reserve(new, |&at| key_hash(key_in(slots, at)));
+        self.entries.reserve(additional);
+        let (entries, ids) = (&self.entries, &self.ids);
         self.by_id
-            .reserve(new, |&at| ids.hash_one(id_in(slots, at)));
+            .reserve(additional, |&at| ids.hash_one(id_in(entries, at)));
     }
 
     /// Adds or replaces an entry (by ID).
@@ -137,112 +123,36 @@ impl Mirror {
     fn insert_keyed(&mut self, key: KeyId, entry: ActualEntry) {
         self.remove(&entry.id);
         let hash = self.ids.hash_one(entry.id.as_str());
-        let slot = Some(Slot {
-            entry,
-            key,
-            next: NONE,
-        });
-        let at = match self.free.pop() {
-            Some(at) => {
-                self.slots[at as usize] = slot;
-                at
-            }
-            None => {
-                self.slots.push(slot);
-                u32::try_from(self.slots.len() - 1).expect("fewer than 2^32 entries")
-            }
-        };
-        // Appended to its key's chain: entries with one key keep the order they came in,
-        // whichever way they are walked.
-        match self.head(&key) {
-            None => {
-                let slots = &self.slots;
-                self.by_key
-                    .insert_unique(key_hash(Some(&key)), at, |&at| key_hash(key_in(slots, at)));
-            }
-            Some(head) => {
-                let mut last = head;
-                while let Some(slot) = self.slot_mut(last)
-                    && slot.next != NONE
-                {
-                    last = slot.next;
-                }
-                if let Some(slot) = self.slot_mut(last) {
-                    slot.next = at;
-                }
-            }
-        }
-        let (slots, ids) = (&self.slots, &self.ids);
+        let at = self.entries.insert(key, entry, |_| false);
+        let (entries, ids) = (&self.entries, &self.ids);
         self.by_id
-            .insert_unique(hash, at, |&at| ids.hash_one(id_in(slots, at)));
+            .insert_unique(hash, at, |&at| ids.hash_one(id_in(entries, at)));
     }
 
     /// The slot holding the entry with `id`.
-    fn slot_of(&self, id: &str) -> Option<usize> {
-        let slots = &self.slots;
+    fn slot_of(&self, id: &str) -> Option<u32> {
+        let entries = &self.entries;
         self.by_id
-            .find(self.ids.hash_one(id), |&at| id_in(slots, at) == id)
-            .map(|&at| at as usize)
+            .find(self.ids.hash_one(id), |&at| id_in(entries, at) == id)
+            .copied()
     }
 
     /// Removes an entry by ID, returning it.
     pub fn remove(&mut self, id: &str) -> Option<ActualEntry> {
-        let slots = &self.slots;
+        let entries = &self.entries;
         let at = self
             .by_id
-            .find_entry(self.ids.hash_one(id), |&at| id_in(slots, at) == id)
+            .find_entry(self.ids.hash_one(id), |&at| id_in(entries, at) == id)
             .ok()?
             .remove()
             .0;
-        let (key, next) = {
-            let slot = self.slots.get(at as usize)?.as_ref()?;
-            (slot.key, slot.next)
-        };
-        // Unlink the slot from its key's chain (while the slots still say whose it is).
-        let head = self.head(&key).unwrap_or(NONE);
-        if head == at {
-            let slots = &self.slots;
-            if let Ok(mut first) = self
-                .by_key
-                .find_entry(key_hash(Some(&key)), |&at| key_in(slots, at) == Some(&key))
-            {
-                if next == NONE {
-                    first.remove();
-                } else {
-                    *first.get_mut() = next;
-                }
-            }
-        } else {
-            let mut previous = head;
-            while let Some(slot) = self.slot_mut(previous) {
-                if slot.next == at {
-                    slot.next = next;
-                    break;
-                }
-                previous = slot.next;
-            }
-        }
-        let Slot { entry, .. } = self.slots[at as usize].take()?;
-        self.free.push(at);
-        Some(entry)
-    }
-
-    /// The first slot with `key`.
-    fn head(&self, key: &KeyId) -> Option<u32> {
-        let slots = &self.slots;
-        self.by_key
-            .find(key_hash(Some(key)), |&at| key_in(slots, at) == Some(key))
-            .copied()
-    }
-
-    fn slot_mut(&mut self, at: u32) -> Option<&mut Slot> {
-        self.slots.get_mut(at as usize)?.as_mut()
+        self.entries.remove(at)
     }
 
     /// Marks an entry owned (after adoption).
     pub fn set_owned(&mut self, id: &str) {
-        if let Some(slot) = self.slot_of(id).and_then(|at| self.slots[at].as_mut()) {
-            slot.entry.class = Class::Owned;
+        if let Some(entry) = self.slot_of(id).and_then(|at| self.entries.value_mut(at)) {
+            entry.class = Class::Owned;
         }
     }
 
@@ -256,19 +166,18 @@ impl Mirror {
 
     /// The entry with `id`.
     pub fn get(&self, id: &str) -> Option<&ActualEntry> {
-        let at = self.slot_of(id)?;
-        self.slots[at].as_ref().map(|slot| &slot.entry)
+        self.entries.value(self.slot_of(id)?)
     }
 
     /// (owned, foreign) entry counts.
     pub fn counts(&self) -> (usize, usize) {
         let owned = self.all().filter(|e| e.class == Class::Owned).count();
-        (owned, self.by_id.len() - owned)
+        (owned, self.entries.value_count() - owned)
     }
 
     /// Whether the server holds an entry with `key` that serves it as desired.
     pub fn has(&self, key: &KeyId) -> bool {
-        self.head(key).is_some()
+        self.entries.contains_key(key)
     }
 
     /// The entries with each of `keys`.
@@ -277,44 +186,18 @@ impl Mirror {
     }
 
     fn with_key(&self, key: &KeyId) -> impl Iterator<Item = &ActualEntry> {
-        self.chain(self.head(key).unwrap_or(NONE))
-    }
-
-    /// The entries from slot `at` to the end of its key's chain.
-    fn chain(&self, mut at: u32) -> impl Iterator<Item = &ActualEntry> {
-        std::iter::from_fn(move || {
-            let slot = self.slots.get(at as usize)?.as_ref()?;
-            at = slot.next;
-            Some(&slot.entry)
-        })
+        self.entries.with_key(key).map(|(_, entry)| entry)
     }
 
     /// Every entry, those sharing a key in the order [`Mirror::subset`] gives them.
     pub(super) fn all(&self) -> impl Iterator<Item = &ActualEntry> {
-        self.by_key.iter().flat_map(|&head| self.chain(head))
+        self.entries.values()
     }
 }
 
-/// The key of the entry in slot `at` (`None` for an empty slot, which no index points
-/// to).
-fn key_in(slots: &[Option<Slot>], at: u32) -> Option<&KeyId> {
-    slots
-        .get(at as usize)
-        .and_then(Option::as_ref)
-        .map(|slot| &slot.key)
-}
-
-/// The hash of a key digest, as [`KeyIdHashing`] makes it.
-fn key_hash(key: Option<&KeyId>) -> u64 {
-    key.map_or(0, |key| KeyIdHashing.hash_one(key))
-}
-
 /// The ID of the entry in slot `at` (empty for an empty slot, which no index points to).
-fn id_in(slots: &[Option<Slot>], at: u32) -> &str {
-    slots
-        .get(at as usize)
-        .and_then(Option::as_ref)
-        .map_or("", |slot| slot.entry.id.as_str())
+fn id_in(entries: &Chains<ActualEntry>, at: u32) -> &str {
+    entries.value(at).map_or("", |entry| entry.id.as_str())
 }
 
 #[cfg(test)]
@@ -403,7 +286,7 @@ mod tests {
             Arc::new(spec("/z")),
             Class::Owned,
         ));
-        assert_eq!(mirror.slots.len(), 4, "freed slots are reused");
+        assert_eq!(mirror.entries.slots(), 4, "freed slots are reused");
         assert_eq!(mirror.all().count(), 2);
     }
 

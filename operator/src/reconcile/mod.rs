@@ -34,6 +34,7 @@ pub mod adopted;
 pub mod annotations;
 pub mod backoff;
 pub mod bookkeeping;
+pub mod chains;
 pub mod concurrency;
 pub mod desired;
 pub mod diff;

@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, Hasher};
 use std::sync::{Arc, LazyLock};
 
+use super::chains::Chains;
 use super::diff::{Plan, plan};
 pub use super::mirror::Mirror;
 use super::pod_cache::PodKey;
@@ -123,7 +124,7 @@ type Claim = (Age, Arc<Source>, Arc<EntrySpec>);
 #[derive(Debug, Default)]
 pub struct Desired {
     /// Declarers of each key, oldest owner first; almost always exactly one.
-    by_key: KeyMap<Vec<Claim>>,
+    by_key: Chains<Claim>,
     /// Keyed by the source its claims share.
     by_source: HashMap<Arc<Source>, Vec<KeyId>>,
 }
@@ -144,11 +145,8 @@ impl Desired {
         }
         if let Some(old_keys) = self.by_source.remove(&source) {
             for key in old_keys {
-                if let Some(claims) = self.by_key.get_mut(&key) {
-                    claims.retain(|(_, s, _)| **s != source);
-                    if claims.is_empty() {
-                        self.by_key.remove(&key);
-                    }
+                while let Some(at) = self.claim_of(&source, &key) {
+                    self.by_key.remove(at);
                 }
                 touched.insert(key);
             }
@@ -156,17 +154,24 @@ impl Desired {
         let source = Arc::new(source);
         for ((age, entry), id) in entries.into_iter().zip(&new_keys) {
             touched.insert(*id);
-            let claims = self
-                .by_key
-                .entry(*id)
-                .or_insert_with(|| Vec::with_capacity(1));
-            let at = claims.partition_point(|(a, s, _)| (a, &**s) < (&age, &*source));
-            claims.insert(at, (age, source.clone(), Arc::new(entry)));
+            let order = age.clone();
+            // Before the first claim that does not sort before it: oldest owner first.
+            let before = |(a, s, _): &Claim| (a, &**s) >= (&order, &*source);
+            self.by_key
+                .insert(*id, (age, source.clone(), Arc::new(entry)), before);
         }
         if !new_keys.is_empty() {
             self.by_source.insert(source, new_keys);
         }
         true
+    }
+
+    /// The slot of `source`'s claim on `key`.
+    fn claim_of(&self, source: &Source, key: &KeyId) -> Option<u32> {
+        self.by_key
+            .with_key(key)
+            .find(|(_, (_, s, _))| **s == *source)
+            .map(|(at, _)| at)
     }
 
     fn declares_exactly(
@@ -178,9 +183,8 @@ impl Desired {
         let old = self.keys_of(source);
         old == keys
             && keys.iter().zip(entries).all(|(key, (age, entry))| {
-                self.by_key
-                    .get(key)
-                    .and_then(|claims| claims.iter().find(|(_, s, _)| **s == *source))
+                self.claim_of(source, key)
+                    .and_then(|at| self.by_key.value(at))
                     .is_some_and(|(a, _, declared)| a == age && **declared == *entry)
             })
     }
@@ -192,17 +196,13 @@ impl Desired {
 
     /// The winning declaration of `key`, to share.
     pub(super) fn shared(&self, key: &KeyId) -> Option<&Arc<EntrySpec>> {
-        self.by_key
-            .get(key)
-            .and_then(|c| c.first())
-            .map(|(_, _, e)| e)
+        self.by_key.first(key).map(|(_, _, e)| e)
     }
 
     /// Whether `source` wins `key` (false when another declares it first).
     pub fn wins(&self, source: &Source, key: &KeyId) -> bool {
         self.by_key
-            .get(key)
-            .and_then(|c| c.first())
+            .first(key)
             .is_some_and(|(_, s, _)| **s == *source)
     }
 
@@ -221,20 +221,17 @@ impl Desired {
 
     /// The declarers of `key`.
     pub fn sources_of(&self, key: &KeyId) -> impl Iterator<Item = &Source> {
-        self.by_key
-            .get(key)
-            .into_iter()
-            .flat_map(|c| c.iter().map(|(_, s, _)| s.as_ref()))
+        self.by_key.with_key(key).map(|(_, (_, s, _))| s.as_ref())
     }
 
     /// How many distinct entries are desired.
     pub fn len(&self) -> usize {
-        self.by_key.len()
+        self.by_key.key_count()
     }
 
     /// Whether nothing is desired.
     pub fn is_empty(&self) -> bool {
-        self.by_key.is_empty()
+        self.len() == 0
     }
 
     fn subset<'a>(
@@ -245,9 +242,7 @@ impl Desired {
     }
 
     fn all(&self) -> impl Iterator<Item = (&KeyId, &Arc<EntrySpec>)> {
-        self.by_key
-            .iter()
-            .filter_map(|(k, c)| c.first().map(|(_, _, e)| (k, e)))
+        self.by_key.firsts().map(|(k, (_, _, e))| (k, e))
     }
 }
 
