@@ -100,7 +100,6 @@ mod tests {
 
     use super::*;
     use crate::crd::{ClusterSPIFFEID, ClusterSPIFFEIDSpec};
-    use crate::spire::SpiffeId;
 
     fn identity(name: &str, created_secs: i64, template: &str, fallback: bool) -> Arc<PodIdentity> {
         let resource = ClusterSPIFFEID {
@@ -124,21 +123,11 @@ mod tests {
     /// whose template is "same" collide.
     fn fake_render(identity: &PodIdentity, path: &str) -> EntrySpec {
         let _ = identity;
-        EntrySpec {
-            key: EntryKey {
-                spiffe_id: format!("spiffe://td/{path}").parse::<SpiffeId>().unwrap(),
-                parent_id: "spiffe://td/agent".parse().unwrap(),
-                selectors: ["k8s:pod-uid:1".to_string()].into(),
-            },
-            x509_svid_ttl: 0,
-            jwt_svid_ttl: 0,
-            federates_with: Default::default(),
-            admin: false,
-            downstream: false,
-            dns_names: vec![],
-            hint: String::new(),
-            store_svid: false,
-        }
+        EntrySpec::keyed(
+            &format!("spiffe://td/{path}"),
+            "spiffe://td/agent",
+            ["k8s:pod-uid:1".to_string()],
+        )
     }
 
     fn run(identities: &[Arc<PodIdentity>], paths: &[(&str, Option<&str>)]) -> PodEntries {

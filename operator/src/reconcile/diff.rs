@@ -200,21 +200,11 @@ mod tests {
     use Class::{Adoptable, Foreign, JoinToken, Owned};
 
     fn spec(path: &str, selectors: &[&str]) -> EntrySpec {
-        EntrySpec {
-            key: EntryKey {
-                spiffe_id: format!("spiffe://td{path}").parse().unwrap(),
-                parent_id: "spiffe://td/spire/agent/k8s_psat/c/node-1".parse().unwrap(),
-                selectors: selectors.iter().map(|s| (*s).to_owned()).collect(),
-            },
-            x509_svid_ttl: 0,
-            jwt_svid_ttl: 0,
-            federates_with: Default::default(),
-            admin: false,
-            downstream: false,
-            dns_names: vec![],
-            hint: String::new(),
-            store_svid: false,
-        }
+        EntrySpec::keyed(
+            &format!("spiffe://td{path}"),
+            "spiffe://td/spire/agent/k8s_psat/c/node-1",
+            selectors.iter().map(|s| (*s).to_owned()),
+        )
     }
 
     fn actual(id: &str, spec: EntrySpec, class: Class) -> ActualEntry {

@@ -203,24 +203,14 @@ fn id_in(entries: &Chains<ActualEntry>, at: u32) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spire::{EntryKey, EntrySpec};
+    use crate::spire::EntrySpec;
 
     fn spec(path: &str) -> EntrySpec {
-        EntrySpec {
-            key: EntryKey {
-                spiffe_id: format!("spiffe://td{path}").parse().unwrap(),
-                parent_id: "spiffe://td/spire/agent/k8s_psat/c/n".parse().unwrap(),
-                selectors: ["k8s:ns:a".to_string()].into(),
-            },
-            x509_svid_ttl: 0,
-            jwt_svid_ttl: 0,
-            federates_with: Default::default(),
-            admin: false,
-            downstream: false,
-            dns_names: vec![],
-            hint: String::new(),
-            store_svid: false,
-        }
+        EntrySpec::keyed(
+            &format!("spiffe://td{path}"),
+            "spiffe://td/spire/agent/k8s_psat/c/n",
+            ["k8s:ns:a".to_string()],
+        )
     }
 
     fn ids_with(mirror: &Mirror, path: &str) -> Vec<String> {

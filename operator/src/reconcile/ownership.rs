@@ -143,24 +143,13 @@ fn is_join_token_entry(entry: &EntrySpec) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spire::EntryKey;
 
     fn entry(parent: &str, selectors: &[&str]) -> EntrySpec {
-        EntrySpec {
-            key: EntryKey {
-                spiffe_id: "spiffe://td/w".parse().unwrap(),
-                parent_id: parent.parse().unwrap(),
-                selectors: selectors.iter().map(|s| (*s).to_owned()).collect(),
-            },
-            x509_svid_ttl: 0,
-            jwt_svid_ttl: 0,
-            federates_with: Default::default(),
-            admin: false,
-            downstream: false,
-            dns_names: vec![],
-            hint: String::new(),
-            store_svid: false,
-        }
+        EntrySpec::keyed(
+            "spiffe://td/w",
+            parent,
+            selectors.iter().map(|s| (*s).to_owned()),
+        )
     }
 
     #[test]

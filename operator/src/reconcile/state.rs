@@ -267,21 +267,11 @@ mod tests {
     use crate::spire::managed_fields;
 
     fn spec(path: &str, uid: &str) -> EntrySpec {
-        EntrySpec {
-            key: EntryKey {
-                spiffe_id: format!("spiffe://td{path}").parse().unwrap(),
-                parent_id: "spiffe://td/spire/agent/k8s_psat/c/n".parse().unwrap(),
-                selectors: [format!("k8s:pod-uid:{uid}")].into(),
-            },
-            x509_svid_ttl: 0,
-            jwt_svid_ttl: 0,
-            federates_with: Default::default(),
-            admin: false,
-            downstream: false,
-            dns_names: vec![],
-            hint: String::new(),
-            store_svid: false,
-        }
+        EntrySpec::keyed(
+            &format!("spiffe://td{path}"),
+            "spiffe://td/spire/agent/k8s_psat/c/n",
+            [format!("k8s:pod-uid:{uid}")],
+        )
     }
 
     fn pod(name: &str) -> Source {

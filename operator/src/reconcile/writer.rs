@@ -356,21 +356,11 @@ mod tests {
     use crate::spire::{ClientOptions, SpireAddress, managed_fields};
 
     fn spec(path: &str) -> EntrySpec {
-        EntrySpec {
-            key: EntryKey {
-                spiffe_id: format!("spiffe://td{path}").parse().unwrap(),
-                parent_id: "spiffe://td/agent".parse().unwrap(),
-                selectors: [format!("unix:path:{path}")].into(),
-            },
-            x509_svid_ttl: 0,
-            jwt_svid_ttl: 0,
-            federates_with: Default::default(),
-            admin: false,
-            downstream: false,
-            dns_names: vec![],
-            hint: String::new(),
-            store_svid: false,
-        }
+        EntrySpec::keyed(
+            &format!("spiffe://td{path}"),
+            "spiffe://td/agent",
+            [format!("unix:path:{path}")],
+        )
     }
 
     async fn server(name: &str, state: FakeState) -> (FakeSpire, SpireClient, std::path::PathBuf) {

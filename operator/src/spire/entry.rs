@@ -88,6 +88,30 @@ pub struct EntrySpec {
 }
 
 impl EntrySpec {
+    /// An entry with this key and every other field at the server's default (for tests).
+    #[cfg(test)]
+    pub fn keyed(
+        spiffe_id: &str,
+        parent_id: &str,
+        selectors: impl IntoIterator<Item = String>,
+    ) -> Self {
+        Self {
+            key: EntryKey {
+                spiffe_id: spiffe_id.parse().expect("a SPIFFE ID"),
+                parent_id: parent_id.parse().expect("a SPIFFE ID"),
+                selectors: selectors.into_iter().collect(),
+            },
+            x509_svid_ttl: 0,
+            jwt_svid_ttl: 0,
+            federates_with: Default::default(),
+            admin: false,
+            downstream: false,
+            dns_names: vec![],
+            hint: String::new(),
+            store_svid: false,
+        }
+    }
+
     /// Reads an entry from the SPIRE API, returning its ID too; on error, the ID of the
     /// entry that could not be read.
     pub fn from_api(entry: types::Entry) -> Result<(String, Self), (String, SpiffeIdError)> {
