@@ -515,9 +515,7 @@ impl Reconciler {
         if old != record.as_ref() {
             let outcomes = old.into_iter().chain(record.as_ref());
             for (name, _) in outcomes.flat_map(|r| r.outcomes.iter()) {
-                if !affected.contains(&**name) {
-                    affected.insert(name.to_string());
-                }
+                mark_affected(affected, name);
             }
         }
         match record {
@@ -628,9 +626,7 @@ impl Reconciler {
             })
             .flat_map(|r| r.owners.iter().filter(|(_, k)| k == key));
         for (owner, _) in owners {
-            if !affected.contains(&**owner) {
-                affected.insert(owner.to_string());
-            }
+            mark_affected(affected, owner);
         }
     }
 
@@ -660,5 +656,13 @@ impl Reconciler {
                 tracing::warn!(namespace = %self.ctx.namespace, configmap = ADOPTED_CONFIG_MAP, error = %e, "saving adopted entry IDs failed; will retry")
             }
         }
+    }
+}
+
+/// Adds a ClusterSPIFFEID to those whose statuses may change, copying its name only
+/// the first time (a pass may name one for each of thousands of pods).
+fn mark_affected(affected: &mut BTreeSet<String>, name: &str) {
+    if !affected.contains(name) {
+        affected.insert(name.to_owned());
     }
 }

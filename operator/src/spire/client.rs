@@ -145,10 +145,7 @@ impl SpireClient {
 
     /// Lists every registration entry on the server, following pagination.
     pub async fn list_entries(&self) -> Result<Vec<types::Entry>, SpireError> {
-        let mut all = Vec::new();
-        self.list_entries_paged(None, |page| all.extend(page))
-            .await?;
-        Ok(all)
+        self.list_entries_filtered(None).await
     }
 
     /// Lists every registration entry on the server, handing each page to `page` as it
@@ -179,8 +176,15 @@ impl SpireClient {
         &self,
         filter: entry::EntryFilter,
     ) -> Result<Vec<types::Entry>, SpireError> {
+        self.list_entries_filtered(Some(filter)).await
+    }
+
+    async fn list_entries_filtered(
+        &self,
+        filter: Option<entry::EntryFilter>,
+    ) -> Result<Vec<types::Entry>, SpireError> {
         let mut all = Vec::new();
-        self.list_entries_paged(Some(filter), |page| all.extend(page))
+        self.list_entries_paged(filter, |page| all.extend(page))
             .await?;
         Ok(all)
     }
