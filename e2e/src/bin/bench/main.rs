@@ -29,6 +29,9 @@ use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
 
+use spire_operator::spire::SpiffeId;
+use spire_operator::spire::api::types::{Entry, Selector};
+
 use crate::probe::{Reader, spire_rpcs};
 use crate::scenarios::Figures;
 
@@ -490,31 +493,16 @@ fn figures(f: Figures) -> Value {
 }
 
 /// The SPIRE write floor: how long a fresh server of the same datastore takes to create
-/// the same number of entries of the same shape from a minimal client (batches of 50,
-/// as spire-controller-manager sends, 4 in flight).
+/// entries of the shape the operators write, from a minimal client (batches of 50, as
+/// spire-controller-manager sends, 4 in flight): one per pod and ClusterSPIFFEID, each
+/// pod's entries sharing its `k8s:pod-uid` selector and its node's parent ID, created
+/// node by node. The parents are nodes no agent attested (as in the operator runs): an
+/// entry parented to the server's one agent would also be fetched and signed by that
+/// agent, which costs the server more than the write itself.
 async fn floor(setup: &Setup, datastore: Datastore) -> anyhow::Result<f64> {
-    use spire_operator::spire::SpiffeId;
-    use spire_operator::spire::api::types::{Entry, Selector};
-
     let (spire, _, _datastore) = fresh_spire(datastore).await?;
     let client = spire.client();
-    let parent = spire.agent_id().to_api();
-    let entries: Vec<Entry> = (0..setup.entries())
-        .map(|i| {
-            let id: SpiffeId =
-                format!("spiffe://{TRUST_DOMAIN}/floor/ns/ns-{}/pod-{i}", i / 100).parse()?;
-            Ok(Entry {
-                spiffe_id: Some(id.to_api()),
-                parent_id: Some(parent.clone()),
-                selectors: vec![Selector {
-                    r#type: "k8s".into(),
-                    value: format!("pod-uid:{i:012}"),
-                }],
-                dns_names: vec![format!("pod-{i}.ns-{}.svc", i / 100)],
-                ..Default::default()
-            })
-        })
-        .collect::<anyhow::Result<_>>()?;
+    let entries = floor_entries(setup)?;
     let started = Instant::now();
     let chunks: Vec<Vec<Entry>> = entries.chunks(50).map(<[Entry]>::to_vec).collect();
     futures::stream::iter(chunks)
@@ -535,4 +523,45 @@ async fn floor(setup: &Setup, datastore: Datastore) -> anyhow::Result<f64> {
         .try_for_each(|()| async { Ok(()) })
         .await?;
     Ok(started.elapsed().as_secs_f64())
+}
+
+/// The floor's entries, in the order the operator creates them (parent ID, then
+/// selectors, then SPIFFE ID: `creation_order` in operator/src/reconcile/diff.rs).
+fn floor_entries(setup: &Setup) -> anyhow::Result<Vec<Entry>> {
+    let mut keyed = Vec::with_capacity(setup.entries());
+    for pod in 0..setup.pods {
+        let node = pod % setup.nodes;
+        // UUID-shaped, spread like the API server's random ones.
+        let uid = format!(
+            "{:08x}-0000-4000-8000-{pod:012x}",
+            (pod as u32).wrapping_mul(2_654_435_761)
+        );
+        for csid in 0..setup.csids {
+            let spiffe_id = format!(
+                "spiffe://{TRUST_DOMAIN}/c{csid}/ns/ns-{}/sa/default/pod-{pod}",
+                pod / 100
+            );
+            keyed.push((node, uid.clone(), spiffe_id, pod));
+        }
+    }
+    keyed.sort();
+    keyed
+        .into_iter()
+        .map(|(node, uid, spiffe_id, pod)| {
+            let id: SpiffeId = spiffe_id.parse()?;
+            let parent: SpiffeId =
+                format!("spiffe://{TRUST_DOMAIN}/spire/agent/k8s_psat/bench/node-{node}")
+                    .parse()?;
+            Ok(Entry {
+                spiffe_id: Some(id.to_api()),
+                parent_id: Some(parent.to_api()),
+                selectors: vec![Selector {
+                    r#type: "k8s".into(),
+                    value: format!("pod-uid:{uid}"),
+                }],
+                dns_names: vec![format!("pod-{pod}.ns-{}.svc", pod / 100)],
+                ..Default::default()
+            })
+        })
+        .collect()
 }

@@ -68,6 +68,27 @@ pub async fn spire_rpcs(prometheus_addr: &str) -> anyhow::Result<BTreeMap<String
     Ok(rpcs)
 }
 
+/// Entries the SPIRE server's datastore has created minus those it has deleted, from its
+/// telemetry counters (`spire_server_datastore_registration_entry_create` and `_delete`,
+/// status OK). Unlike CountEntries, which reads every entry, this costs the server
+/// nothing; a create that returned an existing entry counts too, so a balance that
+/// reaches a figure is a reason to count, not the count.
+pub async fn entry_balance(prometheus_addr: &str) -> anyhow::Result<i64> {
+    let (status, body) = e2e::http::get(prometheus_addr, "/metrics").await?;
+    anyhow::ensure!(status == 200, "SPIRE telemetry answered {status}");
+    let snapshot = MetricsSnapshot::parse(&body).context("SPIRE server telemetry")?;
+    let ok = |name: &str| -> i64 {
+        snapshot
+            .samples()
+            .iter()
+            .filter(|s| s.name == name && s.labels.get("status").map(String::as_str) == Some("OK"))
+            .map(|s| s.value as i64)
+            .sum()
+    };
+    Ok(ok("spire_server_datastore_registration_entry_create")
+        - ok("spire_server_datastore_registration_entry_delete"))
+}
+
 /// `after - before` per method, without the zero differences.
 pub fn rpc_delta(
     before: &BTreeMap<String, f64>,
