@@ -496,9 +496,10 @@ fn figures(f: Figures) -> Value {
 /// entries of the shape the operators write, from a minimal client (batches of 50, as
 /// spire-controller-manager sends, 4 in flight): one per pod and ClusterSPIFFEID, each
 /// pod's entries sharing its `k8s:pod-uid` selector and its node's parent ID, created
-/// node by node. The parents are nodes no agent attested (as in the operator runs): an
-/// entry parented to the server's one agent would also be fetched and signed by that
-/// agent, which costs the server more than the write itself.
+/// node by node. The parents are nodes no agent attested (as in the operator runs):
+/// entries parented to the server's one agent were also synchronised to that agent
+/// while they were written, which cost the server more than the writes (15000 entries:
+/// 99.9 to 102 s, against 18.5 to 25.0 s in this shape).
 async fn floor(setup: &Setup, datastore: Datastore) -> anyhow::Result<f64> {
     let (spire, _, _datastore) = fresh_spire(datastore).await?;
     let client = spire.client();

@@ -47,9 +47,7 @@ pub fn rss_mib(pid: u32) -> f64 {
 /// The SPIRE server's RPC counters by method (`batch_create_entry`, `list_entries`,
 /// ...), all statuses summed.
 pub async fn spire_rpcs(prometheus_addr: &str) -> anyhow::Result<BTreeMap<String, f64>> {
-    let (status, body) = e2e::http::get(prometheus_addr, "/metrics").await?;
-    anyhow::ensure!(status == 200, "SPIRE telemetry answered {status}");
-    let snapshot = MetricsSnapshot::parse(&body).context("SPIRE server telemetry")?;
+    let snapshot = server_metrics(prometheus_addr).await?;
     let mut rpcs = BTreeMap::new();
     for sample in snapshot.samples() {
         let Some(rest) = sample.name.strip_prefix("spire_server_rpc_") else {
@@ -74,9 +72,7 @@ pub async fn spire_rpcs(prometheus_addr: &str) -> anyhow::Result<BTreeMap<String
 /// nothing; a create that returned an existing entry counts too, so a balance that
 /// reaches a figure is a reason to count, not the count.
 pub async fn entry_balance(prometheus_addr: &str) -> anyhow::Result<i64> {
-    let (status, body) = e2e::http::get(prometheus_addr, "/metrics").await?;
-    anyhow::ensure!(status == 200, "SPIRE telemetry answered {status}");
-    let snapshot = MetricsSnapshot::parse(&body).context("SPIRE server telemetry")?;
+    let snapshot = server_metrics(prometheus_addr).await?;
     let ok = |name: &str| -> i64 {
         snapshot
             .samples()
@@ -87,6 +83,13 @@ pub async fn entry_balance(prometheus_addr: &str) -> anyhow::Result<i64> {
     };
     Ok(ok("spire_server_datastore_registration_entry_create")
         - ok("spire_server_datastore_registration_entry_delete"))
+}
+
+/// The SPIRE server's telemetry, as its Prometheus endpoint serves it now.
+async fn server_metrics(prometheus_addr: &str) -> anyhow::Result<MetricsSnapshot> {
+    let (status, body) = e2e::http::get(prometheus_addr, "/metrics").await?;
+    anyhow::ensure!(status == 200, "SPIRE telemetry answered {status}");
+    MetricsSnapshot::parse(&body).context("SPIRE server telemetry")
 }
 
 /// `after - before` per method, without the zero differences.
