@@ -66,11 +66,11 @@ impl PodSink {
 impl Sink<WatchedPod> for PodSink {
     fn apply(&mut self, event: Event<WatchedPod>, marks: &mut Vec<Dirty>) {
         match event {
-            Event::Init => self.building = Some((HashMap::new(), self.cache.wanted())),
+            Event::Init => self.building = Some(new_listing(&self.cache)),
             Event::InitApply(pod) => {
                 let (pods, fields) = self
                     .building
-                    .get_or_insert_with(|| (HashMap::new(), self.cache.wanted()));
+                    .get_or_insert_with(|| new_listing(&self.cache));
                 if let Some(cached) = Self::compact(&self.config, &pod, fields) {
                     pods.insert(
                         (cached.namespace.clone(), cached.name.clone()),
@@ -82,7 +82,7 @@ impl Sink<WatchedPod> for PodSink {
                 let (pods, fields) = self
                     .building
                     .take()
-                    .unwrap_or_else(|| (HashMap::new(), self.cache.wanted()));
+                    .unwrap_or_else(|| new_listing(&self.cache));
                 let changed = self.cache.replace(pods, fields);
                 marks.extend(changed.into_iter().map(|(ns, name)| Dirty::Pod(ns, name)));
             }
@@ -100,6 +100,11 @@ impl Sink<WatchedPod> for PodSink {
             }
         }
     }
+}
+
+/// An empty listing, its pods to be cached with the fields `cache` wants now.
+fn new_listing(cache: &PodCache) -> (Pods, Arc<PodFields>) {
+    (HashMap::new(), cache.wanted())
 }
 
 /// A reflector store, marking an object only when what templates and specs can see
