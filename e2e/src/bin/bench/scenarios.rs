@@ -2,6 +2,7 @@
 //! server with one tool running against it and returns its figures as named numbers.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -11,6 +12,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::{Value, json};
+use spire_operator::spire::api::types;
 use tokio::sync::oneshot;
 
 use crate::probe::{self, Reader, cpu_seconds, rpc_delta, spire_rpcs};
@@ -253,7 +255,19 @@ pub async fn churn(
     tag: &str,
 ) -> anyhow::Result<Figures> {
     let pending: Pending = Arc::default();
-    let watcher = tokio::spawn(watch(reader.clone(), pending.clone(), setup.csids));
+    let failures = Arc::new(AtomicU64::new(0));
+    let watcher = tokio::spawn({
+        let reader = reader.clone();
+        watch(
+            move |uids: Vec<String>| {
+                let reader = reader.clone();
+                async move { reader.for_pods(&uids).await }
+            },
+            pending.clone(),
+            setup.csids,
+            failures.clone(),
+        )
+    });
     let interval = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
     let total = (duration.as_secs_f64() * f64::from(rate)).round() as usize;
     let mut tasks = tokio::task::JoinSet::new();
@@ -294,6 +308,10 @@ pub async fn churn(
         ("rate".into(), json!(rate)),
         ("pods".into(), json!(total)),
         ("timed_out".into(), json!(lost)),
+        (
+            "observer_errors".into(),
+            json!(failures.load(Ordering::Relaxed)),
+        ),
         ("create".into(), stats(create)),
         ("delete".into(), stats(delete)),
     ]))
@@ -354,9 +372,15 @@ async fn one_pod(
     Ok((create, delete))
 }
 
-/// Every [`POLL`], one filtered ListEntries for all pods awaited; resolves the waits
-/// that are met.
-async fn watch(reader: Reader, pending: Pending, per_pod: usize) -> anyhow::Result<()> {
+/// Every [`POLL`], one filtered ListEntries (`list`) for all pods awaited; resolves the
+/// waits that are met. A listing that fails (the server busy past the client's timeout)
+/// is counted in `failures` and tried again at the next poll: the waits stay open, so a
+/// failed look delays what it would have seen instead of losing every later pod.
+async fn watch<F, Fut>(list: F, pending: Pending, per_pod: usize, failures: Arc<AtomicU64>)
+where
+    F: Fn(Vec<String>) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Vec<types::Entry>>>,
+{
     loop {
         tokio::time::sleep(POLL).await;
         let uids: Vec<String> = pending
@@ -368,7 +392,17 @@ async fn watch(reader: Reader, pending: Pending, per_pod: usize) -> anyhow::Resu
         if uids.is_empty() {
             continue;
         }
-        let entries = reader.for_pods(&uids).await?;
+        let entries = match list(uids.clone()).await {
+            Ok(entries) => entries,
+            Err(e) => {
+                if failures.fetch_add(1, Ordering::Relaxed) == 0 {
+                    eprintln!(
+                        "[bench] churn: listing the pending pods' entries failed (retrying; counted as observer_errors): {e:#}"
+                    );
+                }
+                continue;
+            }
+        };
         let seen = Instant::now();
         let mut counts: HashMap<&str, usize> = HashMap::new();
         for entry in &entries {
@@ -393,5 +427,54 @@ async fn watch(reader: Reader, pending: Pending, per_pod: usize) -> anyhow::Resu
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry_of(uid: &str) -> types::Entry {
+        types::Entry {
+            selectors: vec![types::Selector {
+                r#type: "k8s".into(),
+                value: format!("pod-uid:{uid}"),
+            }],
+            ..Default::default()
+        }
+    }
+
+    /// A listing that fails once does not end the watch: the pod awaited is still seen
+    /// when its entries are there (before, the first error ended the watch and every
+    /// later pod counted as timed out).
+    #[tokio::test]
+    async fn a_failed_listing_is_tried_again() {
+        let pending: Pending = Arc::default();
+        let (tx, rx) = oneshot::channel();
+        pending
+            .lock()
+            .unwrap()
+            .insert("u-1".into(), Awaited::Created(tx));
+        let calls = Arc::new(AtomicU64::new(0));
+        let failures = Arc::new(AtomicU64::new(0));
+        let list = {
+            let calls = calls.clone();
+            move |uids: Vec<String>| {
+                let call = calls.fetch_add(1, Ordering::Relaxed);
+                async move {
+                    anyhow::ensure!(call > 0, "deadline exceeded");
+                    Ok(uids
+                        .iter()
+                        .flat_map(|u| [entry_of(u), entry_of(u)])
+                        .collect())
+                }
+            }
+        };
+        let watcher = tokio::spawn(watch(list, pending.clone(), 2, failures.clone()));
+        let seen = tokio::time::timeout(Duration::from_secs(5), rx).await;
+        watcher.abort();
+        assert!(matches!(seen, Ok(Ok(_))), "the pod was not seen: {seen:?}");
+        assert_eq!(failures.load(Ordering::Relaxed), 1);
+        assert!(pending.lock().unwrap().is_empty());
     }
 }
