@@ -51,6 +51,10 @@ pub struct Options {
     /// on its TCP address ([`Spire::server_address`]), as an operator outside the
     /// server's pod does.
     pub admin_ids: Vec<String>,
+    /// Keep the server's authorized-entry cache current from datastore events
+    /// (`experimental.events_based_cache`) instead of SPIRE's default, reading every
+    /// entry and agent again every 5 seconds.
+    pub events_based_cache: bool,
 }
 
 /// How a server's bundle endpoint authenticates itself.
@@ -493,6 +497,11 @@ fn server_config(
             .collect();
         format!("admin_ids = [{}]", quoted.join(", "))
     };
+    let experimental = if options.events_based_cache {
+        "experimental {\n        events_based_cache = true\n    }"
+    } else {
+        ""
+    };
     Ok(format!(
         r#"server {{
     {admin_ids}
@@ -507,6 +516,7 @@ fn server_config(
     default_jwt_svid_ttl = "5m"
     {jwt_issuer}
     {federation}
+    {experimental}
 }}
 
 plugins {{

@@ -63,6 +63,9 @@ pub struct Args {
     /// SPIRE's datastore: sqlite on tmpfs or disk, or PostgreSQL.
     #[arg(long, value_enum, default_value_t = Datastore::Tmpfs)]
     datastore: Datastore,
+    /// How the SPIRE server keeps its authorized-entry cache (what agents are served).
+    #[arg(long, value_enum, default_value_t = SpireCache::Full)]
+    spire_cache: SpireCache,
     /// Idle scenario length, seconds.
     #[arg(long, default_value_t = 300)]
     idle_secs: u64,
@@ -146,6 +149,14 @@ pub enum Datastore {
     /// PostgreSQL (Debian's server, started per run, data on /dev/shm, Unix socket), as
     /// production servers run.
     Postgres,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpireCache {
+    /// SPIRE's default: every entry and agent read again from the datastore every 5 s.
+    Full,
+    /// `experimental.events_based_cache`: only what changed, from the datastore's events.
+    Events,
 }
 
 /// What must outlive a fresh SPIRE server: its datastore's directory or database.
@@ -264,7 +275,7 @@ async fn operators(args: &Args, setup: &Setup, report: &mut report::Report) -> a
     let world = populate(setup).await?;
     for run in 0..args.runs {
         if !args.no_floor {
-            let floor = floor(setup, args.datastore).await?;
+            let floor = floor(setup, args).await?;
             eprintln!("[bench] run {run}: write floor {floor:.2} s");
             report.floor.push(floor);
         }
@@ -308,10 +319,11 @@ async fn populate(setup: &Setup) -> anyhow::Result<World> {
     Ok(world)
 }
 
-/// A fresh SPIRE server with its datastore where `datastore` says and its telemetry on.
-/// Returns the server, the telemetry address and what its datastore needs kept.
-async fn fresh_spire(datastore: Datastore) -> anyhow::Result<(Spire, String, DatastoreGuard)> {
-    let guard = match datastore {
+/// A fresh SPIRE server with its datastore and entry cache as `args` say and its
+/// telemetry on. Returns the server, the telemetry address and what its datastore needs
+/// kept.
+async fn fresh_spire(args: &Args) -> anyhow::Result<(Spire, String, DatastoreGuard)> {
+    let guard = match args.datastore {
         Datastore::Tmpfs => DatastoreGuard::Tmpfs(
             tempfile::Builder::new()
                 .prefix("spire-rs-bench-")
@@ -335,6 +347,7 @@ async fn fresh_spire(datastore: Datastore) -> anyhow::Result<(Spire, String, Dat
             datastore_dir,
             postgres,
             prometheus_port: Some(port),
+            events_based_cache: args.spire_cache == SpireCache::Events,
             ..Default::default()
         },
     )
@@ -421,7 +434,7 @@ async fn one_run(
     kind: ToolKind,
     run: usize,
 ) -> anyhow::Result<std::collections::BTreeMap<String, Value>> {
-    let (spire, prometheus, _datastore) = fresh_spire(args.datastore).await?;
+    let (spire, prometheus, _datastore) = fresh_spire(args).await?;
     let reader = Reader::new(spire.client());
     let rpcs_before = spire_rpcs(&prometheus).await?;
     let own_before = reader.own_calls();
@@ -500,8 +513,8 @@ fn figures(f: Figures) -> Value {
 /// entries parented to the server's one agent were also synchronised to that agent
 /// while they were written, which cost the server more than the writes (15000 entries:
 /// 99.9 to 102 s, against 18.5 to 25.0 s in this shape).
-async fn floor(setup: &Setup, datastore: Datastore) -> anyhow::Result<f64> {
-    let (spire, _, _datastore) = fresh_spire(datastore).await?;
+async fn floor(setup: &Setup, args: &Args) -> anyhow::Result<f64> {
+    let (spire, _, _datastore) = fresh_spire(args).await?;
     let client = spire.client();
     let entries = floor_entries(setup)?;
     let started = Instant::now();

@@ -46,6 +46,7 @@ const CHURN_ROWS: &[(&str, &[&str])] = &[
     ("delete->gone p99, s", &["delete", "p99"]),
     ("delete->gone max, s", &["delete", "max"]),
     ("timed out pods", &["timed_out"]),
+    ("failed looks at the server", &["observer_errors"]),
 ];
 
 pub struct Report {
@@ -105,6 +106,7 @@ impl Report {
                 "pods": args.pods, "nodes": args.nodes, "csids": args.csids,
                 "entries": args.pods * args.csids, "runs": args.runs,
                 "datastore": format!("{:?}", args.datastore).to_lowercase(),
+                "spire_cache": format!("{:?}", args.spire_cache).to_lowercase(),
                 "idle_secs": args.idle_secs, "idle_baseline_secs": args.idle_baseline_secs,
                 "churn_rates": args.churn_rates,
                 "churn_secs": args.churn_secs, "churn_lifetime_secs": args.churn_lifetime_secs,
@@ -175,12 +177,16 @@ impl Report {
             h["versions"]["spire-server"].as_str().unwrap_or("")
         );
         println!(
-            "- {} pods on {} nodes, {} ClusterSPIFFEIDs: {} entries; datastore {}; gcInterval {} s; ours' --entry-resync-interval {}; {} run(s) per tool, alternating",
+            "- {} pods on {} nodes, {} ClusterSPIFFEIDs: {} entries; datastore {}; SPIRE entry cache {}; gcInterval {} s; ours' --entry-resync-interval {}; {} run(s) per tool, alternating",
             args.pods,
             args.nodes,
             args.csids,
             args.pods * args.csids,
             h["options"]["datastore"].as_str().unwrap_or(""),
+            match args.spire_cache {
+                crate::SpireCache::Full => "full reload every 5 s",
+                crate::SpireCache::Events => "events-based",
+            },
             args.gc_interval_secs,
             args.entry_resync_interval
                 .as_deref()

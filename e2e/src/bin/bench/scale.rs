@@ -101,7 +101,7 @@ async fn step(args: &Args, world: &World, have: usize, pods: usize) -> anyhow::R
         .len() as f64
         / MIB;
 
-    let (spire, prometheus, _datastore) = crate::fresh_spire(args.datastore).await?;
+    let (spire, prometheus, _datastore) = crate::fresh_spire(args).await?;
     let reader = Reader::new(spire.client());
     let rpcs_before = spire_rpcs(&prometheus).await?;
     let own_before = reader.own_calls();
