@@ -147,11 +147,31 @@ impl Reader {
         Ok(entries)
     }
 
-    /// Entries holding any of the `k8s:pod-uid:<uid>` selectors of `uids`.
+    /// Entries holding any of the `k8s:pod-uid:<uid>` selectors of `uids`, asked
+    /// [`SELECTORS_PER_LIST`] selectors at a time.
     pub async fn for_pods(&self, uids: &[String]) -> anyhow::Result<Vec<types::Entry>> {
-        let filter = entry::EntryFilter {
+        let mut entries = Vec::new();
+        for filter in pod_filters(uids) {
+            let found = self.client.list_entries_matching(filter).await?;
+            self.lists.fetch_add(pages(found.len()), Ordering::Relaxed);
+            entries.extend(found);
+        }
+        Ok(entries)
+    }
+}
+
+/// Selectors in one filtered ListEntries. SPIRE's SQL datastore queries one SELECT per
+/// selector, joined into one compound SELECT, and SQLite refuses more than 500 terms
+/// ("too many terms in compound SELECT"): with more pods pending than that, every look
+/// failed.
+const SELECTORS_PER_LIST: usize = 200;
+
+/// The filters that together match any of the `k8s:pod-uid:<uid>` selectors of `uids`.
+fn pod_filters(uids: &[String]) -> Vec<entry::EntryFilter> {
+    uids.chunks(SELECTORS_PER_LIST)
+        .map(|chunk| entry::EntryFilter {
             by_selectors: Some(types::SelectorMatch {
-                selectors: uids
+                selectors: chunk
                     .iter()
                     .map(|uid| types::Selector {
                         r#type: "k8s".into(),
@@ -161,12 +181,8 @@ impl Reader {
                 r#match: types::selector_match::MatchBehavior::MatchAny as i32,
             }),
             ..Default::default()
-        };
-        let entries = self.client.list_entries_matching(filter).await?;
-        self.lists
-            .fetch_add(pages(entries.len()), Ordering::Relaxed);
-        Ok(entries)
-    }
+        })
+        .collect()
 }
 
 /// ListEntries calls the client made for `n` entries: SPIRE hands out a next-page
@@ -202,5 +218,28 @@ pub fn median(values: &[f64]) -> f64 {
         0 => f64::NAN,
         n if n % 2 == 1 => v[n / 2],
         n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// SQLite's default limit on the terms of one compound SELECT.
+    const SQLITE_MAX_COMPOUND_SELECT: usize = 500;
+
+    #[test]
+    fn pod_filters_stay_within_sqlite_compound_select_limit() {
+        let uids: Vec<String> = (0..1201).map(|i| format!("uid-{i}")).collect();
+        let filters = pod_filters(&uids);
+        let mut asked = Vec::new();
+        for filter in &filters {
+            let selectors = &filter.by_selectors.as_ref().unwrap().selectors;
+            assert!(selectors.len() <= SQLITE_MAX_COMPOUND_SELECT);
+            asked.extend(selectors.iter().map(|s| s.value.clone()));
+        }
+        let wanted: Vec<String> = uids.iter().map(|u| format!("pod-uid:{u}")).collect();
+        assert_eq!(asked, wanted, "every pod asked for once, in order");
+        assert!(pod_filters(&[]).is_empty());
     }
 }
