@@ -83,6 +83,10 @@ pub struct Args {
     /// How long a churned pod lives (from its creation, or until its entries exist).
     #[arg(long, default_value_t = 5)]
     churn_lifetime_secs: u64,
+    /// How often churn looks at the server for the pending pods' entries, milliseconds
+    /// (the latencies' resolution; each look is one filtered ListEntries per 200 pods).
+    #[arg(long, default_value_t = 25)]
+    churn_poll_ms: u64,
     /// `gcInterval` given to both tools, seconds (the hardened chart renders 10 s).
     #[arg(long, default_value_t = 10)]
     gc_interval_secs: u64,
@@ -480,9 +484,8 @@ async fn one_run(
                 setup,
                 world,
                 &reader,
+                args,
                 rate,
-                Duration::from_secs(args.churn_secs),
-                Duration::from_secs(args.churn_lifetime_secs),
                 &format!("{run}-{}-{rate}", tool.name()),
             )
             .await?;

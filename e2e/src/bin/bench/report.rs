@@ -110,6 +110,7 @@ impl Report {
                 "idle_secs": args.idle_secs, "idle_baseline_secs": args.idle_baseline_secs,
                 "churn_rates": args.churn_rates,
                 "churn_secs": args.churn_secs, "churn_lifetime_secs": args.churn_lifetime_secs,
+                "churn_poll_ms": args.churn_poll_ms,
                 "gc_interval_secs": args.gc_interval_secs,
                 "entry_resync_interval": args.entry_resync_interval.as_deref().unwrap_or("default"),
             },

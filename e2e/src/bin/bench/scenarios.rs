@@ -16,7 +16,7 @@ use spire_operator::spire::api::types;
 use tokio::sync::oneshot;
 
 use crate::probe::{self, Reader, cpu_seconds, rpc_delta, spire_rpcs};
-use crate::{Running, Setup};
+use crate::{Args, Running, Setup};
 
 /// How often the benchmark looks at the server while it waits for an outcome.
 const POLL: Duration = Duration::from_millis(25);
@@ -249,11 +249,13 @@ pub async fn churn(
     setup: &Setup,
     world: &World,
     reader: &Reader,
+    args: &Args,
     rate: u32,
-    duration: Duration,
-    lifetime: Duration,
     tag: &str,
 ) -> anyhow::Result<Figures> {
+    let duration = Duration::from_secs(args.churn_secs);
+    let lifetime = Duration::from_secs(args.churn_lifetime_secs);
+    let poll = Duration::from_millis(args.churn_poll_ms.max(1));
     let pending: Pending = Arc::default();
     let failures = Arc::new(AtomicU64::new(0));
     let watcher = tokio::spawn({
@@ -265,6 +267,7 @@ pub async fn churn(
             },
             pending.clone(),
             setup.csids,
+            poll,
             failures.clone(),
         )
     });
@@ -372,17 +375,22 @@ async fn one_pod(
     Ok((create, delete))
 }
 
-/// Every [`POLL`], one filtered ListEntries (`list`) for all pods awaited; resolves the
+/// Every `poll`, one filtered ListEntries (`list`) for all pods awaited; resolves the
 /// waits that are met. A listing that fails (the server busy past the client's timeout)
 /// is counted in `failures` and tried again at the next poll: the waits stay open, so a
 /// failed look delays what it would have seen instead of losing every later pod.
-async fn watch<F, Fut>(list: F, pending: Pending, per_pod: usize, failures: Arc<AtomicU64>)
-where
+async fn watch<F, Fut>(
+    list: F,
+    pending: Pending,
+    per_pod: usize,
+    poll: Duration,
+    failures: Arc<AtomicU64>,
+) where
     F: Fn(Vec<String>) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<Vec<types::Entry>>>,
 {
     loop {
-        tokio::time::sleep(POLL).await;
+        tokio::time::sleep(poll).await;
         let uids: Vec<String> = pending
             .lock()
             .expect("pending lock")
@@ -470,7 +478,7 @@ mod tests {
                 }
             }
         };
-        let watcher = tokio::spawn(watch(list, pending.clone(), 2, failures.clone()));
+        let watcher = tokio::spawn(watch(list, pending.clone(), 2, POLL, failures.clone()));
         let seen = tokio::time::timeout(Duration::from_secs(5), rx).await;
         watcher.abort();
         assert!(matches!(seen, Ok(Ok(_))), "the pod was not seen: {seen:?}");
