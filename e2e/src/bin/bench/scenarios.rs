@@ -375,8 +375,8 @@ async fn one_pod(
     Ok((create, delete))
 }
 
-/// Every `poll`, one filtered ListEntries (`list`) for all pods awaited; resolves the
-/// waits that are met. A listing that fails (the server busy past the client's timeout)
+/// Every `poll`, one look (`list`: the filtered ListEntries of [`Reader::for_pods`]) for
+/// all pods awaited; resolves the waits that are met. A listing that fails (the server busy past the client's timeout)
 /// is counted in `failures` and tried again at the next poll: the waits stay open, so a
 /// failed look delays what it would have seen instead of losing every later pod.
 async fn watch<F, Fut>(
