@@ -16,6 +16,7 @@
 pub mod cluster;
 pub mod control_plane;
 pub mod csi;
+pub mod csi_node;
 pub mod daemonset;
 pub mod entries;
 pub mod helm;
