@@ -29,7 +29,7 @@ pub enum DriverKind {
 }
 
 impl DriverKind {
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Self::Ours => "ours",
             Self::Go => "go",
@@ -223,10 +223,16 @@ pub fn print_table(runs: &BTreeMap<&'static str, Vec<CsiFigures>>, volumes: usiz
     println!(
         "\n### spiffe-csi-driver: ours vs the Go driver ({volumes} volumes published, republished, unpublished, one call at a time)\n"
     );
+    print_rows(runs, ROWS)
+}
+
+/// Prints one table row per `(label, figure)` of `rows` (each run, the medians and
+/// ours/Go); returns the medians as JSON.
+pub fn print_rows(runs: &BTreeMap<&'static str, Vec<CsiFigures>>, rows: &[(&str, &str)]) -> Value {
     println!("| figure | ours (runs) | ours median | Go (runs) | Go median | ours/Go |");
     println!("|---|---|---|---|---|---|");
     let mut medians = serde_json::Map::new();
-    for (label, key) in ROWS {
+    for (label, key) in rows {
         let values = |driver: &str| -> Vec<f64> {
             runs.get(driver)
                 .into_iter()

@@ -11,6 +11,7 @@
 //! to `--out`. See docs/benchmarks.md for what each scenario measures and what bounds it.
 
 mod csi;
+mod kubelet;
 mod probe;
 mod report;
 mod scale;
@@ -98,7 +99,7 @@ pub struct Args {
     #[arg(long)]
     no_floor: bool,
     /// What to compare: the operators, the CSI drivers, or both.
-    #[arg(long, value_delimiter = ',', default_value = "operator,csi")]
+    #[arg(long, value_delimiter = ',', default_value = "operator,csi,kubelet")]
     suites: Vec<Suite>,
     /// CSI drivers to run (alternating).
     #[arg(long, value_delimiter = ',', default_value = "ours,go")]
@@ -106,6 +107,9 @@ pub struct Args {
     /// Volumes each CSI driver publishes, republishes and unpublishes per run.
     #[arg(long, default_value_t = 200)]
     csi_volumes: usize,
+    /// Pods created (then deleted) at once per run of the kubelet suite.
+    #[arg(long, default_value_t = 30)]
+    kubelet_pods: usize,
     /// Pod counts the scale check (`--suites scale`) grows the cluster to, in order.
     #[arg(
         long,
@@ -130,6 +134,9 @@ pub enum Suite {
     Operator,
     /// spiffe-csi-driver: ours vs the Go driver.
     Csi,
+    /// The CSI drivers through a real kubelet (containerd, a real node): pods with the
+    /// inline volume created and deleted.
+    Kubelet,
     /// The scale check: pods in steps up to `--scale-steps`, where the API server (and
     /// not the operator) becomes the limit. Not in the default run.
     Scale,
@@ -263,6 +270,9 @@ async fn main() -> anyhow::Result<()> {
     if args.suites.contains(&Suite::Csi) {
         e2e::csi::our_driver()?;
         report.csi = csi::compare(&args.csi_drivers, args.runs, args.csi_volumes).await?;
+    }
+    if args.suites.contains(&Suite::Kubelet) {
+        report.kubelet = kubelet::compare(&args.csi_drivers, args.runs, args.kubelet_pods).await?;
     }
     if args.suites.iter().any(|s| *s != Suite::Scale) {
         report.finish(&args)?;

@@ -56,6 +56,8 @@ pub struct Report {
     pub floor: Vec<f64>,
     /// The CSI suite's runs, by driver.
     pub csi: BTreeMap<&'static str, Vec<crate::csi::CsiFigures>>,
+    /// The kubelet suite's runs, by driver.
+    pub kubelet: BTreeMap<&'static str, Vec<crate::csi::CsiFigures>>,
 }
 
 impl Report {
@@ -120,6 +122,7 @@ impl Report {
             runs: BTreeMap::new(),
             floor: Vec::new(),
             csi: BTreeMap::new(),
+            kubelet: BTreeMap::new(),
         }
     }
 
@@ -146,11 +149,18 @@ impl Report {
         } else {
             crate::csi::print_table(&self.csi, args.csi_volumes)
         };
+        let kubelet_medians = if self.kubelet.is_empty() {
+            Value::Null
+        } else {
+            crate::kubelet::print_table(&self.kubelet, args.kubelet_pods)
+        };
         let mut all = self.header.clone();
         all["floor_seconds"] = json!(self.floor);
         all["runs"] = json!(self.runs);
         all["medians"] = Value::Object(medians);
         all["csi"] = json!({"volumes": args.csi_volumes, "runs": self.csi, "medians": csi_medians});
+        all["kubelet"] =
+            json!({"pods": args.kubelet_pods, "runs": self.kubelet, "medians": kubelet_medians});
         let file = crate::write_json(args, "bench", &all)?;
         println!("\nJSON: {}", file.display());
         Ok(())
