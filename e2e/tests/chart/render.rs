@@ -257,6 +257,10 @@ async fn wrong_values_fail_with_a_message_naming_them() -> anyhow::Result<()> {
         ),
         (&["--set", "csiDriver.nodeMount=rw"], "/csiDriver/nodeMount"),
         (
+            &["--set", "csiDriver.requiresRepublish=maybe"],
+            "/csiDriver/requiresRepublish",
+        ),
+        (
             &["--set", "spireServer.dataStore.type=oracle"],
             "/spireServer/dataStore/type",
         ),
@@ -322,6 +326,27 @@ async fn wrong_values_fail_with_a_message_naming_them() -> anyhow::Result<()> {
         assert!(
             stderr.contains(expected),
             "{args:?}: {expected:?} not in:\n{stderr}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn the_csidriver_asks_for_republish_unless_turned_off() -> anyhow::Result<()> {
+    let helm = Helm::new()?;
+    let cases: [(&[&str], bool); 2] = [
+        (&[], true),
+        (&["--set", "csiDriver.requiresRepublish=false"], false),
+    ];
+    for (args, want) in cases {
+        let objects = helm.template(NAMESPACE, args)?;
+        let driver = objects
+            .iter()
+            .find(|o| helm::describe(o) == "CSIDriver/csi.spiffe.io")
+            .with_context(|| format!("no CSIDriver rendered with {args:?}"))?;
+        assert_eq!(
+            driver["spec"]["requiresRepublish"], want,
+            "spec.requiresRepublish of the CSIDriver rendered with {args:?}"
         );
     }
     Ok(())
