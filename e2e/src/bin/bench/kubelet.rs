@@ -62,15 +62,20 @@ struct Stand {
     /// The kubelet's API, as a ServiceAccount allowed `nodes/metrics` (the API server's
     /// node proxy refuses the node's loopback address).
     kubelet: kube::Client,
+    /// `csiDriver.requiresRepublish` for ours.
+    republish: bool,
 }
 
 /// Runs every driver `runs` times, alternating, with `pods` pods each.
+/// `republish`: ours' `csiDriver.requiresRepublish`.
 pub async fn compare(
     drivers: &[DriverKind],
     runs: usize,
     pods: usize,
+    republish: bool,
 ) -> anyhow::Result<BTreeMap<&'static str, Vec<CsiFigures>>> {
     let mut stand = start(drivers).await?;
+    stand.republish = republish;
     let mut out: BTreeMap<&'static str, Vec<CsiFigures>> = BTreeMap::new();
     for run in 0..runs {
         for &kind in drivers {
@@ -128,6 +133,7 @@ async fn start(drivers: &[DriverKind]) -> anyhow::Result<Stand> {
         agent_dir,
         _agent: agent,
         kubelet,
+        republish: true,
     })
 }
 
@@ -173,8 +179,11 @@ fn objects(stand: &Stand, kind: DriverKind) -> anyhow::Result<Vec<Value>> {
         &stand.node.kubelet_root(),
         &stand.agent_dir,
         e2e::ports::free_port()?,
-        // No grace on the way out: runs are separated by the DaemonSet's deletion.
-        &["csiDriver.shutdownDelaySeconds=0".to_owned()],
+        &[
+            // No grace on the way out: runs are separated by the DaemonSet's deletion.
+            "csiDriver.shutdownDelaySeconds=0".to_owned(),
+            format!("csiDriver.requiresRepublish={}", stand.republish),
+        ],
     )?;
     if kind == DriverKind::Go {
         for object in &mut objects {
@@ -305,6 +314,8 @@ async fn one_run(stand: &mut Stand, kind: DriverKind, pods: usize) -> anyhow::Re
         csi_mounts(&stand.node.kubelet_root())?.saturating_sub(mounts_before) as f64,
     );
     let calls = kubelet_csi_calls(&stand.kubelet).await?;
+    let total = |calls: &BTreeMap<String, Calls>| calls.values().map(|c| c.count).sum::<f64>();
+    figures.insert("all_calls".into(), total(&calls) - total(&calls_before));
     for (method, key) in [
         ("NodePublishVolume", "publish"),
         ("NodeUnpublishVolume", "unpublish"),
@@ -586,6 +597,7 @@ const ROWS: &[(&str, &str)] = &[
     ),
     ("NodePublishVolume calls", "publish_calls"),
     ("NodeUnpublishVolume calls", "unpublish_calls"),
+    ("CSI calls of every method", "all_calls"),
     ("failed NodePublishVolume", "publish_failed"),
     ("failed NodeUnpublishVolume", "unpublish_failed"),
     ("pods not Ready in time", "pods_not_ready"),

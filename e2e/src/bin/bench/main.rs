@@ -110,6 +110,11 @@ pub struct Args {
     /// Pods created (then deleted) at once per run of the kubelet suite.
     #[arg(long, default_value_t = 30)]
     kubelet_pods: usize,
+    /// Ours' `csiDriver.requiresRepublish` in the kubelet suite (the chart's default,
+    /// true: kubelet calls NodePublishVolume again on every pod sync); `false` shows what
+    /// that costs.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    kubelet_republish: bool,
     /// Pod counts the scale check (`--suites scale`) grows the cluster to, in order.
     #[arg(
         long,
@@ -272,7 +277,13 @@ async fn main() -> anyhow::Result<()> {
         report.csi = csi::compare(&args.csi_drivers, args.runs, args.csi_volumes).await?;
     }
     if args.suites.contains(&Suite::Kubelet) {
-        report.kubelet = kubelet::compare(&args.csi_drivers, args.runs, args.kubelet_pods).await?;
+        report.kubelet = kubelet::compare(
+            &args.csi_drivers,
+            args.runs,
+            args.kubelet_pods,
+            args.kubelet_republish,
+        )
+        .await?;
     }
     if args.suites.iter().any(|s| *s != Suite::Scale) {
         report.finish(&args)?;

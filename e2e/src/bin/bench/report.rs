@@ -115,6 +115,7 @@ impl Report {
                 "churn_poll_ms": args.churn_poll_ms,
                 "gc_interval_secs": args.gc_interval_secs,
                 "entry_resync_interval": args.entry_resync_interval.as_deref().unwrap_or("default"),
+                "kubelet_pods": args.kubelet_pods, "kubelet_republish": args.kubelet_republish,
             },
         });
         Self {
