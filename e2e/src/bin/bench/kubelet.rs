@@ -257,23 +257,24 @@ async fn one_run(stand: &mut Stand, kind: DriverKind, pods: usize) -> anyhow::Re
     let mounts_before = csi_mounts(&stand.node.kubelet_root())?;
 
     let times = Times::default();
-    let watch = tokio::spawn(watch_pods(client.clone(), times.clone()));
+    let (synced, listed) = tokio::sync::oneshot::channel();
+    let watch = tokio::spawn(watch_pods(client.clone(), times.clone(), synced));
+    listed
+        .await
+        .context("the workload pods' watch ended before its first listing")?;
     let api = Api::<Pod>::namespaced(client.clone(), WORKLOAD_NAMESPACE);
     let names: Vec<String> = (0..pods).map(|i| format!("csi-{i}")).collect();
     let started = Instant::now();
-    futures::stream::iter(&names)
-        .map(|name| {
-            let (api, times) = (api.clone(), times.clone());
-            async move {
-                times.mark(name, Mark::Created);
-                api.create(&PostParams::default(), &workload(name)?)
-                    .await
-                    .with_context(|| format!("creating pod {WORKLOAD_NAMESPACE}/{name}"))
-            }
-        })
-        .buffer_unordered(IN_FLIGHT)
-        .try_for_each(|_| async { Ok(()) })
-        .await?;
+    each_pod(&names, &times, Mark::Created, |name| {
+        let api = api.clone();
+        async move {
+            api.create(&PostParams::default(), &workload(&name)?)
+                .await
+                .with_context(|| format!("creating pod {WORKLOAD_NAMESPACE}/{name}"))?;
+            Ok(())
+        }
+    })
+    .await?;
     let all_ready = wait_all(&times, &names, Mark::Ready, READY_TIMEOUT).await;
     figures.insert("all_ready_s".into(), started.elapsed().as_secs_f64());
     figures.insert(
@@ -287,19 +288,16 @@ async fn one_run(stand: &mut Stand, kind: DriverKind, pods: usize) -> anyhow::Re
     figures.insert("rss_mib".into(), rss_mib(pid));
 
     let deleting = Instant::now();
-    futures::stream::iter(&names)
-        .map(|name| {
-            let (api, times) = (api.clone(), times.clone());
-            async move {
-                times.mark(name, Mark::Deleted);
-                api.delete(name, &DeleteParams::default())
-                    .await
-                    .with_context(|| format!("deleting pod {WORKLOAD_NAMESPACE}/{name}"))
-            }
-        })
-        .buffer_unordered(IN_FLIGHT)
-        .try_for_each(|_| async { Ok(()) })
-        .await?;
+    each_pod(&names, &times, Mark::Deleted, |name| {
+        let api = api.clone();
+        async move {
+            api.delete(&name, &DeleteParams::default())
+                .await
+                .with_context(|| format!("deleting pod {WORKLOAD_NAMESPACE}/{name}"))?;
+            Ok(())
+        }
+    })
+    .await?;
     let all_gone = wait_all(&times, &names, Mark::Gone, GONE_TIMEOUT).await;
     figures.insert("all_gone_s".into(), deleting.elapsed().as_secs_f64());
     figures.insert(
@@ -349,6 +347,28 @@ async fn one_run(stand: &mut Stand, kind: DriverKind, pods: usize) -> anyhow::Re
     force_delete_left(&api, &names, &times).await;
     remove_driver(stand).await?;
     Ok(figures)
+}
+
+/// Calls `call` for every pod, [`IN_FLIGHT`] at a time, marking `mark` as each call
+/// starts.
+async fn each_pod<F, Fut>(
+    names: &[String],
+    times: &Times,
+    mark: Mark,
+    call: F,
+) -> anyhow::Result<()>
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    futures::stream::iter(names)
+        .map(|name| {
+            times.mark(name, mark);
+            call(name.clone())
+        })
+        .buffer_unordered(IN_FLIGHT)
+        .try_for_each(|()| async { Ok(()) })
+        .await
 }
 
 /// A pod whose one container waits, with the CSI volume mounted read-only.
@@ -419,8 +439,10 @@ impl Times {
     }
 }
 
-/// Marks Ready and Gone from a watch on the workload pods.
-async fn watch_pods(client: kube::Client, times: Times) {
+/// Marks Ready and Gone from a watch on the workload pods; sends on `synced` once its
+/// first listing is done.
+async fn watch_pods(client: kube::Client, times: Times, synced: tokio::sync::oneshot::Sender<()>) {
+    let mut synced = Some(synced);
     let api = Api::<Pod>::namespaced(client, WORKLOAD_NAMESPACE);
     let config =
         watcher::Config::default().labels(&format!("{}={}", WORKLOAD_LABEL.0, WORKLOAD_LABEL.1));
@@ -433,7 +455,13 @@ async fn watch_pods(client: kube::Client, times: Times) {
                 }
             }
             Ok(watcher::Event::Delete(pod)) => times.mark(name_of(&pod), Mark::Gone),
-            Ok(_) => {}
+            Ok(watcher::Event::InitDone) => {
+                if let Some(synced) = synced.take() {
+                    // The receiver only goes away with the run.
+                    let _ = synced.send(());
+                }
+            }
+            Ok(watcher::Event::Init) => {}
             // The watcher starts again after an error; a pod deleted in between shows up
             // as a Delete of the relist (kube's watcher compares the listings).
             Err(e) => eprintln!("[bench] watching the workload pods: {e}"),
