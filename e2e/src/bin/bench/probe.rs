@@ -242,4 +242,69 @@ mod tests {
         assert_eq!(asked, wanted, "every pod asked for once, in order");
         assert!(pod_filters(&[]).is_empty());
     }
+
+    /// Against a real SPIRE server (sqlite): 600 pods pending at once, more than one
+    /// filtered ListEntries may ask for, are all found; the single call the benchmark made
+    /// before is refused.
+    #[tokio::test]
+    async fn for_pods_finds_more_pods_than_one_sqlite_query_may_ask_for() -> anyhow::Result<()> {
+        let spire = e2e::Spire::start("bench.test").await?;
+        let client = spire.client();
+        let uids: Vec<String> = (0..600)
+            .map(|i| format!("00000000-0000-4000-8000-{i:012x}"))
+            .collect();
+        let entries: Vec<types::Entry> = uids
+            .iter()
+            .enumerate()
+            .map(|(i, uid)| types::Entry {
+                spiffe_id: Some(types::Spiffeid {
+                    trust_domain: "bench.test".into(),
+                    path: format!("/pod-{i}"),
+                }),
+                parent_id: Some(types::Spiffeid {
+                    trust_domain: "bench.test".into(),
+                    path: "/spire/agent/k8s_psat/bench/node-0".into(),
+                }),
+                selectors: vec![types::Selector {
+                    r#type: "k8s".into(),
+                    value: format!("pod-uid:{uid}"),
+                }],
+                ..Default::default()
+            })
+            .collect();
+        for chunk in entries.chunks(50) {
+            let results = client.batch_create_entries(chunk.to_vec()).await?;
+            assert!(
+                results
+                    .iter()
+                    .all(|r| r.status.as_ref().is_some_and(|s| s.code == 0)),
+                "BatchCreateEntry: {results:?}"
+            );
+        }
+
+        let found = Reader::new(client.clone()).for_pods(&uids).await?;
+        let mut found: Vec<&str> = found.iter().filter_map(pod_uid).collect();
+        found.sort_unstable();
+        assert_eq!(found, uids, "every pending pod's entry found once");
+
+        let all_at_once = entry::EntryFilter {
+            by_selectors: pod_filters(&uids)
+                .into_iter()
+                .filter_map(|f| f.by_selectors)
+                .reduce(|mut all, more| {
+                    all.selectors.extend(more.selectors);
+                    all
+                }),
+            ..Default::default()
+        };
+        let refused = client.list_entries_matching(all_at_once).await;
+        assert!(
+            refused
+                .as_ref()
+                .is_err_and(|e| format!("{e:?}").contains("too many terms in compound SELECT")),
+            "one ListEntries with 600 selectors: {:?}",
+            refused.map(|e| e.len())
+        );
+        Ok(())
+    }
 }
