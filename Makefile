@@ -54,7 +54,7 @@ check-generated: ## Fail when a checked-in generated file is stale.
 BENCH_ARGS ?=
 
 .PHONY: bench
-bench: tools ## Ours vs spire-controller-manager side by side (release build; not part of make test).
+bench: tools ## Ours vs spire-controller-manager and the Go spiffe-csi-driver side by side (release build; not part of make test).
 	cargo build --release -p spire-operator
 	cargo run --release --quiet -p e2e --bin bench -- $(BENCH_ARGS)
 
