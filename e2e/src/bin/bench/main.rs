@@ -8,7 +8,9 @@
 //! (sqlite on tmpfs or disk, or PostgreSQL): the SPIRE write floor for the same number of entries, then
 //! the tool's cold convergence, idle cost, a template change and churn at each rate.
 //! Prints a markdown table (per-run figures, medians, ours/SCM) and writes it as JSON
-//! to `--out`. See docs/benchmarks.md for what each scenario measures and what bounds it.
+//! to `--out`. The CSI suites then compare our spiffe-csi-driver with the Go one, called
+//! directly (`csi.rs`) and through a real kubelet (`kubelet.rs`). See docs/benchmarks.md
+//! for what each scenario measures and what bounds it.
 
 mod csi;
 mod kubelet;
@@ -98,10 +100,11 @@ pub struct Args {
     /// Skip the SPIRE write floor.
     #[arg(long)]
     no_floor: bool,
-    /// What to compare: the operators, the CSI drivers, or both.
+    /// What to compare: the operators, the CSI drivers called directly, the CSI drivers
+    /// through a real kubelet, the scale check.
     #[arg(long, value_delimiter = ',', default_value = "operator,csi,kubelet")]
     suites: Vec<Suite>,
-    /// CSI drivers to run (alternating).
+    /// CSI drivers to run (alternating), in the csi and kubelet suites.
     #[arg(long, value_delimiter = ',', default_value = "ours,go")]
     csi_drivers: Vec<csi::DriverKind>,
     /// Volumes each CSI driver publishes, republishes and unpublishes per run.
