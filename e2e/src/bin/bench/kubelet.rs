@@ -16,7 +16,7 @@
 //! the kubelet's /metrics), failed calls, the driver's CPU time
 //! and RSS, and CSI mounts left on the node.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -425,6 +425,21 @@ impl Times {
             .count()
     }
 
+    /// Marks Gone, now, every pod deleted and not yet gone that `listed` (a new listing
+    /// of the pods) no longer holds: a watch that started again lists what exists and
+    /// says nothing of what went meanwhile.
+    fn gone_unless_listed(&self, listed: &HashSet<String>) {
+        let mut times = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let vanished: Vec<String> = times
+            .keys()
+            .filter(|(pod, mark)| *mark == Mark::Deleted && !listed.contains(pod))
+            .map(|(pod, _)| pod.clone())
+            .collect();
+        for pod in vanished {
+            times.entry((pod, Mark::Gone)).or_insert_with(Instant::now);
+        }
+    }
+
     /// Seconds from `from` to `to` for every pod that reached both.
     fn latencies(&self, from: Mark, to: Mark) -> Vec<f64> {
         let times = self.0.lock().unwrap_or_else(|e| e.into_inner());
@@ -443,27 +458,35 @@ impl Times {
 /// first listing is done.
 async fn watch_pods(client: kube::Client, times: Times, synced: tokio::sync::oneshot::Sender<()>) {
     let mut synced = Some(synced);
+    // The pods of the listing in progress.
+    let mut listed = HashSet::new();
     let api = Api::<Pod>::namespaced(client, WORKLOAD_NAMESPACE);
     let config =
         watcher::Config::default().labels(&format!("{}={}", WORKLOAD_LABEL.0, WORKLOAD_LABEL.1));
     let mut events = std::pin::pin!(watcher(api, config));
     while let Some(event) = events.next().await {
         match event {
-            Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => {
+            Ok(watcher::Event::Apply(pod)) => {
                 if is_ready(&pod) {
                     times.mark(name_of(&pod), Mark::Ready);
                 }
             }
             Ok(watcher::Event::Delete(pod)) => times.mark(name_of(&pod), Mark::Gone),
+            Ok(watcher::Event::Init) => listed.clear(),
+            Ok(watcher::Event::InitApply(pod)) => {
+                if is_ready(&pod) {
+                    times.mark(name_of(&pod), Mark::Ready);
+                }
+                listed.insert(name_of(&pod).to_owned());
+            }
             Ok(watcher::Event::InitDone) => {
+                times.gone_unless_listed(&listed);
                 if let Some(synced) = synced.take() {
                     // The receiver only goes away with the run.
                     let _ = synced.send(());
                 }
             }
-            Ok(watcher::Event::Init) => {}
-            // The watcher starts again after an error; a pod deleted in between shows up
-            // as a Delete of the relist (kube's watcher compares the listings).
+            // The watcher lists again after an error (InitDone above).
             Err(e) => eprintln!("[bench] watching the workload pods: {e}"),
         }
     }
@@ -649,6 +672,22 @@ pub fn print_table(runs: &BTreeMap<&'static str, Vec<CsiFigures>>, pods: usize) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_relisting_marks_deleted_pods_it_no_longer_holds_gone() {
+        let times = Times::default();
+        for pod in ["a", "b", "c"] {
+            times.mark(pod, Mark::Created);
+        }
+        times.mark("a", Mark::Deleted);
+        times.mark("b", Mark::Deleted);
+        let names: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+        // "b" is still listed (terminating); "c" was never deleted.
+        times.gone_unless_listed(&HashSet::from(["b".to_owned(), "c".to_owned()]));
+        assert_eq!(times.count(&names, Mark::Gone), 1);
+        assert_eq!(times.count(&names[..1], Mark::Gone), 1, "a is gone");
+        assert_eq!(times.latencies(Mark::Deleted, Mark::Gone).len(), 1);
+    }
 
     #[test]
     fn the_go_driver_gets_the_hardened_charts_container_shape() {
