@@ -35,6 +35,7 @@ use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use k8s_openapi::api::storage::v1::CSIDriver;
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::watcher;
 use serde_json::{Value, json};
@@ -527,7 +528,7 @@ async fn remove_driver(stand: &mut Stand) -> anyhow::Result<()> {
     let daemonsets = Api::<DaemonSet>::namespaced(client.clone(), NAMESPACE);
     for ds in daemonsets.list(&ListParams::default()).await?.items {
         daemonsets
-            .delete(&name_of_ds(&ds), &DeleteParams::foreground())
+            .delete(&ds.name_any(), &DeleteParams::foreground())
             .await?;
     }
     let pods = Api::<Pod>::namespaced(client.clone(), NAMESPACE);
@@ -559,10 +560,6 @@ async fn remove_driver(stand: &mut Stand) -> anyhow::Result<()> {
         },
     )
     .await
-}
-
-fn name_of_ds(ds: &DaemonSet) -> String {
-    ds.metadata.name.clone().unwrap_or_default()
 }
 
 /// CSI volume mounts on the node (below the kubelet's pod directories).
