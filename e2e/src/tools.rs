@@ -76,8 +76,7 @@ pub fn workspace_binary(package: &str, bin: &str) -> anyhow::Result<std::path::P
     if profile_dir.ends_with("release") {
         args.push("--release");
     }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = std::process::Command::new(cargo)
+    let status = nested_cargo(std::env::vars_os().map(|(k, _)| k))
         .args(&args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .status()
@@ -86,4 +85,82 @@ pub fn workspace_binary(package: &str, bin: &str) -> anyhow::Result<std::path::P
     let path = profile_dir.join(bin);
     anyhow::ensure!(path.exists(), "{} missing after the build", path.display());
     Ok(path)
+}
+
+/// A cargo command for a build from inside a process that `cargo run` or `cargo test`
+/// started, without the variables cargo set for that process's own crate
+/// (`CARGO_PKG_NAME`, `CARGO_MANIFEST_DIR`, `OUT_DIR`, ...; `present` lists the
+/// environment's names). Build scripts (ring's, k8s-openapi's) ask to be run again when
+/// those change: inherited, they made every such build recompile ring and everything
+/// above it, and the next plain `cargo build` recompile it all back (`make bench`
+/// spent two release builds of the operator, about 3 minutes each, before measuring).
+pub fn nested_cargo(present: impl IntoIterator<Item = std::ffi::OsString>) -> Command {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut command = Command::new(cargo);
+    for name in present {
+        if name.to_str().is_some_and(is_set_by_cargo_for_a_crate) {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
+/// Variables cargo sets for a crate it compiles and for the binary it runs
+/// (<https://doc.rust-lang.org/cargo/reference/environment-variables.html>), but not the
+/// ones that configure cargo itself (`CARGO_HOME`, `CARGO_TARGET_DIR`, `CARGO_BUILD_*`).
+fn is_set_by_cargo_for_a_crate(name: &str) -> bool {
+    const PREFIXES: [&str; 3] = ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_BIN_EXE_"];
+    const NAMES: [&str; 6] = [
+        "CARGO_CRATE_NAME",
+        "CARGO_BIN_NAME",
+        "CARGO_PRIMARY_PACKAGE",
+        "CARGO_TARGET_TMPDIR",
+        "CARGO_RUSTC_CURRENT_DIR",
+        "OUT_DIR",
+    ];
+    PREFIXES.iter().any(|p| name.starts_with(p)) || NAMES.contains(&name)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsString;
+
+    use super::nested_cargo;
+
+    #[test]
+    fn a_nested_cargo_drops_what_cargo_set_for_the_running_crate_only() {
+        let present = [
+            "CARGO_PKG_NAME",
+            "CARGO_PKG_VERSION_PRE",
+            "CARGO_MANIFEST_DIR",
+            "CARGO_MANIFEST_PATH",
+            "CARGO_CRATE_NAME",
+            "CARGO_BIN_EXE_bench",
+            "OUT_DIR",
+            "CARGO_HOME",
+            "CARGO_TARGET_DIR",
+            "CARGO_BUILD_JOBS",
+            "CARGO",
+            "RUSTFLAGS",
+            "PATH",
+        ];
+        let command = nested_cargo(present.iter().map(OsString::from));
+        let mut removed: Vec<_> = command
+            .get_envs()
+            .filter(|(_, value)| value.is_none())
+            .map(|(name, _)| name.to_string_lossy().into_owned())
+            .collect();
+        removed.sort_unstable();
+        let mut expected = [
+            "CARGO_BIN_EXE_bench",
+            "CARGO_CRATE_NAME",
+            "CARGO_MANIFEST_DIR",
+            "CARGO_MANIFEST_PATH",
+            "CARGO_PKG_NAME",
+            "CARGO_PKG_VERSION_PRE",
+            "OUT_DIR",
+        ];
+        expected.sort_unstable();
+        assert_eq!(removed, expected);
+    }
 }
