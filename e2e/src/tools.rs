@@ -90,10 +90,10 @@ pub fn workspace_binary(package: &str, bin: &str) -> anyhow::Result<std::path::P
 /// A cargo command for a build from inside a process that `cargo run` or `cargo test`
 /// started, without the variables cargo set for that process's own crate
 /// (`CARGO_PKG_NAME`, `CARGO_MANIFEST_DIR`, `OUT_DIR`, ...; `present` lists the
-/// environment's names). Build scripts (ring's, k8s-openapi's) ask to be run again when
-/// those change: inherited, they made every such build recompile ring and everything
-/// above it, and the next plain `cargo build` recompile it all back (`make bench`
-/// spent two release builds of the operator, about 3 minutes each, before measuring).
+/// environment's names). ring's build script asks to be run again when those change:
+/// inherited, they made every such build recompile ring and everything above it, and
+/// the next plain `cargo build` recompile it all back (`make bench` spent two release
+/// builds of the operator, about 3 minutes each, before measuring).
 pub fn nested_cargo(present: impl IntoIterator<Item = std::ffi::OsString>) -> Command {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut command = Command::new(cargo);
