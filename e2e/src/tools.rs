@@ -94,7 +94,7 @@ pub fn workspace_binary(package: &str, bin: &str) -> anyhow::Result<std::path::P
 /// inherited, they made every such build recompile ring and everything above it, and
 /// the next plain `cargo build` recompile it all back (`make bench` spent two release
 /// builds of the operator, about 3 minutes each, before measuring).
-pub fn nested_cargo(present: impl IntoIterator<Item = std::ffi::OsString>) -> Command {
+fn nested_cargo(present: impl IntoIterator<Item = std::ffi::OsString>) -> Command {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut command = Command::new(cargo);
     for name in present {
@@ -151,7 +151,8 @@ mod tests {
             .map(|(name, _)| name.to_string_lossy().into_owned())
             .collect();
         removed.sort_unstable();
-        let mut expected = [
+        // Sorted, as `removed` is.
+        let expected = [
             "CARGO_BIN_EXE_bench",
             "CARGO_CRATE_NAME",
             "CARGO_MANIFEST_DIR",
@@ -160,7 +161,6 @@ mod tests {
             "CARGO_PKG_VERSION_PRE",
             "OUT_DIR",
         ];
-        expected.sort_unstable();
         assert_eq!(removed, expected);
     }
 }
